@@ -1,0 +1,9 @@
+//! Compiles the checked-in `.proto` with protox (a pure-Rust protobuf compiler), so building
+//! appfw needs no `protoc` on the machine.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/appfw/v1/appfw.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"])?;
+    prost_build::Config::new().bytes(["."]).compile_fds(fds)?;
+    Ok(())
+}
