@@ -1,0 +1,786 @@
+//! The plugin handle, its event loop and its writer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use appfw_proto::pb::{self, FrameType, HealthStatus, Level, SubscriptionKind};
+use appfw_proto::{Frame, FrameCodec, caps, encode_frame};
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Framed, FramedParts, FramedRead};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{handshake, stream_from_env};
+use crate::{RequestError, SdkError};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type EventHandler = Arc<dyn Fn(Message) -> BoxFuture<()> + Send + Sync>;
+type RequestHandler = Arc<dyn Fn(Message) -> BoxFuture<Result<Bytes, RequestError>> + Send + Sync>;
+type Pending = oneshot::Sender<Result<Message, RequestError>>;
+
+/// Frames the writer batches into one `write` before flushing to the socket.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Capacity of the outgoing queue; senders wait when it is full (backpressure).
+const OUTBOX_CAPACITY: usize = 1024;
+
+/// A message or request as delivered to a handler.
+#[derive(Clone, Debug, Default)]
+pub struct Message {
+    /// The topic it was published or requested on.
+    pub topic: String,
+    /// The plugin that sent it, stamped by the host (cannot be forged).
+    pub sender: String,
+    /// The payload, exactly as the sender wrote it.
+    pub payload: Bytes,
+    /// Absolute deadline of a request, if any.
+    pub deadline: Option<SystemTime>,
+    /// W3C `traceparent` of the sender's span, if traced.
+    pub traceparent: String,
+    /// W3C `tracestate`.
+    pub tracestate: String,
+    /// Optional content type set by the sender.
+    pub content_type: String,
+}
+
+impl Message {
+    fn from_frame(frame: Frame) -> Self {
+        let h = frame.header;
+        Self {
+            topic: h.topic,
+            sender: h.sender,
+            payload: frame.payload,
+            deadline: (h.deadline_unix_ms > 0)
+                .then(|| UNIX_EPOCH + Duration::from_millis(h.deadline_unix_ms)),
+            traceparent: h.traceparent,
+            tracestate: h.tracestate,
+            content_type: h.content_type,
+        }
+    }
+
+    /// Time left before the deadline (`None` without a deadline, zero once passed).
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    }
+}
+
+/// Identifies a subscription for [`Plugin::unsubscribe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubscriptionId(u64);
+
+enum Handler {
+    Event(EventHandler),
+    Request(RequestHandler),
+}
+
+/// Configures how a plugin connects. Obtain one with [`Plugin::builder`].
+pub struct PluginBuilder {
+    stream: Option<UnixStream>,
+    capabilities: Vec<String>,
+    max_in_flight: usize,
+    handshake_timeout: Duration,
+    sdk: String,
+    versions: (u32, u32),
+    handle_sigterm: bool,
+}
+
+impl Default for PluginBuilder {
+    fn default() -> Self {
+        Self {
+            stream: None,
+            capabilities: caps::ALL
+                .iter()
+                .filter(|c| **c != caps::CONFIG)
+                .map(|c| (*c).to_string())
+                .collect(),
+            max_in_flight: 256,
+            handshake_timeout: Duration::from_secs(10),
+            sdk: format!("appfw-sdk-rust/{}", env!("CARGO_PKG_VERSION")),
+            versions: (appfw_proto::MIN_VERSION, appfw_proto::MAX_VERSION),
+            handle_sigterm: true,
+        }
+    }
+}
+
+impl PluginBuilder {
+    /// Use this stream instead of the socket named by `APPFW_PLUGIN_FD` (tests, embedding).
+    pub fn stream(mut self, stream: UnixStream) -> Self {
+        self.stream = Some(stream);
+        self
+    }
+
+    /// At most `n` request handlers run at once; further requests are answered at once with a
+    /// temporary `overloaded` error (load shedding) instead of queueing without bound.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// How long to wait for the host's WELCOME.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The protocol versions to offer (for testing version negotiation).
+    pub fn protocol_versions(mut self, min: u32, max: u32) -> Self {
+        self.versions = (min, max);
+        self
+    }
+
+    /// Whether SIGTERM starts a graceful shutdown (default: yes).
+    pub fn handle_sigterm(mut self, yes: bool) -> Self {
+        self.handle_sigterm = yes;
+        self
+    }
+
+    /// Connects, performs the handshake and starts the event loop and the writer.
+    pub async fn connect(self) -> Result<Plugin, SdkError> {
+        let stream = match self.stream {
+            Some(s) => s,
+            None => stream_from_env()?,
+        };
+        let name = std::env::var(appfw_proto::ENV_PLUGIN_NAME).unwrap_or_default();
+        let mut framed = Framed::new(stream, FrameCodec::default());
+        let hello = pb::Hello {
+            min_version: self.versions.0,
+            max_version: self.versions.1,
+            plugin_name: name,
+            sdk: self.sdk,
+            capabilities: self.capabilities,
+            ..Default::default()
+        };
+        let (welcome, host_seq) = handshake(&mut framed, hello, self.handshake_timeout).await?;
+        let max_frame = match welcome.max_frame_size {
+            0 => appfw_proto::DEFAULT_MAX_FRAME_SIZE,
+            n => n as usize,
+        };
+        let FramedParts { io, read_buf, .. } = framed.into_parts();
+        let (read_half, write_half) = io.into_split();
+        let mut reader = FramedRead::new(read_half, FrameCodec::new(max_frame));
+        *reader.read_buffer_mut() = read_buf;
+
+        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let inner = Arc::new(Inner {
+            name: welcome.plugin_name.clone(),
+            welcome,
+            outbox: tx,
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            subs: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+            max_in_flight: self.max_in_flight,
+            shutdown: CancellationToken::new(),
+            shutdown_grace: Mutex::new(None),
+            closed: CancellationToken::new(),
+            finish_writer: CancellationToken::new(),
+            last_seq_in: AtomicU64::new(host_seq),
+            handlers: TaskTracker::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let writer = tokio::spawn(writer_loop(
+            Arc::clone(&inner),
+            write_half,
+            rx,
+            max_frame,
+        ));
+        let events = tokio::spawn(event_loop(Arc::clone(&inner), reader));
+        let mut tasks = vec![writer, events];
+        if self.handle_sigterm
+            && let Ok(mut sig) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            let token = inner.shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = sig.recv() => token.cancel(),
+                    () = token.cancelled() => {}
+                }
+            }));
+        }
+        *lock(&inner.tasks) = tasks;
+        Ok(Plugin { inner })
+    }
+}
+
+/// A connected plugin. Cheap to clone; every clone talks over the same connection.
+///
+/// The connection runs an *event loop* task that reads frames, answers the host's heartbeat
+/// pings and dispatches handlers. Handlers run as their own tasks, so a slow handler does not
+/// stop heartbeats, but a handler that blocks the runtime's threads does: the host then sees a
+/// hung plugin and restarts it, which is the point.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    welcome: pb::Welcome,
+    outbox: mpsc::Sender<Frame>,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, Pending>>,
+    subs: Mutex<HashMap<u64, Handler>>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    shutdown: CancellationToken,
+    shutdown_grace: Mutex<Option<Duration>>,
+    closed: CancellationToken,
+    finish_writer: CancellationToken,
+    last_seq_in: AtomicU64,
+    handlers: TaskTracker,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these short critical sections cannot leave the maps in a
+    // half-updated state, so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Plugin {
+    /// A builder with the defaults (socket from `APPFW_PLUGIN_FD`).
+    pub fn builder() -> PluginBuilder {
+        PluginBuilder::default()
+    }
+
+    /// Connects with the defaults: the socket inherited from the host, all capabilities.
+    pub async fn connect() -> Result<Self, SdkError> {
+        Self::builder().connect().await
+    }
+
+    /// This plugin's (instance) name as the host knows it.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The plugin settings from the host config, a JSON object (empty if none).
+    pub fn settings_json(&self) -> &[u8] {
+        &self.inner.welcome.settings_json
+    }
+
+    /// What the host answered in the handshake.
+    pub fn welcome(&self) -> &pb::Welcome {
+        &self.inner.welcome
+    }
+
+    fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), SdkError> {
+        if self.inner.closed.is_cancelled() {
+            return Err(SdkError::Closed);
+        }
+        self.inner
+            .outbox
+            .send(frame)
+            .await
+            .map_err(|_| SdkError::Closed)
+    }
+
+    /// Publishes `payload` on `topic` to every subscriber.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), SdkError> {
+        let mut f = Frame::new(FrameType::Publish, payload.into());
+        f.header.topic = topic.to_string();
+        self.send(f).await
+    }
+
+    /// Sends a request on `topic` and waits for the reply for at most `timeout`.
+    pub async fn request(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Bytes, RequestError> {
+        self.request_message(topic, payload, timeout)
+            .await
+            .map(|m| m.payload)
+    }
+
+    /// Like [`Plugin::request`], returning the whole reply (sender, trace context).
+    pub async fn request_message(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Message, RequestError> {
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.pending).insert(id, tx);
+        let mut f = Frame::new(FrameType::Request, payload.into());
+        f.header.topic = topic.to_string();
+        f.header.request_id = id;
+        let deadline = SystemTime::now() + timeout;
+        f.header.deadline_unix_ms = unix_ms(deadline).max(1);
+        if self.send(f).await.is_err() {
+            lock(&self.inner.pending).remove(&id);
+            return Err(closed_error());
+        }
+        // The host answers deadline_exceeded itself at the deadline; the extra margin only
+        // covers a host that vanished, so this wait is bounded too.
+        match tokio::time::timeout(timeout + Duration::from_millis(500), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(closed_error()),
+            Err(_) => {
+                lock(&self.inner.pending).remove(&id);
+                Err(RequestError::temporary(
+                    "deadline_exceeded",
+                    format!("no reply to {topic:?} within {timeout:?}"),
+                ))
+            }
+        }
+    }
+
+    async fn add_subscription(
+        &self,
+        pattern: &str,
+        kind: SubscriptionKind,
+        queue_group: &str,
+        handler: Handler,
+    ) -> Result<SubscriptionId, SdkError> {
+        let id = self.next_id();
+        lock(&self.inner.subs).insert(id, handler);
+        let payload = pb::Subscribe {
+            kind: kind as i32,
+            queue_group: queue_group.to_string(),
+        };
+        match self
+            .control_request(FrameType::Subscribe, pattern, id, &payload)
+            .await
+        {
+            Ok(()) => Ok(SubscriptionId(id)),
+            Err(error) => {
+                lock(&self.inner.subs).remove(&id);
+                Err(SdkError::Subscribe {
+                    topic: pattern.to_string(),
+                    error,
+                })
+            }
+        }
+    }
+
+    /// Sends a control frame answered by the host with a REPLY of the same id.
+    async fn control_request<M: prost::Message>(
+        &self,
+        ty: FrameType,
+        topic: &str,
+        id: u64,
+        msg: &M,
+    ) -> Result<(), RequestError> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.pending).insert(id, tx);
+        let mut f = Frame::control(ty, msg);
+        f.header.topic = topic.to_string();
+        f.header.request_id = id;
+        if self.send(f).await.is_err() {
+            lock(&self.inner.pending).remove(&id);
+            return Err(closed_error());
+        }
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(r)) => r.map(|_| ()),
+            Ok(Err(_)) => Err(closed_error()),
+            Err(_) => {
+                lock(&self.inner.pending).remove(&id);
+                Err(RequestError::temporary(
+                    "deadline_exceeded",
+                    "the host did not acknowledge within 10s",
+                ))
+            }
+        }
+    }
+
+    /// Calls `handler` for every message published on a topic matching `pattern`
+    /// (`*` matches one token, a final `>` one or more). Returns once the host confirmed it.
+    pub async fn subscribe<F, Fut>(
+        &self,
+        pattern: &str,
+        handler: F,
+    ) -> Result<SubscriptionId, SdkError>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.subscribe_queue(pattern, "", handler).await
+    }
+
+    /// Like [`Plugin::subscribe`], sharing the messages with the other members of `group`: each
+    /// message goes to one of them.
+    pub async fn subscribe_queue<F, Fut>(
+        &self,
+        pattern: &str,
+        group: &str,
+        handler: F,
+    ) -> Result<SubscriptionId, SdkError>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let h: EventHandler = Arc::new(move |m| Box::pin(handler(m)));
+        self.add_subscription(pattern, SubscriptionKind::Events, group, Handler::Event(h))
+            .await
+    }
+
+    /// Serves requests on topics matching `pattern`: the handler's `Ok` bytes become the reply,
+    /// its `Err` an error reply. A handler that panics is answered with a critical
+    /// `handler_panicked` error and the plugin keeps running; one still running at the request's
+    /// deadline is cancelled.
+    pub async fn serve<F, Fut>(&self, pattern: &str, handler: F) -> Result<SubscriptionId, SdkError>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, RequestError>> + Send + 'static,
+    {
+        let h: RequestHandler = Arc::new(move |m| Box::pin(handler(m)));
+        self.add_subscription(pattern, SubscriptionKind::Requests, "", Handler::Request(h))
+            .await
+    }
+
+    /// Drops a subscription.
+    pub async fn unsubscribe(&self, id: SubscriptionId) -> Result<(), SdkError> {
+        let result = self
+            .control_request(FrameType::Unsubscribe, "", id.0, &pb::Subscribe::default())
+            .await;
+        lock(&self.inner.subs).remove(&id.0);
+        result.map_err(|error| SdkError::Subscribe {
+            topic: String::new(),
+            error,
+        })
+    }
+
+    /// Reports the plugin's own view of its health (shown by the host's health checks).
+    pub async fn report_health(
+        &self,
+        status: HealthStatus,
+        message: impl Into<String>,
+    ) -> Result<(), SdkError> {
+        self.report_health_checks(status, message, Vec::new()).await
+    }
+
+    /// Reports health with named sub-checks.
+    pub async fn report_health_checks(
+        &self,
+        status: HealthStatus,
+        message: impl Into<String>,
+        checks: Vec<pb::HealthCheck>,
+    ) -> Result<(), SdkError> {
+        let report = pb::HealthReport {
+            status: status as i32,
+            message: message.into(),
+            checks,
+        };
+        self.send(Frame::control(FrameType::Health, &report)).await
+    }
+
+    /// Sends a structured log record to the host.
+    pub async fn log(
+        &self,
+        level: Level,
+        message: impl Into<String>,
+        fields: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), SdkError> {
+        let record = pb::LogRecord {
+            level: level as i32,
+            message: message.into(),
+            fields: fields.into_iter().collect(),
+            time_unix_nanos: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0)),
+            target: String::new(),
+        };
+        self.send(Frame::control(FrameType::Log, &record)).await
+    }
+
+    /// Sends a batch of metric samples (the metrics API of later versions builds on this).
+    pub async fn send_metrics(&self, batch: &pb::MetricBatch) -> Result<(), SdkError> {
+        self.send(Frame::control(FrameType::Metrics, batch)).await
+    }
+
+    /// Resolves when the host asked the plugin to stop (SHUTDOWN frame), SIGTERM arrived, or the
+    /// connection to the host closed.
+    pub async fn shutdown_requested(&self) {
+        self.inner.shutdown.cancelled().await;
+    }
+
+    /// Whether a shutdown was requested.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Graceful shutdown: stop dispatching new work, wait for running handlers (up to the grace
+    /// the host granted, else 5 s), say GOODBYE and flush everything queued to the host.
+    pub async fn shutdown(&self, reason: &str) -> Result<(), SdkError> {
+        self.inner.shutdown.cancel();
+        let grace = lock(&self.inner.shutdown_grace).unwrap_or(Duration::from_secs(5));
+        self.inner.handlers.close();
+        // Keep some of the grace for the goodbye and the flush.
+        let _ = tokio::time::timeout(grace.mul_f32(0.8), self.inner.handlers.wait()).await;
+        let _ = self
+            .send(Frame::control(
+                FrameType::Goodbye,
+                &pb::Goodbye {
+                    reason: reason.to_string(),
+                },
+            ))
+            .await;
+        self.inner.finish_writer.cancel();
+        let mut tasks = std::mem::take(&mut *lock(&self.inner.tasks)).into_iter();
+        // The writer (first) drains the queue and returns; bounded in case the socket is stuck.
+        if let Some(writer) = tasks.next() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        }
+        // The event loop and the signal task only wait for input: stop them and join.
+        self.inner.closed.cancel();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        Ok(())
+    }
+
+    /// Waits until a shutdown is requested, then shuts down gracefully. Returns an error if the
+    /// connection to the host was lost rather than closed on purpose.
+    pub async fn run_until_shutdown(&self) -> Result<(), SdkError> {
+        self.shutdown_requested().await;
+        let lost = self.inner.closed.is_cancelled();
+        self.shutdown("shutdown requested").await?;
+        if lost { Err(SdkError::Closed) } else { Ok(()) }
+    }
+
+    /// Handlers currently running.
+    pub fn in_flight(&self) -> usize {
+        self.inner.max_in_flight - self.inner.in_flight.available_permits()
+    }
+}
+
+fn closed_error() -> RequestError {
+    RequestError::temporary("connection_closed", "the connection to the host is closed")
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Writes queued frames, stamping sequence numbers. Batches: it takes everything already queued
+/// (up to [`WRITE_BATCH_BYTES`]) before one write, so a burst costs few syscalls and a lone frame
+/// goes out at once.
+async fn writer_loop(
+    inner: Arc<Inner>,
+    mut sock: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Frame>,
+    max_frame: usize,
+) {
+    let mut seq: u64 = 1; // HELLO was 1
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let first = tokio::select! {
+            biased;
+            f = rx.recv() => f,
+            () = inner.finish_writer.cancelled() => rx.try_recv().ok(),
+        };
+        let Some(mut frame) = first else { break };
+        loop {
+            seq += 1;
+            frame.header.seq = seq;
+            frame.header.ack = inner.last_seq_in.load(Ordering::Relaxed);
+            if let Err(e) = encode_frame(&frame.header, &frame.payload, max_frame, &mut buf) {
+                // A frame we cannot encode (too large) is dropped with a note on stderr; the
+                // connection stays usable. Requests waiting on it time out at their deadline.
+                eprintln!("appfw-sdk: dropping outgoing frame: {e}");
+                seq -= 1;
+            }
+            if buf.len() >= WRITE_BATCH_BYTES {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(f) => frame = f,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = sock.write_all(&buf).await {
+            if !inner.shutdown.is_cancelled() {
+                eprintln!("appfw-sdk: writing to the host failed: {e}");
+            }
+            inner.closed.cancel();
+            inner.shutdown.cancel();
+            break;
+        }
+        buf.clear();
+    }
+    let _ = sock.flush().await;
+}
+
+/// The plugin's event loop: reads frames, answers heartbeats, dispatches work.
+async fn event_loop(inner: Arc<Inner>, mut reader: FramedRead<OwnedReadHalf, FrameCodec>) {
+    loop {
+        let next = tokio::select! {
+            f = reader.next() => f,
+            () = inner.closed.cancelled() => break,
+        };
+        let frame = match next {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                eprintln!("appfw-sdk: connection to the host failed: {e}");
+                break;
+            }
+            None => break,
+        };
+        inner.last_seq_in.store(frame.header.seq, Ordering::Relaxed);
+        dispatch(&inner, frame).await;
+    }
+    inner.closed.cancel();
+    inner.shutdown.cancel();
+    // Wake everyone waiting on a reply: there will be none.
+    for (_, tx) in lock(&inner.pending).drain() {
+        let _ = tx.send(Err(closed_error()));
+    }
+}
+
+async fn dispatch(inner: &Arc<Inner>, frame: Frame) {
+    match frame.frame_type() {
+        Some(FrameType::Ping) => {
+            let mut pong = Frame::new(FrameType::Pong, Bytes::new());
+            pong.header.request_id = frame.header.request_id;
+            let _ = inner.outbox.send(pong).await;
+        }
+        Some(FrameType::Reply) => {
+            let id = frame.header.request_id;
+            let Some(tx) = lock(&inner.pending).remove(&id) else {
+                return; // late reply to a request we gave up on
+            };
+            let result = match &frame.header.error {
+                Some(e) => Err(RequestError::from_pb(e)),
+                None => Ok(Message::from_frame(frame)),
+            };
+            let _ = tx.send(result);
+        }
+        Some(FrameType::Publish) => {
+            let handler = match lock(&inner.subs).get(&frame.header.subscription_id) {
+                Some(Handler::Event(h)) => Arc::clone(h),
+                _ => return,
+            };
+            if inner.shutdown.is_cancelled() {
+                return;
+            }
+            let topic = frame.header.topic.clone();
+            let fut = handler(Message::from_frame(frame));
+            inner.handlers.spawn(async move {
+                if AssertUnwindSafe(fut).catch_unwind().await.is_err() {
+                    eprintln!("appfw-sdk: handler for {topic:?} panicked; message dropped");
+                }
+            });
+        }
+        Some(FrameType::Request) => dispatch_request(inner, frame).await,
+        Some(FrameType::Shutdown) => {
+            if let Ok(s) = frame.decode_payload::<pb::Shutdown>() {
+                *lock(&inner.shutdown_grace) = Some(Duration::from_millis(u64::from(s.grace_ms)));
+            }
+            inner.shutdown.cancel();
+        }
+        Some(FrameType::ConfigUpdate) => {
+            let err = RequestError::permanent(
+                "unsupported",
+                "this plugin does not accept live settings updates",
+            );
+            reply(inner, frame.header.request_id, Err(err)).await;
+        }
+        Some(FrameType::ProtocolError) => {
+            if let Ok(e) = frame.decode_payload::<pb::ProtocolError>() {
+                eprintln!("appfw-sdk: host reported a protocol error: {}: {}", e.code, e.message);
+            }
+        }
+        // Unknown or not-for-plugins frame types are skipped (forward compatibility).
+        _ => {}
+    }
+}
+
+async fn dispatch_request(inner: &Arc<Inner>, frame: Frame) {
+    let id = frame.header.request_id;
+    let found = match lock(&inner.subs).get(&frame.header.subscription_id) {
+        Some(Handler::Request(h)) => Some(Arc::clone(h)),
+        _ => None,
+    };
+    let handler = match found {
+        Some(h) => h,
+        None => {
+            let err = RequestError::permanent(
+                "no_handler",
+                format!("no handler for {:?}", frame.header.topic),
+            );
+            return reply(inner, id, Err(err)).await;
+        }
+    };
+    if inner.shutdown.is_cancelled() {
+        let err = RequestError::temporary("shutting_down", "the plugin is shutting down");
+        return reply(inner, id, Err(err)).await;
+    }
+    let msg = Message::from_frame(frame);
+    let left = msg.time_left();
+    if left == Some(Duration::ZERO) {
+        let err = RequestError::temporary("deadline_exceeded", "deadline passed before start");
+        return reply(inner, id, Err(err)).await;
+    }
+    let Ok(permit) = Arc::clone(&inner.in_flight).try_acquire_owned() else {
+        let err = RequestError::temporary(
+            "overloaded",
+            format!("{} requests already in flight", inner.max_in_flight),
+        );
+        return reply(inner, id, Err(err)).await;
+    };
+    let inner2 = Arc::clone(inner);
+    inner.handlers.spawn(async move {
+        let _permit = permit;
+        let run = AssertUnwindSafe(handler(msg)).catch_unwind();
+        let outcome = match left {
+            Some(left) => tokio::time::timeout(left, run).await.ok(),
+            None => Some(run.await),
+        };
+        let result = match outcome {
+            None => Err(RequestError::temporary(
+                "deadline_exceeded",
+                "handler cancelled at the deadline",
+            )),
+            Some(Err(panic)) => Err(RequestError::critical(
+                "handler_panicked",
+                panic_message(&panic),
+            )),
+            Some(Ok(r)) => r,
+        };
+        reply(&inner2, id, result).await;
+    });
+}
+
+async fn reply(inner: &Inner, id: u64, result: Result<Bytes, RequestError>) {
+    let mut f = match result {
+        Ok(payload) => Frame::new(FrameType::Reply, payload),
+        Err(e) => {
+            let mut f = Frame::new(FrameType::Reply, Bytes::new());
+            f.header.error = Some(e.to_pb());
+            f
+        }
+    };
+    f.header.request_id = id;
+    let _ = inner.outbox.send(f).await;
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("handler panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("handler panicked: {s}")
+    } else {
+        "handler panicked".to_string()
+    }
+}
+
