@@ -7,10 +7,11 @@
 //! the small header is decoded and re-encoded on the way. See `docs/PROTOCOL.md` for the full
 //! specification.
 //!
-//! This crate has no runtime dependencies beyond `bytes`, `prost` and `tokio-util`'s codec traits,
-//! so both the SDK and the host (and fuzzers) can use it.
+//! This crate depends only on `bytes`, `prost` and tokio's I/O traits, so both the SDK and the host
+//! (and fuzzers) can use it.
 
 mod frame;
+pub mod writer;
 
 pub use frame::{Frame, FrameCodec, FrameError, decode_body, encode_frame};
 

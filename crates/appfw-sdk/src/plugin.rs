@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use appfw_proto::pb::{self, FrameType, HealthStatus, Level, SubscriptionKind};
-use appfw_proto::{Frame, FrameCodec, caps, encode_frame};
-use bytes::{Bytes, BytesMut};
+use appfw_proto::writer::{Sequencer, WriterEnd, write_frames};
+use appfw_proto::{Frame, FrameCodec, caps};
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -29,8 +29,6 @@ type EventHandler = Arc<dyn Fn(Message) -> BoxFuture<()> + Send + Sync>;
 type RequestHandler = Arc<dyn Fn(Message) -> BoxFuture<Result<Bytes, RequestError>> + Send + Sync>;
 type Pending = oneshot::Sender<Result<Message, RequestError>>;
 
-/// Frames the writer batches into one `write` before flushing to the socket.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Capacity of the outgoing queue; senders wait when it is full (backpressure).
 const OUTBOX_CAPACITY: usize = 1024;
 
@@ -185,7 +183,7 @@ impl PluginBuilder {
             shutdown_grace: Mutex::new(None),
             closed: CancellationToken::new(),
             finish_writer: CancellationToken::new(),
-            last_seq_in: AtomicU64::new(host_seq),
+            last_seq_in: Arc::new(AtomicU64::new(host_seq)),
             handlers: TaskTracker::new(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -238,7 +236,7 @@ struct Inner {
     shutdown_grace: Mutex<Option<Duration>>,
     closed: CancellationToken,
     finish_writer: CancellationToken,
-    last_seq_in: AtomicU64,
+    last_seq_in: Arc<AtomicU64>,
     handlers: TaskTracker,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -572,53 +570,31 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Writes queued frames, stamping sequence numbers. Batches: it takes everything already queued
-/// (up to [`WRITE_BATCH_BYTES`]) before one write, so a burst costs few syscalls and a lone frame
-/// goes out at once.
+/// Writes queued frames (batched, sequence-numbered) until the plugin shuts down.
 async fn writer_loop(
     inner: Arc<Inner>,
     mut sock: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Frame>,
     max_frame: usize,
 ) {
-    let mut seq: u64 = 1; // HELLO was 1
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    loop {
-        let first = tokio::select! {
-            biased;
-            f = rx.recv() => f,
-            () = inner.finish_writer.cancelled() => rx.try_recv().ok(),
-        };
-        let Some(mut frame) = first else { break };
-        loop {
-            seq += 1;
-            frame.header.seq = seq;
-            frame.header.ack = inner.last_seq_in.load(Ordering::Relaxed);
-            if let Err(e) = encode_frame(&frame.header, &frame.payload, max_frame, &mut buf) {
-                // A frame we cannot encode (too large) is dropped with a note on stderr; the
-                // connection stays usable. Requests waiting on it time out at their deadline.
-                eprintln!("appfw-sdk: dropping outgoing frame: {e}");
-                seq -= 1;
-            }
-            if buf.len() >= WRITE_BATCH_BYTES {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(f) => frame = f,
-                Err(_) => break,
-            }
+    // HELLO went out as seq 1.
+    let mut seq = Sequencer::new(1, Arc::clone(&inner.last_seq_in));
+    let end = write_frames(
+        &mut sock,
+        &mut rx,
+        &mut seq,
+        max_frame,
+        &inner.finish_writer,
+        |_, e| eprintln!("appfw-sdk: dropping outgoing frame: {e}"),
+    )
+    .await;
+    if let WriterEnd::Io(e) = end {
+        if !inner.shutdown.is_cancelled() {
+            eprintln!("appfw-sdk: writing to the host failed: {e}");
         }
-        if let Err(e) = sock.write_all(&buf).await {
-            if !inner.shutdown.is_cancelled() {
-                eprintln!("appfw-sdk: writing to the host failed: {e}");
-            }
-            inner.closed.cancel();
-            inner.shutdown.cancel();
-            break;
-        }
-        buf.clear();
+        inner.closed.cancel();
+        inner.shutdown.cancel();
     }
-    let _ = sock.flush().await;
 }
 
 /// The plugin's event loop: reads frames, answers heartbeats, dispatches work.

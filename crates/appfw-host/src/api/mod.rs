@@ -1,0 +1,233 @@
+//! The HTTP API (axum): probes and `/metrics` open, everything under `/api/v1` behind the bearer
+//! token. Served on the data directory's Unix socket (mode 0600) and on loopback TCP.
+
+mod error;
+mod metrics;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::bus::Bus;
+use crate::events::Events;
+use crate::supervisor::{Action, PluginState, Supervisor, SupervisorError};
+pub use error::ApiError;
+
+/// Facts about the running host (`GET /api/v1/host`).
+#[derive(Clone, Debug, Serialize)]
+pub struct HostInfo {
+    /// Host version.
+    pub version: String,
+    /// Host pid.
+    pub pid: u32,
+    /// Data directory.
+    pub data_dir: String,
+    /// Config file, if any.
+    pub config_file: Option<String>,
+    /// Protocol versions spoken, `min-max`.
+    pub protocol_versions: String,
+    /// When the host started, RFC 3339.
+    pub started_at: String,
+    /// TCP address of the API, if enabled.
+    pub api_listen: Option<String>,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Plugin owner tasks.
+    pub supervisor: Arc<Supervisor>,
+    /// The event hub.
+    pub events: Events,
+    /// The bus (for its counters).
+    pub bus: Bus,
+    /// The bearer token.
+    pub token: Arc<str>,
+    /// Host facts.
+    pub info: Arc<HostInfo>,
+    /// Plugins that must be up for `/readyz`.
+    pub required: Arc<[String]>,
+    /// Start instant, for uptime.
+    pub started: Instant,
+}
+
+/// Builds the router.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/host", get(host_info))
+        .route("/plugins", get(list_plugins))
+        .route("/plugins/{name}", get(get_plugin))
+        .route("/plugins/{name}/{action}", post(act))
+        .route("/events", get(events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
+        .nest("/api/v1", api)
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if constant_time_eq::constant_time_eq(t.as_bytes(), state.token.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => ApiError::unauthorized("invalid bearer token").into_response(),
+        None => ApiError::unauthorized(
+            "missing bearer token: send 'Authorization: Bearer <token>' (the token is in the data directory's 'token' file)",
+        )
+        .into_response(),
+    }
+}
+
+async fn livez() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let list = s.supervisor.list().await;
+    let not_ready: Vec<String> = list
+        .iter()
+        .filter(|p| s.required.contains(&p.name))
+        .filter(|p| !matches!(p.state, PluginState::Running | PluginState::Completed))
+        .map(|p| format!("{} is {}", p.name, p.state))
+        .collect();
+    if not_ready.is_empty() {
+        Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "not_ready", "waiting_for": not_ready })),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct Check {
+    name: String,
+    status: &'static str,
+    message: String,
+    since: String,
+}
+
+async fn healthz(State(s): State<ApiState>) -> Response {
+    let mut checks = Vec::new();
+    for p in s.supervisor.list().await {
+        let status = match p.state {
+            PluginState::Running if p.health.as_deref() == Some("degraded") => "degraded",
+            PluginState::Running | PluginState::Completed | PluginState::Idle => "healthy",
+            PluginState::Stopped if !s.required.contains(&p.name) => "healthy",
+            PluginState::Starting | PluginState::Stopping | PluginState::Backoff => "degraded",
+            _ => "unhealthy",
+        };
+        let mut message = format!("{}", p.state);
+        if let Some(m) = &p.health_message {
+            message.push_str(": ");
+            message.push_str(m);
+        }
+        checks.push(Check {
+            name: format!("plugin:{}", p.name),
+            status,
+            message,
+            since: p.since,
+        });
+    }
+    let worst = if checks.iter().any(|c| c.status == "unhealthy") {
+        "unhealthy"
+    } else if checks.iter().any(|c| c.status == "degraded") {
+        "degraded"
+    } else {
+        "healthy"
+    };
+    let code = if worst == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(serde_json::json!({ "status": worst, "checks": checks }))).into_response()
+}
+
+async fn host_info(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let mut v = serde_json::to_value(&*s.info).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("uptime_secs".into(), s.started.elapsed().as_secs_f64().into());
+        o.insert(
+            "now".into(),
+            humantime::format_rfc3339_millis(SystemTime::now()).to_string().into(),
+        );
+    }
+    Json(v)
+}
+
+async fn list_plugins(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "plugins": s.supervisor.list().await }))
+}
+
+fn sup_error(e: SupervisorError) -> ApiError {
+    match e {
+        SupervisorError::UnknownPlugin(_) => ApiError::not_found(e.to_string()),
+        SupervisorError::ShuttingDown => ApiError::unavailable(e.to_string()),
+    }
+}
+
+async fn get_plugin(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let st = s.supervisor.status(&name).await.map_err(sup_error)?;
+    Ok(Json(st).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActQuery {
+    /// How long to wait for the plugin to settle, e.g. `10s`; `0s` returns at once.
+    wait: Option<String>,
+}
+
+async fn act(
+    State(s): State<ApiState>,
+    Path((name, action)): Path<(String, String)>,
+    query: Result<Query<ActQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let action: Action = action.parse().map_err(ApiError::not_found)?;
+    let wait = match q.wait.as_deref() {
+        None => Duration::from_secs(30),
+        Some(w) => humantime::parse_duration(w)
+            .map_err(|e| ApiError::bad_request(format!("wait={w:?}: {e}")))?
+            .min(Duration::from_secs(300)),
+    };
+    let st = s.supervisor.act(&name, action, wait).await.map_err(sup_error)?;
+    Ok(Json(st).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(s): State<ApiState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let list = s.events.since(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(4096));
+    Ok(Json(serde_json::json!({ "events": list })).into_response())
+}

@@ -1,0 +1,542 @@
+//! The message bus: the host as mediator between plugins.
+//!
+//! Routing reads an immutable snapshot of the subscription table (swapped atomically when a
+//! subscription changes), so publishing never takes a lock or asks a plugin's owner task.
+//! Payloads are relayed as the same bytes; only the small header is rewritten (sender stamped,
+//! receiver's subscription id set).
+
+mod topic;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use appfw_proto::pb::{self, ErrorKind, FrameType, SubscriptionKind};
+use appfw_proto::{Frame, now_unix_ms};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};
+
+/// How long a publisher waits for a full subscriber queue before the message is dropped for
+/// that subscriber (and counted).
+const DELIVERY_WAIT: Duration = Duration::from_secs(1);
+
+/// One plugin connection as the bus sees it.
+#[derive(Debug)]
+pub struct Link {
+    /// The plugin (instance) name, stamped as sender.
+    pub plugin: Arc<str>,
+    /// Unique per connection, so a restarted plugin's new connection is a different link.
+    pub conn_id: u64,
+    /// Frames to write to the plugin.
+    pub outbox: mpsc::Sender<Frame>,
+}
+
+#[derive(Debug)]
+struct Sub {
+    link: Arc<Link>,
+    id: u64,
+    pattern: Pattern,
+    kind: SubscriptionKind,
+    group: Option<Arc<str>>,
+}
+
+#[derive(Default)]
+struct Table {
+    subs: Vec<Arc<Sub>>,
+}
+
+struct PendingReq {
+    origin: Arc<Link>,
+    origin_id: u64,
+    server_conn: u64,
+    deadline_ms: u64,
+}
+
+#[derive(Default)]
+struct Pending {
+    by_id: HashMap<u64, PendingReq>,
+    by_deadline: BTreeSet<(u64, u64)>,
+}
+
+/// Counters of the bus.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Messages delivered to subscribers.
+    pub delivered: AtomicU64,
+    /// Messages dropped because a subscriber's queue stayed full.
+    pub dropped: AtomicU64,
+    /// Requests forwarded to a server.
+    pub requests: AtomicU64,
+    /// Requests answered by the host with an error (no responder, deadline, responder gone).
+    pub request_errors: AtomicU64,
+}
+
+/// The bus. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    table: ArcSwap<Table>,
+    edit: Mutex<()>,
+    pending: Mutex<Pending>,
+    next_id: AtomicU64,
+    round_robin: AtomicUsize,
+    default_timeout: Duration,
+    stats: BusStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn error(kind: ErrorKind, code: &str, message: impl Into<String>) -> pb::Error {
+    pb::Error {
+        kind: kind as i32,
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+impl Bus {
+    /// A bus whose requests without a deadline get `default_timeout`.
+    pub fn new(default_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                table: ArcSwap::from_pointee(Table::default()),
+                edit: Mutex::new(()),
+                pending: Mutex::new(Pending::default()),
+                next_id: AtomicU64::new(1),
+                round_robin: AtomicUsize::new(0),
+                default_timeout,
+                stats: BusStats::default(),
+            }),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &BusStats {
+        &self.inner.stats
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.inner.table.load().subs.len()
+    }
+
+    /// Requests waiting for a reply.
+    pub fn pending_requests(&self) -> usize {
+        lock(&self.inner.pending).by_id.len()
+    }
+
+    fn edit_table(&self, f: impl FnOnce(&mut Vec<Arc<Sub>>)) {
+        let _guard = lock(&self.inner.edit);
+        let mut subs = self.inner.table.load().subs.clone();
+        f(&mut subs);
+        self.inner.table.store(Arc::new(Table { subs }));
+    }
+
+    /// Adds a subscription of `link` with id `id`.
+    pub fn subscribe(
+        &self,
+        link: &Arc<Link>,
+        id: u64,
+        pattern: &str,
+        sub: &pb::Subscribe,
+    ) -> Result<(), pb::Error> {
+        let pattern = Pattern::parse(pattern)
+            .map_err(|m| error(ErrorKind::Permanent, "invalid_topic", m))?;
+        let kind = match SubscriptionKind::try_from(sub.kind) {
+            Ok(SubscriptionKind::Requests) => SubscriptionKind::Requests,
+            _ => SubscriptionKind::Events,
+        };
+        let group = (!sub.queue_group.is_empty()).then(|| Arc::from(sub.queue_group.as_str()));
+        let new = Arc::new(Sub {
+            link: Arc::clone(link),
+            id,
+            pattern,
+            kind,
+            group,
+        });
+        self.edit_table(|subs| {
+            subs.retain(|s| !(s.link.conn_id == link.conn_id && s.id == id));
+            subs.push(new);
+        });
+        Ok(())
+    }
+
+    /// Drops subscription `id` of `link`.
+    pub fn unsubscribe(&self, link: &Link, id: u64) -> Result<(), pb::Error> {
+        let mut found = false;
+        self.edit_table(|subs| {
+            let before = subs.len();
+            subs.retain(|s| !(s.link.conn_id == link.conn_id && s.id == id));
+            found = subs.len() != before;
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(error(
+                ErrorKind::Permanent,
+                "unknown_subscription",
+                format!("no subscription with id {id}"),
+            ))
+        }
+    }
+
+    /// Forgets a connection: its subscriptions go, requests it was serving fail with
+    /// `responder_gone`, requests it made are dropped.
+    pub async fn disconnect(&self, link: &Link) {
+        self.edit_table(|subs| subs.retain(|s| s.link.conn_id != link.conn_id));
+        let orphaned: Vec<PendingReq> = {
+            let mut p = lock(&self.inner.pending);
+            let ids: Vec<u64> = p
+                .by_id
+                .iter()
+                .filter(|(_, r)| r.server_conn == link.conn_id || r.origin.conn_id == link.conn_id)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    let r = p.by_id.remove(&id)?;
+                    p.by_deadline.remove(&(r.deadline_ms, id));
+                    Some(r)
+                })
+                .filter(|r| r.origin.conn_id != link.conn_id)
+                .collect()
+        };
+        for r in orphaned {
+            let e = error(
+                ErrorKind::Temporary,
+                "responder_gone",
+                format!("{} went away before replying", link.plugin),
+            );
+            self.reply_error(&r.origin, r.origin_id, &link.plugin, e).await;
+        }
+    }
+
+    /// Delivers a PUBLISH from `from` to every matching subscriber.
+    pub async fn publish(&self, from: &Link, frame: Frame) -> Result<(), pb::Error> {
+        validate_topic(&frame.header.topic)
+            .map_err(|m| error(ErrorKind::Permanent, "invalid_topic", m))?;
+        let table = self.inner.table.load_full();
+        let mut groups_done: Vec<&str> = Vec::new();
+        for (i, sub) in table.subs.iter().enumerate() {
+            if sub.kind != SubscriptionKind::Events || !sub.pattern.matches(&frame.header.topic) {
+                continue;
+            }
+            let target = match &sub.group {
+                None => sub,
+                Some(g) => {
+                    if groups_done.contains(&&**g) {
+                        continue;
+                    }
+                    groups_done.push(g);
+                    self.pick_group_member(&table, i, g, &frame.header.topic)
+                }
+            };
+            let mut out = Frame {
+                header: frame.header.clone(),
+                payload: frame.payload.clone(),
+            };
+            out.header.sender = from.plugin.to_string();
+            out.header.subscription_id = target.id;
+            out.header.request_id = 0;
+            self.deliver(&target.link, out).await;
+        }
+        Ok(())
+    }
+
+    fn pick_group_member<'a>(&self, table: &'a Table, first: usize, group: &str, topic: &str) -> &'a Arc<Sub> {
+        let members: Vec<&Arc<Sub>> = table.subs[first..]
+            .iter()
+            .filter(|s| {
+                s.kind == SubscriptionKind::Events
+                    && s.group.as_deref() == Some(group)
+                    && s.pattern.matches(topic)
+            })
+            .collect();
+        let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
+        members[n % members.len()]
+    }
+
+    async fn deliver(&self, link: &Link, frame: Frame) {
+        let stats = &self.inner.stats;
+        match link.outbox.try_send(frame) {
+            Ok(()) => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(frame)) => {
+                match tokio::time::timeout(DELIVERY_WAIT, link.outbox.send(frame)).await {
+                    Ok(Ok(())) => {
+                        stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(_)) => {}
+                    Err(_) => {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(plugin = %link.plugin, "subscriber queue full for {DELIVERY_WAIT:?}: message dropped");
+                    }
+                }
+            }
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    async fn reply_error(&self, to: &Link, request_id: u64, sender: &str, e: pb::Error) {
+        self.inner.stats.request_errors.fetch_add(1, Ordering::Relaxed);
+        let mut f = Frame::new(FrameType::Reply, Bytes::new());
+        f.header.request_id = request_id;
+        f.header.sender = sender.to_string();
+        f.header.error = Some(e);
+        self.deliver(to, f).await;
+    }
+
+    /// Routes a REQUEST from `from` to one matching server, or answers it with an error at once.
+    pub async fn request(&self, from: &Arc<Link>, frame: Frame) {
+        let origin_id = frame.header.request_id;
+        let topic = &frame.header.topic;
+        if let Err(m) = validate_topic(topic) {
+            let e = error(ErrorKind::Permanent, "invalid_topic", m);
+            return self.reply_error(from, origin_id, "$host", e).await;
+        }
+        let now = now_unix_ms();
+        let deadline_ms = match frame.header.deadline_unix_ms {
+            0 => now + u64::try_from(self.inner.default_timeout.as_millis()).unwrap_or(u64::MAX),
+            d => d,
+        };
+        if deadline_ms <= now {
+            let e = error(ErrorKind::Temporary, "deadline_exceeded", "the deadline passed before the request was routed");
+            return self.reply_error(from, origin_id, "$host", e).await;
+        }
+        let table = self.inner.table.load_full();
+        let servers: Vec<&Arc<Sub>> = table
+            .subs
+            .iter()
+            .filter(|s| s.kind == SubscriptionKind::Requests && s.pattern.matches(topic))
+            .collect();
+        if servers.is_empty() {
+            let e = error(ErrorKind::Temporary, "no_responders", format!("nobody serves {topic:?}"));
+            return self.reply_error(from, origin_id, "$host", e).await;
+        }
+        let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
+        let server = servers[n % servers.len()];
+        let host_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut p = lock(&self.inner.pending);
+            p.by_id.insert(
+                host_id,
+                PendingReq {
+                    origin: Arc::clone(from),
+                    origin_id,
+                    server_conn: server.link.conn_id,
+                    deadline_ms,
+                },
+            );
+            p.by_deadline.insert((deadline_ms, host_id));
+        }
+        let mut out = frame;
+        out.header.sender = from.plugin.to_string();
+        out.header.request_id = host_id;
+        out.header.subscription_id = server.id;
+        out.header.deadline_unix_ms = deadline_ms;
+        self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.deliver(&server.link, out).await;
+    }
+
+    /// Routes a REPLY from `from` back to the requester. A reply to a request that was not sent
+    /// to `from` (or already answered or expired) is dropped: a plugin cannot answer for another.
+    pub async fn reply(&self, from: &Link, frame: Frame) {
+        let host_id = frame.header.request_id;
+        let req = {
+            let mut p = lock(&self.inner.pending);
+            match p.by_id.get(&host_id) {
+                Some(r) if r.server_conn == from.conn_id => {
+                    let r = p.by_id.remove(&host_id);
+                    if let Some(r) = &r {
+                        p.by_deadline.remove(&(r.deadline_ms, host_id));
+                    }
+                    r
+                }
+                _ => None,
+            }
+        };
+        let Some(req) = req else {
+            tracing::debug!(plugin = %from.plugin, host_id, "late or foreign reply dropped");
+            return;
+        };
+        let mut out = frame;
+        out.header.sender = from.plugin.to_string();
+        out.header.request_id = req.origin_id;
+        out.header.subscription_id = 0;
+        self.deliver(&req.origin, out).await;
+    }
+
+    /// Answers expired requests with `deadline_exceeded` until `cancel`.
+    pub async fn run_expiry(self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cancel.cancelled() => return,
+            }
+            let now = now_unix_ms();
+            let expired: Vec<PendingReq> = {
+                let mut p = lock(&self.inner.pending);
+                let mut out = Vec::new();
+                while let Some(&(d, id)) = p.by_deadline.first() {
+                    if d > now {
+                        break;
+                    }
+                    p.by_deadline.pop_first();
+                    if let Some(r) = p.by_id.remove(&id) {
+                        out.push(r);
+                    }
+                }
+                out
+            };
+            for r in expired {
+                let e = error(ErrorKind::Temporary, "deadline_exceeded", "no reply before the deadline");
+                self.reply_error(&r.origin, r.origin_id, "$host", e).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(name: &str, conn: u64) -> (Arc<Link>, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(8);
+        (Arc::new(Link { plugin: name.into(), conn_id: conn, outbox: tx }), rx)
+    }
+
+    fn publish(topic: &str, sender: &str) -> Frame {
+        let mut f = Frame::new(FrameType::Publish, Bytes::from_static(b"payload"));
+        f.header.topic = topic.into();
+        f.header.sender = sender.into();
+        f
+    }
+
+    #[tokio::test]
+    async fn publish_reaches_matching_subscribers_with_the_sender_stamped() {
+        let bus = Bus::new(Duration::from_secs(1));
+        let (a, _ra) = link("a", 1);
+        let (b, mut rb) = link("b", 2);
+        let (c, mut rc) = link("c", 3);
+        bus.subscribe(&b, 7, "orders.*", &pb::Subscribe::default()).unwrap();
+        bus.subscribe(&c, 9, "other", &pb::Subscribe::default()).unwrap();
+        bus.publish(&a, publish("orders.new", "forged")).await.unwrap();
+        let got = rb.try_recv().unwrap();
+        assert_eq!(got.header.sender, "a", "the sender is stamped, not taken from the plugin");
+        assert_eq!(got.header.subscription_id, 7);
+        assert_eq!(&got.payload[..], b"payload");
+        assert!(rc.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn queue_group_delivers_each_message_once() {
+        let bus = Bus::new(Duration::from_secs(1));
+        let (a, _ra) = link("a", 1);
+        let (b, mut rb) = link("b", 2);
+        let (c, mut rc) = link("c", 3);
+        let g = pb::Subscribe { kind: SubscriptionKind::Events as i32, queue_group: "workers".into() };
+        bus.subscribe(&b, 1, "jobs", &g).unwrap();
+        bus.subscribe(&c, 1, "jobs", &g).unwrap();
+        for _ in 0..6 {
+            bus.publish(&a, publish("jobs", "a")).await.unwrap();
+        }
+        let (mut nb, mut nc) = (0, 0);
+        while rb.try_recv().is_ok() { nb += 1; }
+        while rc.try_recv().is_ok() { nc += 1; }
+        assert_eq!(nb + nc, 6);
+        assert!(nb > 0 && nc > 0, "round robin spreads the load: {nb} / {nc}");
+    }
+
+    #[tokio::test]
+    async fn request_without_server_is_answered_at_once() {
+        let bus = Bus::new(Duration::from_secs(1));
+        let (a, mut ra) = link("a", 1);
+        let mut f = Frame::new(FrameType::Request, Bytes::new());
+        f.header.topic = "nobody".into();
+        f.header.request_id = 5;
+        bus.request(&a, f).await;
+        let r = ra.try_recv().unwrap();
+        assert_eq!(r.header.request_id, 5);
+        assert_eq!(r.header.error.unwrap().code, "no_responders");
+    }
+
+    #[tokio::test]
+    async fn request_reply_round_trip_and_foreign_replies_are_dropped() {
+        let bus = Bus::new(Duration::from_secs(5));
+        let (a, mut ra) = link("a", 1);
+        let (b, mut rb) = link("b", 2);
+        let (m, _rm) = link("mallory", 3);
+        let serve = pb::Subscribe { kind: SubscriptionKind::Requests as i32, queue_group: String::new() };
+        bus.subscribe(&b, 4, "echo", &serve).unwrap();
+        let mut f = Frame::new(FrameType::Request, Bytes::from_static(b"hi"));
+        f.header.topic = "echo".into();
+        f.header.request_id = 77;
+        bus.request(&a, f).await;
+        let req = rb.try_recv().unwrap();
+        assert_eq!(req.header.sender, "a");
+        assert_eq!(req.header.subscription_id, 4);
+        assert!(req.header.deadline_unix_ms > 0, "the default deadline is filled in");
+        let mut forged = Frame::new(FrameType::Reply, Bytes::from_static(b"evil"));
+        forged.header.request_id = req.header.request_id;
+        bus.reply(&m, forged).await;
+        assert!(ra.try_recv().is_err(), "mallory cannot answer b's request");
+        let mut rep = Frame::new(FrameType::Reply, Bytes::from_static(b"hi"));
+        rep.header.request_id = req.header.request_id;
+        bus.reply(&b, rep).await;
+        let got = ra.try_recv().unwrap();
+        assert_eq!(got.header.request_id, 77);
+        assert_eq!(got.header.sender, "b");
+        assert_eq!(bus.pending_requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn server_disconnect_fails_outstanding_requests() {
+        let bus = Bus::new(Duration::from_secs(5));
+        let (a, mut ra) = link("a", 1);
+        let (b, _rb) = link("b", 2);
+        let serve = pb::Subscribe { kind: SubscriptionKind::Requests as i32, queue_group: String::new() };
+        bus.subscribe(&b, 1, "svc", &serve).unwrap();
+        let mut f = Frame::new(FrameType::Request, Bytes::new());
+        f.header.topic = "svc".into();
+        f.header.request_id = 3;
+        bus.request(&a, f).await;
+        bus.disconnect(&b).await;
+        let got = ra.try_recv().unwrap();
+        assert_eq!(got.header.error.unwrap().code, "responder_gone");
+        assert_eq!(bus.subscription_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn expired_requests_get_deadline_exceeded() {
+        let bus = Bus::new(Duration::from_secs(5));
+        let (a, mut ra) = link("a", 1);
+        let (b, _rb) = link("b", 2);
+        let serve = pb::Subscribe { kind: SubscriptionKind::Requests as i32, queue_group: String::new() };
+        bus.subscribe(&b, 1, "slow", &serve).unwrap();
+        let mut f = Frame::new(FrameType::Request, Bytes::new());
+        f.header.topic = "slow".into();
+        f.header.request_id = 9;
+        f.header.deadline_unix_ms = now_unix_ms() + 50;
+        bus.request(&a, f).await;
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(bus.clone().run_expiry(cancel.clone()));
+        let got = tokio::time::timeout(Duration::from_secs(5), ra.recv()).await.unwrap().unwrap();
+        assert_eq!(got.header.error.unwrap().code, "deadline_exceeded");
+        cancel.cancel();
+        task.await.unwrap();
+    }
+}

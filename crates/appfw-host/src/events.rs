@@ -1,0 +1,261 @@
+//! Typed events: everything that happens is one [`Event`], emitted once through [`Events`],
+//! which logs it, keeps it in a bounded in-memory log and broadcasts it to subscribers (the API,
+//! and later the store, metrics and alert rules).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::supervisor::PluginState;
+
+/// What happened.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The host finished starting.
+    HostStarted {
+        /// Host version.
+        version: String,
+        /// Host pid.
+        pid: u32,
+    },
+    /// The host began stopping.
+    HostStopping {
+        /// Why.
+        reason: String,
+    },
+    /// The host stopped every plugin.
+    HostStopped {
+        /// Plugins that had to be killed because the shutdown timeout ran out.
+        forced: Vec<String>,
+    },
+    /// A plugin changed state.
+    StateChanged {
+        /// Previous state.
+        from: PluginState,
+        /// New state.
+        to: PluginState,
+        /// Why.
+        reason: String,
+    },
+    /// A plugin process was started.
+    Spawned {
+        /// Its pid.
+        pid: u32,
+        /// 0 for the first start, then the restart count.
+        restarts: u64,
+    },
+    /// A plugin could not be started.
+    SpawnFailed {
+        /// Why.
+        error: String,
+    },
+    /// A plugin process exited.
+    Exited {
+        /// Its pid.
+        pid: u32,
+        /// `exit code N` or `signal N (NAME)`.
+        status: String,
+        /// Whether the exit counts as a failure.
+        failure: bool,
+        /// Why the process ended (e.g. killed after missing heartbeats).
+        reason: String,
+    },
+    /// A restart was scheduled.
+    RestartScheduled {
+        /// Delay before the restart, milliseconds.
+        delay_ms: u64,
+        /// Consecutive failures so far.
+        attempt: u32,
+    },
+    /// The plugin broke the wire protocol; its connection was closed.
+    ProtocolFault {
+        /// Stable code (`frame_too_large`, `malformed_frame`, ...).
+        code: String,
+        /// Detail.
+        message: String,
+    },
+    /// The plugin's handshake was refused.
+    HandshakeRefused {
+        /// Detail naming both version ranges.
+        reason: String,
+    },
+    /// The plugin answered no heartbeat in time.
+    HeartbeatMissed {
+        /// Time since the last answer, milliseconds.
+        silent_ms: u64,
+        /// The configured timeout, milliseconds.
+        timeout_ms: u64,
+    },
+    /// A stop had to escalate to a signal.
+    StopEscalated {
+        /// The signal sent to the process group.
+        signal: String,
+    },
+}
+
+impl EventKind {
+    /// The `kind` tag as it appears in JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::HostStarted { .. } => "host_started",
+            Self::HostStopping { .. } => "host_stopping",
+            Self::HostStopped { .. } => "host_stopped",
+            Self::StateChanged { .. } => "state_changed",
+            Self::Spawned { .. } => "spawned",
+            Self::SpawnFailed { .. } => "spawn_failed",
+            Self::Exited { .. } => "exited",
+            Self::RestartScheduled { .. } => "restart_scheduled",
+            Self::ProtocolFault { .. } => "protocol_fault",
+            Self::HandshakeRefused { .. } => "handshake_refused",
+            Self::HeartbeatMissed { .. } => "heartbeat_missed",
+            Self::StopEscalated { .. } => "stop_escalated",
+        }
+    }
+}
+
+/// One event.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// Increasing number, unique per host run.
+    pub seq: u64,
+    /// When, RFC 3339.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    /// The plugin concerned, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+/// Capacity of the in-memory event log.
+const RING: usize = 4096;
+
+/// The event hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    seq: AtomicU64,
+    ring: Mutex<VecDeque<Arc<Event>>>,
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Events {
+    /// A new hub.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        Self {
+            inner: Arc::new(Inner {
+                seq: AtomicU64::new(1),
+                ring: Mutex::new(VecDeque::with_capacity(256)),
+                tx,
+            }),
+        }
+    }
+
+    /// Records and publishes an event, and writes it to the host log.
+    pub fn emit(&self, plugin: Option<&str>, kind: EventKind) -> Arc<Event> {
+        let ev = Arc::new(Event {
+            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
+            time: SystemTime::now(),
+            plugin: plugin.map(str::to_string),
+            kind,
+        });
+        log(&ev);
+        {
+            let mut ring = self.inner.ring.lock().unwrap_or_else(PoisonError::into_inner);
+            if ring.len() == RING {
+                ring.pop_front();
+            }
+            ring.push_back(Arc::clone(&ev));
+        }
+        // No receiver is fine; a lagging one loses the oldest events and can re-read the ring.
+        let _ = self.inner.tx.send(Arc::clone(&ev));
+        ev
+    }
+
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    pub fn since(&self, after: u64, limit: usize) -> Vec<Arc<Event>> {
+        let ring = self.inner.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.iter()
+            .filter(|e| e.seq > after)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// A live stream of events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.inner.tx.subscribe()
+    }
+}
+
+fn log(ev: &Event) {
+    let plugin = ev.plugin.as_deref().unwrap_or("");
+    let kind = ev.kind.name();
+    match &ev.kind {
+        EventKind::StateChanged { from, to, reason } => {
+            tracing::info!(plugin, event = kind, %from, %to, reason = %reason, "plugin {plugin}: {from} -> {to} ({reason})")
+        }
+        EventKind::Spawned { pid, restarts } => {
+            tracing::info!(plugin, event = kind, pid, restarts, "plugin {plugin}: started, pid {pid}")
+        }
+        EventKind::Exited { pid, status, failure, reason } => {
+            if *failure {
+                tracing::warn!(plugin, event = kind, pid, status = %status, reason = %reason, "plugin {plugin}: pid {pid} exited with {status} ({reason})")
+            } else {
+                tracing::info!(plugin, event = kind, pid, status = %status, reason = %reason, "plugin {plugin}: pid {pid} exited with {status} ({reason})")
+            }
+        }
+        EventKind::SpawnFailed { error } => {
+            tracing::error!(plugin, event = kind, error = %error, "plugin {plugin}: cannot start: {error}")
+        }
+        EventKind::ProtocolFault { code, message } => {
+            tracing::error!(plugin, event = kind, code = %code, "plugin {plugin}: protocol fault {code}: {message}; closing its connection")
+        }
+        EventKind::HandshakeRefused { reason } => {
+            tracing::error!(plugin, event = kind, "plugin {plugin}: handshake refused: {reason}")
+        }
+        EventKind::HeartbeatMissed { silent_ms, timeout_ms } => {
+            tracing::warn!(plugin, event = kind, silent_ms, timeout_ms, "plugin {plugin}: no heartbeat answer for {silent_ms} ms (timeout {timeout_ms} ms): hung")
+        }
+        EventKind::RestartScheduled { delay_ms, attempt } => {
+            tracing::info!(plugin, event = kind, delay_ms, attempt, "plugin {plugin}: restart in {delay_ms} ms (consecutive failure {attempt})")
+        }
+        EventKind::StopEscalated { signal } => {
+            tracing::warn!(plugin, event = kind, signal = %signal, "plugin {plugin}: did not stop in time, sent {signal}")
+        }
+        EventKind::HostStarted { version, pid } => {
+            tracing::info!(event = kind, version = %version, pid, "appfw host {version} started (pid {pid})")
+        }
+        EventKind::HostStopping { reason } => {
+            tracing::info!(event = kind, reason = %reason, "host stopping: {reason}")
+        }
+        EventKind::HostStopped { forced } => {
+            if forced.is_empty() {
+                tracing::info!(event = kind, "all plugins stopped")
+            } else {
+                tracing::warn!(event = kind, ?forced, "shutdown timeout: killed {forced:?}")
+            }
+        }
+    }
+}

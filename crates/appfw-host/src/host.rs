@@ -1,0 +1,286 @@
+//! The host's lifecycle: start every subsystem, run, and stop in two phases within a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState, HostInfo};
+use crate::bus::Bus;
+use crate::config::{Config, ConfigError};
+use crate::datadir::{self, DataDir, DataDirError, Layout};
+use crate::events::{EventKind, Events};
+use crate::supervisor::{Ctx, Spawner, Supervisor};
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The configuration is invalid.
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] ConfigError),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address or socket path.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another start-up failure.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to start a host.
+#[derive(Clone, Debug, Default)]
+pub struct HostOptions {
+    /// The configuration (validated again at start).
+    pub config: Config,
+    /// Data directory given on the command line (wins over everything else).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A started host. Stop it with [`Host::shutdown`].
+pub struct Host {
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    supervisor: Arc<Supervisor>,
+    events: Events,
+    api_addr: Option<SocketAddr>,
+    layout: Layout,
+    shutdown_timeout: std::time::Duration,
+    spawner: Option<(Spawner, std::thread::JoinHandle<()>)>,
+    _data_dir: DataDir,
+}
+
+impl Host {
+    /// Validates the config, locks the data directory, starts the reaper, the bus, the API and
+    /// every autostart plugin. Returns once the plugins were asked to start.
+    pub async fn start(opts: HostOptions) -> Result<Self, HostError> {
+        let config = opts.config;
+        config.validate()?;
+        let root = datadir::resolve(opts.data_dir.as_deref(), config.data_dir.as_deref())?;
+        let data_dir = DataDir::open(&root)?;
+        let layout = data_dir.layout().clone();
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let events = Events::new();
+
+        let (spawner, spawner_thread) = Spawner::start().map_err(|source| HostError::Io {
+            what: "cannot start the spawner thread",
+            source,
+        })?;
+        tasks.spawn(spawner.clone().reap(cancel.child_token()));
+        let bus = Bus::new(config.supervisor.request_timeout);
+        tasks.spawn(bus.clone().run_expiry(cancel.child_token()));
+
+        let ctx = Arc::new(Ctx {
+            events: events.clone(),
+            bus: bus.clone(),
+            spawner: spawner.clone(),
+            logs_dir: layout.logs_dir(),
+            base_dir: config.base_dir(),
+            supervisor: config.supervisor.clone(),
+            cancel: cancel.child_token(),
+        });
+        let supervisor = Arc::new(Supervisor::new(ctx, &config.plugins));
+
+        let info = HostInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            data_dir: layout.root.display().to_string(),
+            config_file: config.source.as_ref().map(|p| p.display().to_string()),
+            protocol_versions: format!("{}-{}", appfw_proto::MIN_VERSION, appfw_proto::MAX_VERSION),
+            started_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            api_listen: None,
+        };
+        let mut state = ApiState {
+            supervisor: Arc::clone(&supervisor),
+            events: events.clone(),
+            bus,
+            token: Arc::from(data_dir.token()),
+            info: Arc::new(info),
+            required: config
+                .plugins
+                .iter()
+                .filter(|p| p.autostart)
+                .map(|p| p.name.clone())
+                .collect(),
+            started: Instant::now(),
+        };
+        let mut api_addr = None;
+        let tcp = if config.api.listen.is_empty() {
+            None
+        } else {
+            let l = tokio::net::TcpListener::bind(&config.api.listen)
+                .await
+                .map_err(|source| HostError::Bind {
+                    addr: config.api.listen.clone(),
+                    source,
+                })?;
+            api_addr = l.local_addr().ok();
+            if let Some(a) = api_addr
+                && !a.ip().is_loopback()
+            {
+                tracing::warn!("API listening on non-loopback address {a}: reachable from the network (token still required)");
+            }
+            Some(l)
+        };
+        Arc::make_mut(&mut state.info).api_listen = api_addr.map(|a| a.to_string());
+        let router = api::router(state);
+        if let Some(l) = tcp {
+            let stop = cancel.child_token();
+            let r = router.clone();
+            tasks.spawn(async move {
+                let _ = axum::serve(l, r)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            });
+        }
+        if config.api.unix_socket {
+            let path = layout.api_socket();
+            // We hold the data directory lock, so a socket file here is a stale one.
+            let _ = std::fs::remove_file(&path);
+            let l = tokio::net::UnixListener::bind(&path).map_err(|source| HostError::Bind {
+                addr: path.display().to_string(),
+                source,
+            })?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| HostError::Io {
+                    what: "cannot set permissions of the API socket",
+                    source,
+                },
+            )?;
+            let stop = cancel.child_token();
+            tasks.spawn(async move {
+                let _ = axum::serve(l, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            });
+        }
+
+        supervisor.start_all(&config.plugins).await;
+        events.emit(
+            None,
+            EventKind::HostStarted {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+            },
+        );
+        if let Some(a) = api_addr {
+            tracing::info!("API on http://{a} and {}", layout.api_socket().display());
+        }
+        Ok(Self {
+            cancel,
+            tasks,
+            supervisor,
+            events,
+            api_addr,
+            layout,
+            shutdown_timeout: config.supervisor.shutdown_timeout,
+            spawner: Some((spawner, spawner_thread)),
+            _data_dir: data_dir,
+        })
+    }
+
+    /// The event hub.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The plugins.
+    pub fn supervisor(&self) -> &Arc<Supervisor> {
+        &self.supervisor
+    }
+
+    /// TCP address of the API, if enabled.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    /// The data directory's paths.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Stops every plugin (reverse start order, bounded by `supervisor.shutdown_timeout`), then
+    /// the API and the background tasks, and joins them.
+    pub async fn shutdown(mut self, reason: &str) {
+        self.events.emit(None, EventKind::HostStopping { reason: reason.into() });
+        let forced = self.supervisor.shutdown(self.shutdown_timeout).await;
+        self.events.emit(None, EventKind::HostStopped { forced });
+        self.cancel.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some host tasks did not finish within 5 s");
+        }
+        if let Some((spawner, thread)) = self.spawner.take() {
+            drop(spawner);
+            // The thread ends once the last handle (in the supervisor context) is dropped.
+            drop(self.supervisor);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// SIGKILLs every plugin now (a second Ctrl-C).
+    pub async fn kill_all(&self) {
+        self.supervisor.kill_all().await;
+    }
+}
+
+/// Runs a host until `stop` resolves (first signal), then shuts down; a second signal while
+/// stopping kills every plugin at once.
+pub async fn run<F, G>(opts: HostOptions, stop: F, force: G) -> Result<(), HostError>
+where
+    F: Future<Output = &'static str>,
+    G: Future<Output = ()>,
+{
+    let host = Host::start(opts).await?;
+    let reason = stop.await;
+    let supervisor = Arc::clone(host.supervisor());
+    let shutdown = host.shutdown(reason);
+    tokio::pin!(shutdown);
+    tokio::pin!(force);
+    tokio::select! {
+        () = &mut shutdown => return Ok(()),
+        () = &mut force => {
+            tracing::warn!("second signal: killing every plugin now");
+            supervisor.kill_all().await;
+        }
+    }
+    drop(supervisor);
+    shutdown.await;
+    Ok(())
+}
+
+/// Resolves at the first SIGTERM or SIGINT with the signal's name.
+pub async fn signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

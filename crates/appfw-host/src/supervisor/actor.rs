@@ -1,0 +1,651 @@
+//! The owner task of one plugin. It alone holds the plugin's state machine; the API, the CLI,
+//! timers, the reaper and the connection only send it messages, so nothing can race it into
+//! starting a plugin twice.
+
+use std::ffi::OsString;
+use std::future::pending;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use appfw_proto::Frame;
+use appfw_proto::pb::{self, FrameType, HealthStatus};
+use bytes::Bytes;
+use rustix::process::Signal;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::capture::{self, OutputFile, Stream};
+use super::conn::{self, ConnEvent, ConnHandle, ConnParams};
+use super::process::{Child, ProcessSpec, describe};
+use super::{Action, Ctx, LastExit, PluginState, PluginStatus, backoff_delay};
+use crate::config::{PluginConfig, Protocol, RestartPolicy};
+use crate::events::EventKind;
+
+/// Messages to a plugin's owner task.
+pub(crate) enum Command {
+    /// Start/stop/restart; the reply comes once the plugin settled (running, stopped, ...).
+    Act(Action, oneshot::Sender<PluginStatus>),
+    /// The current status, at once.
+    Status(oneshot::Sender<PluginStatus>),
+    /// Stop for good (host shutdown); the task ends after the process exited.
+    Quit(oneshot::Sender<PluginStatus>),
+    /// SIGKILL the process group now (shutdown deadline passed).
+    Kill,
+}
+
+/// What to do when the current process exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterExit {
+    Policy,
+    Stop,
+    Restart,
+    Quit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopPhase {
+    None,
+    Shutdown,
+    Term,
+    Kill,
+}
+
+struct Proc {
+    child: Child,
+    conn: Option<ConnHandle>,
+    conn_rx: Option<mpsc::Receiver<ConnEvent>>,
+    capture: Vec<JoinHandle<()>>,
+    phase: StopPhase,
+    /// Set when the host kills the process for a fault: the exit then counts as a failure.
+    kill_reason: Option<String>,
+    ready: bool,
+}
+
+enum Input {
+    Cmd(Option<Command>),
+    Exit(Option<ExitStatus>),
+    Conn(Option<ConnEvent>),
+    Timer,
+}
+
+pub(crate) struct Actor {
+    name: Arc<str>,
+    cfg: PluginConfig,
+    ctx: Arc<Ctx>,
+    rx: mpsc::Receiver<Command>,
+    state: PluginState,
+    since: SystemTime,
+    proc: Option<Proc>,
+    restarts: u64,
+    failures: u32,
+    last_exit: Option<LastExit>,
+    after_exit: AfterExit,
+    timer: Option<Instant>,
+    waiters: Vec<oneshot::Sender<PluginStatus>>,
+    health: Option<pb::HealthReport>,
+    output: Option<OutputFile>,
+}
+
+impl Actor {
+    pub(crate) fn new(cfg: PluginConfig, ctx: Arc<Ctx>, rx: mpsc::Receiver<Command>) -> Self {
+        Self {
+            name: Arc::from(cfg.name.as_str()),
+            cfg,
+            ctx,
+            rx,
+            state: PluginState::Stopped,
+            since: SystemTime::now(),
+            proc: None,
+            restarts: 0,
+            failures: 0,
+            last_exit: None,
+            after_exit: AfterExit::Policy,
+            timer: None,
+            waiters: Vec::new(),
+            health: None,
+            output: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            match self.next_input().await {
+                Input::Cmd(Some(cmd)) => {
+                    if self.on_command(cmd).await {
+                        break;
+                    }
+                }
+                // Every handle is gone: nobody can ask us anything any more; stop for good.
+                Input::Cmd(None) => {
+                    if self.proc.is_none() {
+                        break;
+                    }
+                    self.after_exit = AfterExit::Quit;
+                    self.begin_stop("host is gone");
+                }
+                Input::Exit(status) => {
+                    if self.on_exit(status).await {
+                        break;
+                    }
+                }
+                Input::Conn(Some(ev)) => self.on_conn_event(ev),
+                Input::Conn(None) => {
+                    if let Some(p) = self.proc.as_mut() {
+                        p.conn_rx = None;
+                    }
+                }
+                Input::Timer => self.on_timer().await,
+            }
+        }
+        self.timer = None;
+    }
+
+    async fn next_input(&mut self) -> Input {
+        let (exit, conn_rx) = match self.proc.as_mut() {
+            Some(p) => (Some(&mut p.child.exit), p.conn_rx.as_mut()),
+            None => (None, None),
+        };
+        let timer = self.timer;
+        tokio::select! {
+            cmd = self.rx.recv() => Input::Cmd(cmd),
+            st = async move { match exit { Some(f) => f.await.ok(), None => pending().await } } => Input::Exit(st),
+            ev = async move { match conn_rx { Some(r) => r.recv().await, None => pending().await } } => Input::Conn(ev),
+            () = async move { match timer { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => Input::Timer,
+        }
+    }
+
+    fn status(&self) -> PluginStatus {
+        let running = self.proc.as_ref();
+        PluginStatus {
+            name: self.name.to_string(),
+            state: self.state,
+            since: humantime::format_rfc3339_millis(self.since).to_string(),
+            pid: running.map(|p| p.child.pid),
+            started_at: running
+                .map(|p| humantime::format_rfc3339_millis(p.child.started_at).to_string()),
+            uptime_secs: running.map(|p| p.child.started.elapsed().as_secs_f64()),
+            restarts: self.restarts,
+            protocol: self.cfg.protocol,
+            last_exit: self.last_exit.clone(),
+            health: self.health.as_ref().map(|h| {
+                HealthStatus::try_from(h.status)
+                    .unwrap_or(HealthStatus::Unspecified)
+                    .as_str_name()
+                    .trim_start_matches("HEALTH_STATUS_")
+                    .to_lowercase()
+            }),
+            health_message: self.health.as_ref().map(|h| h.message.clone()).filter(|m| !m.is_empty()),
+            next_restart_in_ms: (self.state == PluginState::Backoff)
+                .then(|| self.timer.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64))
+                .flatten(),
+        }
+    }
+
+    fn set_state(&mut self, to: PluginState, reason: &str) {
+        if to != self.state {
+            let from = self.state;
+            self.state = to;
+            self.since = SystemTime::now();
+            self.ctx.events.emit(
+                Some(&self.name),
+                EventKind::StateChanged {
+                    from,
+                    to,
+                    reason: reason.to_string(),
+                },
+            );
+        }
+        if to.is_settled() && !self.waiters.is_empty() {
+            let st = self.status();
+            for w in self.waiters.drain(..) {
+                let _ = w.send(st.clone());
+            }
+        }
+    }
+
+    /// Returns true when the task should end.
+    async fn on_command(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Kill => {
+                if let Some(p) = &mut self.proc {
+                    p.phase = StopPhase::Kill;
+                    let _ = p.child.signal_group(Signal::KILL);
+                }
+            }
+            Command::Quit(reply) => {
+                self.waiters.push(reply);
+                self.after_exit = AfterExit::Quit;
+                if self.proc.is_none() {
+                    self.timer = None;
+                    let to = if self.state.is_settled() && self.state != PluginState::Backoff {
+                        self.state
+                    } else {
+                        PluginState::Stopped
+                    };
+                    self.set_state(to, "host shutting down");
+                    return true;
+                }
+                self.begin_stop("host shutting down");
+            }
+            Command::Act(action, reply) => self.on_action(action, reply).await,
+        }
+        false
+    }
+
+    async fn on_action(&mut self, action: Action, reply: oneshot::Sender<PluginStatus>) {
+        let stopping = self.proc.as_ref().map(|p| p.phase != StopPhase::None);
+        match (action, stopping) {
+            (Action::Start, Some(false)) => {
+                // Already running or starting: settled answers now, starting answers later.
+                self.waiters.push(reply);
+                let st = self.state;
+                self.set_state(st, "");
+            }
+            (Action::Start, Some(true)) | (Action::Restart, Some(true)) => {
+                self.waiters.push(reply);
+                self.after_exit = AfterExit::Restart;
+            }
+            (Action::Start, None) => {
+                self.waiters.push(reply);
+                self.spawn("start requested").await;
+            }
+            (Action::Stop, Some(_)) => {
+                self.waiters.push(reply);
+                self.after_exit = AfterExit::Stop;
+                self.begin_stop("stop requested");
+            }
+            (Action::Stop, None) => {
+                self.waiters.push(reply);
+                self.timer = None;
+                let to = match self.state {
+                    PluginState::Backoff => PluginState::Stopped,
+                    s => s,
+                };
+                self.set_state(to, "stop requested");
+            }
+            (Action::Restart, Some(false)) => {
+                self.waiters.push(reply);
+                self.after_exit = AfterExit::Restart;
+                self.begin_stop("restart requested");
+            }
+            (Action::Restart, None) => {
+                self.waiters.push(reply);
+                if self.last_exit.is_some() {
+                    self.restarts += 1;
+                }
+                self.spawn("restart requested").await;
+            }
+        }
+    }
+
+    fn spec(&self) -> ProcessSpec {
+        let base = &self.ctx.base_dir;
+        let program = if self.cfg.command.contains('/') {
+            base.join(&self.cfg.command)
+        } else {
+            PathBuf::from(&self.cfg.command)
+        };
+        let mut env: Vec<(OsString, OsString)> = self
+            .cfg
+            .env
+            .iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        env.push((appfw_proto::ENV_PLUGIN_NAME.into(), self.name.to_string().into()));
+        let connect = self.cfg.protocol == Protocol::Appfw;
+        if connect {
+            env.push((
+                appfw_proto::ENV_PLUGIN_PROTOCOL.into(),
+                format!("{}-{}", appfw_proto::MIN_VERSION, appfw_proto::MAX_VERSION).into(),
+            ));
+        }
+        ProcessSpec {
+            name: self.name.to_string(),
+            program,
+            args: self.cfg.args.clone(),
+            env,
+            working_dir: self.cfg.working_dir.as_ref().map(|d| base.join(d)),
+            connect,
+        }
+    }
+
+    async fn spawn(&mut self, why: &str) {
+        self.timer = None;
+        self.after_exit = AfterExit::Policy;
+        self.health = None;
+        self.set_state(PluginState::Starting, why);
+        let child = match self.ctx.spawner.spawn(self.spec()).await {
+            Ok(c) => c,
+            Err(e) => {
+                let error = e.to_string();
+                self.ctx.events.emit(Some(&self.name), EventKind::SpawnFailed { error: error.clone() });
+                self.last_exit = Some(LastExit {
+                    status: "not started".into(),
+                    reason: error.clone(),
+                    failure: true,
+                    at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                });
+                self.after_failure(true, Duration::ZERO, &error);
+                if self.state == PluginState::Backoff && self.timer.is_none() {
+                    // Never retry a failing spawn in a hot loop, even on the first failure.
+                    self.timer = Some(Instant::now() + self.cfg.backoff.initial.max(Duration::from_millis(100)));
+                }
+                return;
+            }
+        };
+        self.ctx.events.emit(
+            Some(&self.name),
+            EventKind::Spawned {
+                pid: child.pid,
+                restarts: self.restarts,
+            },
+        );
+        let mut child = child;
+        let mut capture = Vec::new();
+        if self.output.is_none() {
+            match capture::open_output(&self.ctx.logs_dir, &self.name) {
+                Ok(f) => self.output = Some(f),
+                Err(e) => tracing::error!(plugin = %self.name, "cannot open output file: {e}"),
+            }
+        }
+        for (stream, pipe) in [
+            (Stream::Stdout, child.stdout.take().map(OwnedPipe::Out)),
+            (Stream::Stderr, child.stderr.take().map(OwnedPipe::Err)),
+        ] {
+            let (Some(pipe), Some(out)) = (pipe, self.output.clone()) else {
+                continue;
+            };
+            match pipe.into_async() {
+                Ok(r) => capture.push(tokio::spawn(capture::capture(
+                    Arc::clone(&self.name),
+                    stream,
+                    r,
+                    out,
+                ))),
+                Err(e) => tracing::error!(plugin = %self.name, "cannot capture output: {e}"),
+            }
+        }
+        let mut proc = Proc {
+            conn: None,
+            conn_rx: None,
+            capture,
+            phase: StopPhase::None,
+            kill_reason: None,
+            ready: false,
+            child,
+        };
+        if let Some(sock) = proc.child.socket.take() {
+            let (tx, rx) = mpsc::channel(16);
+            let sup = &self.ctx.supervisor;
+            let params = ConnParams {
+                plugin: Arc::clone(&self.name),
+                handshake_timeout: sup.handshake_timeout,
+                heartbeat_interval: self.cfg.heartbeat_interval.unwrap_or(sup.heartbeat_interval),
+                heartbeat_timeout: self.cfg.heartbeat_timeout.unwrap_or(sup.heartbeat_timeout),
+                max_frame_size: usize::try_from(sup.max_frame_size).unwrap_or(usize::MAX),
+                settings_json: Bytes::from(serde_json::to_vec(&self.cfg.settings).unwrap_or_default()),
+            };
+            match conn::start(params, sock, self.ctx.bus.clone(), tx, &self.ctx.cancel) {
+                Ok(c) => {
+                    proc.conn = Some(c);
+                    proc.conn_rx = Some(rx);
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %self.name, "cannot set up the plugin connection: {e}");
+                    proc.kill_reason = Some(format!("connection set-up failed: {e}"));
+                    let _ = proc.child.signal_group(Signal::KILL);
+                }
+            }
+            self.proc = Some(proc);
+        } else {
+            self.proc = Some(proc);
+            self.set_state(PluginState::Running, "process started");
+        }
+    }
+
+    fn on_conn_event(&mut self, ev: ConnEvent) {
+        let Some(p) = self.proc.as_mut() else { return };
+        match ev {
+            ConnEvent::Ready { version } => {
+                p.ready = true;
+                if p.phase == StopPhase::None {
+                    self.set_state(PluginState::Running, &format!("handshake complete (protocol v{version})"));
+                }
+            }
+            ConnEvent::Refused { reason } => {
+                self.ctx.events.emit(Some(&self.name), EventKind::HandshakeRefused { reason: reason.clone() });
+                self.terminate(format!("handshake refused: {reason}"), Signal::TERM);
+            }
+            ConnEvent::Fault { code, message } => {
+                self.ctx.events.emit(
+                    Some(&self.name),
+                    EventKind::ProtocolFault { code: code.to_string(), message: message.clone() },
+                );
+                self.terminate(format!("protocol fault: {code}: {message}"), Signal::TERM);
+            }
+            ConnEvent::HeartbeatMissed { silent, timeout } => {
+                self.ctx.events.emit(
+                    Some(&self.name),
+                    EventKind::HeartbeatMissed {
+                        silent_ms: silent.as_millis() as u64,
+                        timeout_ms: timeout.as_millis() as u64,
+                    },
+                );
+                self.set_state(PluginState::Unhealthy, "no heartbeat");
+                // A hung event loop cannot run a SIGTERM handler: kill it.
+                self.terminate(
+                    format!("hung: no heartbeat answer for {} ms", silent.as_millis()),
+                    Signal::KILL,
+                );
+            }
+            ConnEvent::Closed { reason } => {
+                if p.phase == StopPhase::None {
+                    self.terminate(format!("connection lost: {reason}"), Signal::TERM);
+                }
+            }
+            ConnEvent::Goodbye { reason } => {
+                tracing::debug!(plugin = %self.name, "plugin said goodbye: {reason}");
+            }
+            ConnEvent::Health(report) => {
+                let unhealthy = report.status == HealthStatus::Unhealthy as i32;
+                let msg = report.message.clone();
+                self.health = Some(report);
+                match (self.state, unhealthy) {
+                    (PluginState::Running, true) => self.set_state(PluginState::Unhealthy, &format!("plugin reports unhealthy: {msg}")),
+                    (PluginState::Unhealthy, false) => self.set_state(PluginState::Running, "plugin reports healthy"),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Ends the process because of a fault: the exit counts as a failure.
+    fn terminate(&mut self, reason: String, sig: Signal) {
+        let kill_after = self.cfg.kill_after;
+        let Some(p) = self.proc.as_mut() else { return };
+        if p.kill_reason.is_none() {
+            p.kill_reason = Some(reason);
+        }
+        if matches!(p.phase, StopPhase::Kill) || (p.phase == StopPhase::Term && sig == Signal::TERM) {
+            return;
+        }
+        let _ = p.child.signal_group(sig);
+        p.phase = if sig == Signal::KILL { StopPhase::Kill } else { StopPhase::Term };
+        self.timer = Some(Instant::now() + if sig == Signal::KILL { Duration::from_secs(5) } else { kill_after });
+    }
+
+    /// Graceful stop: SHUTDOWN frame (protocol plugins) or SIGTERM, then escalation by timer.
+    fn begin_stop(&mut self, reason: &str) {
+        let (grace, kill_after) = (self.cfg.stop_grace, self.cfg.kill_after);
+        let Some(p) = self.proc.as_mut() else { return };
+        if p.phase != StopPhase::None {
+            return;
+        }
+        let by_frame = p.ready && p.conn.as_ref().is_some_and(|c| !c.link.outbox.is_closed());
+        if by_frame {
+            let mut f = Frame::control(
+                FrameType::Shutdown,
+                &pb::Shutdown {
+                    grace_ms: u32::try_from(grace.as_millis()).unwrap_or(u32::MAX),
+                    reason: reason.to_string(),
+                },
+            );
+            f.header.sender = "$host".into();
+            let sent = p.conn.as_ref().is_some_and(|c| c.link.outbox.try_send(f).is_ok());
+            p.phase = if sent { StopPhase::Shutdown } else { StopPhase::Term };
+            if !sent {
+                let _ = p.child.signal_group(Signal::TERM);
+            }
+            self.timer = Some(Instant::now() + if sent { grace } else { kill_after });
+        } else {
+            let _ = p.child.signal_group(Signal::TERM);
+            p.phase = StopPhase::Term;
+            self.timer = Some(Instant::now() + grace);
+        }
+        self.set_state(PluginState::Stopping, reason);
+    }
+
+    async fn on_timer(&mut self) {
+        self.timer = None;
+        let kill_after = self.cfg.kill_after;
+        let name = Arc::clone(&self.name);
+        match self.proc.as_mut() {
+            None => {
+                if self.state == PluginState::Backoff {
+                    self.restarts += 1;
+                    self.spawn("backoff elapsed").await;
+                }
+            }
+            Some(p) => {
+                let (sig, next, wait) = match p.phase {
+                    StopPhase::Shutdown => (Signal::TERM, StopPhase::Term, kill_after),
+                    StopPhase::Term | StopPhase::None => (Signal::KILL, StopPhase::Kill, Duration::from_secs(5)),
+                    StopPhase::Kill => {
+                        tracing::error!(plugin = %name, pid = p.child.pid, "still alive 5 s after SIGKILL (uninterruptible sleep?)");
+                        (Signal::KILL, StopPhase::Kill, Duration::from_secs(5))
+                    }
+                };
+                let _ = p.child.signal_group(sig);
+                p.phase = next;
+                self.timer = Some(Instant::now() + wait);
+                let signal = if sig == Signal::KILL { "SIGKILL" } else { "SIGTERM" };
+                self.ctx.events.emit(Some(&name), EventKind::StopEscalated { signal: signal.into() });
+            }
+        }
+    }
+
+    /// Returns true when the task should end.
+    async fn on_exit(&mut self, status: Option<ExitStatus>) -> bool {
+        let Some(p) = self.proc.take() else { return false };
+        self.timer = None;
+        // Anything the plugin left behind in its process group goes with it.
+        let _ = p.child.signal_group(Signal::KILL);
+        if let Some(conn) = p.conn {
+            conn.close(&self.ctx.bus).await;
+        }
+        for t in p.capture {
+            // The pipes close once the group is gone; bounded in case a descendant left the group.
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        let uptime = p.child.started.elapsed();
+        let status_text = status.as_ref().map_or_else(|| "unknown".to_string(), describe);
+        let requested = self.after_exit != AfterExit::Policy;
+        let success = status.is_some_and(|s| s.success());
+        let failure = p.kill_reason.is_some() || (!requested && !success);
+        let reason = match (&p.kill_reason, requested) {
+            (Some(r), _) => r.clone(),
+            (None, true) => match self.after_exit {
+                AfterExit::Restart => "restart requested".into(),
+                AfterExit::Quit => "host shutting down".into(),
+                _ => "stop requested".into(),
+            },
+            (None, false) => "exited on its own".into(),
+        };
+        self.ctx.events.emit(
+            Some(&self.name),
+            EventKind::Exited {
+                pid: p.child.pid,
+                status: status_text.clone(),
+                failure,
+                reason: reason.clone(),
+            },
+        );
+        self.last_exit = Some(LastExit {
+            status: status_text,
+            reason: reason.clone(),
+            failure,
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        });
+        match std::mem::replace(&mut self.after_exit, AfterExit::Policy) {
+            AfterExit::Quit => {
+                self.set_state(PluginState::Stopped, "host shutting down");
+                return true;
+            }
+            AfterExit::Stop => self.set_state(PluginState::Stopped, "stopped by request"),
+            AfterExit::Restart => {
+                self.restarts += 1;
+                self.spawn("restart requested").await;
+            }
+            AfterExit::Policy => {
+                self.after_failure(failure, uptime, &reason);
+                if self.timer.is_none() && self.state == PluginState::Backoff {
+                    self.restarts += 1;
+                    self.spawn(&format!("restarting after {reason}")).await;
+                }
+            }
+        }
+        false
+    }
+
+    /// Applies the restart policy after the process ended (or could not start).
+    fn after_failure(&mut self, failure: bool, uptime: Duration, reason: &str) {
+        let restart = match self.cfg.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => failure,
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            let to = if failure { PluginState::Failed } else { PluginState::Completed };
+            self.set_state(to, reason);
+            return;
+        }
+        if uptime >= self.cfg.backoff.reset_after {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let delay = backoff_delay(&self.cfg.backoff, self.failures, fastrand::f64());
+        self.set_state(PluginState::Backoff, reason);
+        if delay.is_zero() {
+            self.timer = None;
+        } else {
+            self.timer = Some(Instant::now() + delay);
+            self.ctx.events.emit(
+                Some(&self.name),
+                EventKind::RestartScheduled {
+                    delay_ms: delay.as_millis() as u64,
+                    attempt: self.failures,
+                },
+            );
+        }
+    }
+}
+
+enum OwnedPipe {
+    Out(std::process::ChildStdout),
+    Err(std::process::ChildStderr),
+}
+
+impl OwnedPipe {
+    fn into_async(self) -> std::io::Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
+        Ok(match self {
+            Self::Out(p) => Box::new(tokio::process::ChildStdout::from_std(p)?),
+            Self::Err(p) => Box::new(tokio::process::ChildStderr::from_std(p)?),
+        })
+    }
+}

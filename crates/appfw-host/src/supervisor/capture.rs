@@ -1,0 +1,140 @@
+//! Plugin stdout/stderr capture: line by line into the plugin's output file, and into the host
+//! log at a bounded rate (a flooding plugin must not flood the host log).
+//!
+//! The log subsystem replaces the file format with sequenced records, rotation and indexing;
+//! this keeps the capture path minimal: read big chunks, split lines, stamp, write.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use tokio::io::AsyncReadExt;
+
+/// Longest line kept whole; longer ones are split with a `[continued]` marker.
+const MAX_LINE: usize = 64 * 1024;
+/// Lines per second per stream echoed into the host log.
+const HOST_LOG_RATE: u32 = 50;
+
+/// The plugin's output file, shared by its stdout and stderr capture.
+pub type OutputFile = Arc<Mutex<std::io::BufWriter<std::fs::File>>>;
+
+/// Opens (appends to) `<logs>/<plugin>.log`.
+pub fn open_output(logs: &Path, plugin: &str) -> std::io::Result<OutputFile> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{plugin}.log")))?;
+    Ok(Arc::new(Mutex::new(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        file,
+    ))))
+}
+
+/// Which stream.
+#[derive(Clone, Copy, Debug)]
+pub enum Stream {
+    /// stdout
+    Stdout,
+    /// stderr
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+struct RateLimit {
+    window: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+/// Reads `pipe` until EOF (the process and everything holding the pipe exited).
+pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
+    plugin: Arc<str>,
+    stream: Stream,
+    mut pipe: R,
+    out: OutputFile,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut line: Vec<u8> = Vec::with_capacity(1024);
+    let mut rate = RateLimit {
+        window: Instant::now(),
+        used: 0,
+        suppressed: 0,
+    };
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut chunk = &buf[..n];
+        let mut batch = Vec::new();
+        while !chunk.is_empty() {
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    line.extend_from_slice(&chunk[..i]);
+                    chunk = &chunk[i + 1..];
+                    batch.push(std::mem::take(&mut line));
+                }
+                None => {
+                    line.extend_from_slice(chunk);
+                    chunk = &[];
+                }
+            }
+            if line.len() >= MAX_LINE {
+                let mut part = std::mem::take(&mut line);
+                part.extend_from_slice(b" [continued]");
+                batch.push(part);
+            }
+        }
+        emit(&plugin, stream, &batch, &out, &mut rate);
+    }
+    if !line.is_empty() {
+        emit(&plugin, stream, &[line], &out, &mut rate);
+    }
+    let mut f = out.lock().unwrap_or_else(PoisonError::into_inner);
+    let _ = f.flush();
+}
+
+fn emit(plugin: &str, stream: Stream, lines: &[Vec<u8>], out: &OutputFile, rate: &mut RateLimit) {
+    if lines.is_empty() {
+        return;
+    }
+    let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    {
+        let mut f = out.lock().unwrap_or_else(PoisonError::into_inner);
+        for l in lines {
+            let _ = write!(f, "{now} {} ", stream.name());
+            let _ = f.write_all(l);
+            let _ = f.write_all(b"\n");
+        }
+        let _ = f.flush();
+    }
+    for l in lines {
+        if rate.window.elapsed().as_secs() >= 1 {
+            if rate.suppressed > 0 {
+                tracing::warn!(plugin, stream = stream.name(), "{} lines not echoed to the host log (rate limit); they are in the plugin's log file", rate.suppressed);
+            }
+            rate.window = Instant::now();
+            rate.used = 0;
+            rate.suppressed = 0;
+        }
+        if rate.used >= HOST_LOG_RATE {
+            rate.suppressed += 1;
+            continue;
+        }
+        rate.used += 1;
+        let text = String::from_utf8_lossy(l);
+        match stream {
+            Stream::Stdout => tracing::info!(plugin, stream = "stdout", "{text}"),
+            Stream::Stderr => tracing::warn!(plugin, stream = "stderr", "{text}"),
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The host's side of one plugin connection: handshake, heartbeats, and frames in both
+//! directions. It reports what matters to the plugin's owner task as [`ConnEvent`]s and never
+//! changes plugin state itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use appfw_proto::pb::{self, FrameType};
+use appfw_proto::writer::{Sequencer, WriterEnd, write_frames};
+use appfw_proto::{Frame, FrameCodec, FrameError, caps, negotiate_version};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, Link};
+
+/// Frames queued for one plugin before senders wait.
+const OUTBOX_CAPACITY: usize = 1024;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a connection tells the owner task.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// Handshake done: the plugin is running.
+    Ready {
+        /// Negotiated version.
+        version: u32,
+    },
+    /// Handshake refused (version mismatch).
+    Refused {
+        /// Names both ranges.
+        reason: String,
+    },
+    /// The plugin broke the protocol; the connection is closed.
+    Fault {
+        /// Stable code.
+        code: &'static str,
+        /// Detail.
+        message: String,
+    },
+    /// No PONG within the timeout.
+    HeartbeatMissed {
+        /// Silence so far.
+        silent: Duration,
+        /// Configured timeout.
+        timeout: Duration,
+    },
+    /// The plugin closed its end (or it broke).
+    Closed {
+        /// Why.
+        reason: String,
+    },
+    /// The plugin said it is exiting on purpose.
+    Goodbye {
+        /// Its reason.
+        reason: String,
+    },
+    /// A health report.
+    Health(pb::HealthReport),
+}
+
+/// Settings of one connection.
+#[derive(Clone, Debug)]
+pub struct ConnParams {
+    /// The plugin (instance) name.
+    pub plugin: Arc<str>,
+    /// Time allowed for HELLO.
+    pub handshake_timeout: Duration,
+    /// PING interval.
+    pub heartbeat_interval: Duration,
+    /// Silence after which the plugin counts as hung.
+    pub heartbeat_timeout: Duration,
+    /// Largest frame.
+    pub max_frame_size: usize,
+    /// Settings JSON sent in WELCOME.
+    pub settings_json: Bytes,
+}
+
+/// A running connection. Dropping it does not stop it: call [`ConnHandle::close`].
+pub struct ConnHandle {
+    /// The bus endpoint.
+    pub link: Arc<Link>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ConnHandle {
+    /// Stops both tasks, removes the plugin from the bus, and waits for them.
+    pub async fn close(self, bus: &Bus) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        bus.disconnect(&self.link).await;
+    }
+}
+
+/// Starts the reader and writer tasks of a fresh connection.
+pub fn start(
+    params: ConnParams,
+    socket: std::os::unix::net::UnixStream,
+    bus: Bus,
+    events: mpsc::Sender<ConnEvent>,
+    parent: &CancellationToken,
+) -> std::io::Result<ConnHandle> {
+    socket.set_nonblocking(true)?;
+    let stream = UnixStream::from_std(socket)?;
+    let (read_half, mut write_half) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let link = Arc::new(Link {
+        plugin: Arc::clone(&params.plugin),
+        conn_id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+        outbox: tx,
+    });
+    let cancel = parent.child_token();
+    let peer_seq = Arc::new(AtomicU64::new(0));
+
+    let writer = {
+        let cancel = cancel.clone();
+        let plugin = Arc::clone(&params.plugin);
+        let max = params.max_frame_size;
+        let peer_seq = Arc::clone(&peer_seq);
+        tokio::spawn(async move {
+            let mut seq = Sequencer::new(0, peer_seq);
+            let end = write_frames(&mut write_half, &mut rx, &mut seq, max, &cancel, |f, e| {
+                tracing::warn!(plugin = %plugin, frame_type = f.header.r#type, "frame to plugin dropped: {e}");
+            })
+            .await;
+            if let WriterEnd::Io(e) = end {
+                tracing::debug!(plugin = %plugin, "writing to plugin failed: {e}");
+            }
+        })
+    };
+    let reader = {
+        let reader = Reader {
+            params,
+            link: Arc::clone(&link),
+            bus,
+            events,
+            cancel: cancel.clone(),
+            peer_seq,
+        };
+        let frames = FramedRead::new(read_half, FrameCodec::new(reader.params.max_frame_size));
+        tokio::spawn(reader.run(frames))
+    };
+    Ok(ConnHandle {
+        link,
+        cancel,
+        tasks: vec![reader, writer],
+    })
+}
+
+struct Reader {
+    params: ConnParams,
+    link: Arc<Link>,
+    bus: Bus,
+    events: mpsc::Sender<ConnEvent>,
+    cancel: CancellationToken,
+    peer_seq: Arc<AtomicU64>,
+}
+
+type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
+
+/// How a connection ended, reported once.
+enum End {
+    Event(ConnEvent),
+    Cancelled,
+}
+
+impl Reader {
+    async fn run(self, mut frames: Frames) {
+        let end = tokio::select! {
+            end = self.serve(&mut frames) => end,
+            () = self.cancel.cancelled() => End::Cancelled,
+        };
+        if let End::Event(ev) = end {
+            // Stop the writer too; a protocol error frame queued before this still goes out
+            // because the writer drains its queue when cancelled.
+            self.cancel.cancel();
+            let _ = self.events.send(ev).await;
+        }
+    }
+
+    async fn send(&self, frame: Frame) {
+        let _ = self.link.outbox.send(frame).await;
+    }
+
+    async fn protocol_error(&self, code: &'static str, message: String) -> End {
+        let err = pb::ProtocolError {
+            code: code.to_string(),
+            message: message.clone(),
+        };
+        self.send(Frame::control(FrameType::ProtocolError, &err)).await;
+        End::Event(ConnEvent::Fault { code, message })
+    }
+
+    async fn frame_error(&self, e: FrameError) -> End {
+        match e {
+            FrameError::Io(e) => End::Event(ConnEvent::Closed {
+                reason: format!("connection error: {e}"),
+            }),
+            FrameError::Truncated(_) => End::Event(ConnEvent::Closed {
+                reason: e.to_string(),
+            }),
+            e => self.protocol_error(e.code(), e.to_string()).await,
+        }
+    }
+
+    async fn handshake(&self, frames: &mut Frames) -> Result<(), End> {
+        let first = match tokio::time::timeout(self.params.handshake_timeout, frames.next()).await {
+            Err(_) => {
+                let msg = format!(
+                    "no HELLO within the handshake timeout of {:?}",
+                    self.params.handshake_timeout
+                );
+                return Err(self.protocol_error("handshake_timeout", msg).await);
+            }
+            Ok(None) => {
+                return Err(End::Event(ConnEvent::Closed {
+                    reason: "closed before the handshake".into(),
+                }));
+            }
+            Ok(Some(Err(e))) => return Err(self.frame_error(e).await),
+            Ok(Some(Ok(f))) => f,
+        };
+        self.peer_seq.store(first.header.seq, Ordering::Relaxed);
+        if first.frame_type() != Some(FrameType::Hello) {
+            let msg = format!("the first frame must be HELLO, got type {}", first.header.r#type);
+            return Err(self.protocol_error("handshake_required", msg).await);
+        }
+        let hello: pb::Hello = match first.decode_payload() {
+            Ok(h) => h,
+            Err(e) => return Err(self.protocol_error(e.code(), e.to_string()).await),
+        };
+        let (host_min, host_max) = (appfw_proto::MIN_VERSION, appfw_proto::MAX_VERSION);
+        let Some(version) =
+            negotiate_version(hello.min_version, hello.max_version, host_min, host_max)
+        else {
+            let reason = format!(
+                "protocol version mismatch: plugin speaks {}-{}, host speaks {host_min}-{host_max}",
+                hello.min_version, hello.max_version
+            );
+            let refuse = pb::Refuse {
+                reason: reason.clone(),
+                host_min_version: host_min,
+                host_max_version: host_max,
+                plugin_min_version: hello.min_version,
+                plugin_max_version: hello.max_version,
+            };
+            self.send(Frame::control(FrameType::Refuse, &refuse)).await;
+            return Err(End::Event(ConnEvent::Refused { reason }));
+        };
+        let capabilities = hello
+            .capabilities
+            .iter()
+            .filter(|c| caps::ALL.contains(&c.as_str()))
+            .cloned()
+            .collect();
+        let mut token = [0u8; 16];
+        let _ = rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty());
+        let welcome = pb::Welcome {
+            version,
+            capabilities,
+            resume_token: Bytes::copy_from_slice(&token),
+            heartbeat_interval_ms: millis(self.params.heartbeat_interval),
+            heartbeat_timeout_ms: millis(self.params.heartbeat_timeout),
+            max_frame_size: u32::try_from(self.params.max_frame_size).unwrap_or(u32::MAX),
+            plugin_name: self.params.plugin.to_string(),
+            settings_json: self.params.settings_json.clone(),
+            host_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        self.send(Frame::control(FrameType::Welcome, &welcome)).await;
+        let _ = self.events.send(ConnEvent::Ready { version }).await;
+        Ok(())
+    }
+
+    async fn serve(&self, frames: &mut Frames) -> End {
+        if let Err(end) = self.handshake(frames).await {
+            return end;
+        }
+        let mut ping = tokio::time::interval(self.params.heartbeat_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_pong = Instant::now();
+        let mut nonce = 0u64;
+        loop {
+            tokio::select! {
+                _ = ping.tick() => {
+                    let silent = last_pong.elapsed();
+                    if silent > self.params.heartbeat_timeout {
+                        return End::Event(ConnEvent::HeartbeatMissed {
+                            silent,
+                            timeout: self.params.heartbeat_timeout,
+                        });
+                    }
+                    nonce += 1;
+                    let mut f = Frame::new(FrameType::Ping, Bytes::new());
+                    f.header.request_id = nonce;
+                    // Never wait on a full queue here: that would stall heartbeat detection.
+                    let _ = self.link.outbox.try_send(f);
+                }
+                next = frames.next() => {
+                    let frame = match next {
+                        None => return End::Event(ConnEvent::Closed { reason: "plugin closed the connection".into() }),
+                        Some(Err(e)) => return self.frame_error(e).await,
+                        Some(Ok(f)) => f,
+                    };
+                    self.peer_seq.store(frame.header.seq, Ordering::Relaxed);
+                    if frame.frame_type() == Some(FrameType::Pong) {
+                        last_pong = Instant::now();
+                        continue;
+                    }
+                    if let Some(end) = self.handle(frame).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, frame: Frame) -> Option<End> {
+        let Some(ty) = frame.frame_type() else {
+            tracing::debug!(plugin = %self.params.plugin, frame_type = frame.header.r#type, "unknown frame type skipped");
+            return None;
+        };
+        match ty {
+            FrameType::Publish => {
+                if let Err(e) = self.bus.publish(&self.link, frame).await {
+                    tracing::warn!(plugin = %self.params.plugin, "publish refused: {}", e.message);
+                }
+            }
+            FrameType::Request => self.bus.request(&self.link, frame).await,
+            FrameType::Reply => self.bus.reply(&self.link, frame).await,
+            FrameType::Subscribe | FrameType::Unsubscribe => {
+                let id = frame.header.request_id;
+                let result = if ty == FrameType::Subscribe {
+                    match frame.decode_payload::<pb::Subscribe>() {
+                        Ok(sub) => self.bus.subscribe(&self.link, id, &frame.header.topic, &sub),
+                        Err(e) => return Some(self.protocol_error(e.code(), e.to_string()).await),
+                    }
+                } else {
+                    self.bus.unsubscribe(&self.link, id)
+                };
+                let mut reply = Frame::new(FrameType::Reply, Bytes::new());
+                reply.header.request_id = id;
+                reply.header.sender = "$host".into();
+                reply.header.error = result.err();
+                self.send(reply).await;
+            }
+            FrameType::Ping => {
+                let mut pong = Frame::new(FrameType::Pong, Bytes::new());
+                pong.header.request_id = frame.header.request_id;
+                self.send(pong).await;
+            }
+            FrameType::Log => match frame.decode_payload::<pb::LogRecord>() {
+                Ok(rec) => log_record(&self.params.plugin, &rec),
+                Err(e) => return Some(self.protocol_error(e.code(), e.to_string()).await),
+            },
+            FrameType::Health => match frame.decode_payload::<pb::HealthReport>() {
+                Ok(r) => {
+                    let _ = self.events.send(ConnEvent::Health(r)).await;
+                }
+                Err(e) => return Some(self.protocol_error(e.code(), e.to_string()).await),
+            },
+            FrameType::Metrics => {
+                // Validated now; the metrics subsystem consumes them.
+                if let Err(e) = frame.decode_payload::<pb::MetricBatch>() {
+                    return Some(self.protocol_error(e.code(), e.to_string()).await);
+                }
+            }
+            FrameType::Goodbye => {
+                let reason = frame
+                    .decode_payload::<pb::Goodbye>()
+                    .map(|g| g.reason)
+                    .unwrap_or_default();
+                let _ = self.events.send(ConnEvent::Goodbye { reason }).await;
+            }
+            FrameType::Hello => {
+                return Some(
+                    self.protocol_error("unexpected_frame", "HELLO after the handshake".into())
+                        .await,
+                );
+            }
+            // Frames only the host sends, or nothing to do: skip.
+            _ => {}
+        }
+        None
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn log_record(plugin: &str, rec: &pb::LogRecord) {
+    use pb::Level;
+    let fields = if rec.fields.is_empty() {
+        String::new()
+    } else {
+        let mut v: Vec<_> = rec.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        v.sort();
+        format!(" {}", v.join(" "))
+    };
+    let msg = &rec.message;
+    match Level::try_from(rec.level).unwrap_or(Level::Info) {
+        Level::Error => tracing::error!(plugin, source = "sdk", "{msg}{fields}"),
+        Level::Warn => tracing::warn!(plugin, source = "sdk", "{msg}{fields}"),
+        Level::Debug => tracing::debug!(plugin, source = "sdk", "{msg}{fields}"),
+        Level::Trace => tracing::trace!(plugin, source = "sdk", "{msg}{fields}"),
+        _ => tracing::info!(plugin, source = "sdk", "{msg}{fields}"),
+    }
+}

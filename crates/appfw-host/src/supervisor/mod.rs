@@ -1,0 +1,343 @@
+//! Supervision: one owner task per plugin (see [`actor`]), the spawner thread and the reaper
+//! (see [`process`]), the host side of plugin connections, and output capture.
+
+mod actor;
+mod capture;
+pub(crate) mod conn;
+pub mod process;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::Bus;
+use crate::config::{BackoffConfig, PluginConfig, Protocol, SupervisorConfig};
+use crate::events::Events;
+use actor::{Actor, Command};
+pub use process::Spawner;
+
+/// The states of a plugin (the shared vocabulary of the API, CLI and console).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// On-demand plugin not started yet.
+    Idle,
+    /// Spawned, handshake pending.
+    Starting,
+    /// Up.
+    Running,
+    /// Running but failing checks or heartbeats.
+    Unhealthy,
+    /// Being stopped.
+    Stopping,
+    /// Stopped by request (or never started).
+    Stopped,
+    /// Exited, waiting to restart.
+    Backoff,
+    /// A one-shot plugin exited successfully.
+    Completed,
+    /// Gave up; needs an operator.
+    Failed,
+}
+
+impl PluginState {
+    /// All states, in lifecycle order.
+    pub const ALL: [Self; 9] = [
+        Self::Idle,
+        Self::Starting,
+        Self::Running,
+        Self::Unhealthy,
+        Self::Stopping,
+        Self::Stopped,
+        Self::Backoff,
+        Self::Completed,
+        Self::Failed,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Unhealthy => "unhealthy",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Backoff => "backoff",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Not in the middle of a transition: an action waiting for its outcome can be answered.
+    pub fn is_settled(self) -> bool {
+        !matches!(self, Self::Starting | Self::Stopping)
+    }
+}
+
+impl fmt::Display for PluginState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the last process of a plugin ended.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct LastExit {
+    /// `exit code N` or `signal N (NAME)`.
+    pub status: String,
+    /// Why it ended.
+    pub reason: String,
+    /// Whether it counted as a failure.
+    pub failure: bool,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// A snapshot of one plugin, as the API returns it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginStatus {
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: PluginState,
+    /// Since when it is in that state, RFC 3339.
+    pub since: String,
+    /// pid of the current process.
+    pub pid: Option<u32>,
+    /// When the current process started, RFC 3339.
+    pub started_at: Option<String>,
+    /// Seconds since the current process started.
+    pub uptime_secs: Option<f64>,
+    /// Restarts since the host started.
+    pub restarts: u64,
+    /// Protocol kind.
+    pub protocol: Protocol,
+    /// How the previous process ended.
+    pub last_exit: Option<LastExit>,
+    /// The plugin's own health report (`healthy`, `degraded`, `unhealthy`).
+    pub health: Option<String>,
+    /// Message of the health report.
+    pub health_message: Option<String>,
+    /// Time left before a scheduled restart.
+    pub next_restart_in_ms: Option<u64>,
+}
+
+/// An operator action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Start (no-op if running).
+    Start,
+    /// Stop and stay stopped.
+    Stop,
+    /// Stop then start.
+    Restart,
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "start" => Ok(Self::Start),
+            "stop" => Ok(Self::Stop),
+            "restart" => Ok(Self::Restart),
+            other => Err(format!("unknown action {other:?}; expected start, stop or restart")),
+        }
+    }
+}
+
+/// Why a supervisor call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// No plugin of that name.
+    #[error("no plugin named {0:?}")]
+    UnknownPlugin(String),
+    /// The host is shutting down.
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
+
+/// The restart delay after `failures` consecutive failures (1-based): the first restart is
+/// immediate, then `initial * multiplier^(failures-2)`, capped at `max`, spread by ±`jitter`.
+/// `unit` is a uniform random number in [0, 1).
+pub fn backoff_delay(b: &BackoffConfig, failures: u32, unit: f64) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = b.multiplier.powi(i32::try_from(failures - 2).unwrap_or(i32::MAX));
+    let base = (b.initial.as_secs_f64() * exp).min(b.max.as_secs_f64());
+    let spread = 1.0 + b.jitter * (2.0 * unit - 1.0);
+    Duration::from_secs_f64((base * spread).clamp(0.0, b.max.as_secs_f64()))
+}
+
+/// What every owner task shares.
+pub(crate) struct Ctx {
+    pub events: Events,
+    pub bus: Bus,
+    pub spawner: Spawner,
+    pub logs_dir: PathBuf,
+    pub base_dir: PathBuf,
+    pub supervisor: SupervisorConfig,
+    pub cancel: CancellationToken,
+}
+
+/// Handle to every plugin's owner task.
+pub struct Supervisor {
+    order: Vec<Arc<str>>,
+    actors: HashMap<Arc<str>, mpsc::Sender<Command>>,
+    tasks: TaskTracker,
+}
+
+impl Supervisor {
+    pub(crate) fn new(ctx: Arc<Ctx>, plugins: &[PluginConfig]) -> Self {
+        let tasks = TaskTracker::new();
+        let mut order = Vec::new();
+        let mut actors = HashMap::new();
+        for cfg in plugins {
+            let (tx, rx) = mpsc::channel(64);
+            let name: Arc<str> = Arc::from(cfg.name.as_str());
+            tasks.spawn(Actor::new(cfg.clone(), Arc::clone(&ctx), rx).run());
+            order.push(Arc::clone(&name));
+            actors.insert(name, tx);
+        }
+        tasks.close();
+        Self {
+            order,
+            actors,
+            tasks,
+        }
+    }
+
+    /// Plugin names in start order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(|n| &**n)
+    }
+
+    fn actor(&self, name: &str) -> Result<&mpsc::Sender<Command>, SupervisorError> {
+        self.actors
+            .get(name)
+            .ok_or_else(|| SupervisorError::UnknownPlugin(name.to_string()))
+    }
+
+    /// The status of one plugin.
+    pub async fn status(&self, name: &str) -> Result<PluginStatus, SupervisorError> {
+        let (tx, rx) = oneshot::channel();
+        self.actor(name)?
+            .send(Command::Status(tx))
+            .await
+            .map_err(|_| SupervisorError::ShuttingDown)?;
+        rx.await.map_err(|_| SupervisorError::ShuttingDown)
+    }
+
+    /// The status of every plugin, in start order.
+    pub async fn list(&self) -> Vec<PluginStatus> {
+        let mut out = Vec::with_capacity(self.order.len());
+        for name in &self.order {
+            if let Ok(s) = self.status(name).await {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Asks for an action and waits up to `wait` for the plugin to settle; returns its status
+    /// then (or the current status when the wait ran out).
+    pub async fn act(
+        &self,
+        name: &str,
+        action: Action,
+        wait: Duration,
+    ) -> Result<PluginStatus, SupervisorError> {
+        let (tx, rx) = oneshot::channel();
+        self.actor(name)?
+            .send(Command::Act(action, tx))
+            .await
+            .map_err(|_| SupervisorError::ShuttingDown)?;
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(st)) => Ok(st),
+            Ok(Err(_)) => Err(SupervisorError::ShuttingDown),
+            Err(_) => self.status(name).await,
+        }
+    }
+
+    /// Starts every plugin marked `autostart`, without waiting for them.
+    pub(crate) async fn start_all(&self, plugins: &[PluginConfig]) {
+        for cfg in plugins.iter().filter(|p| p.autostart) {
+            if let Some(a) = self.actors.get(cfg.name.as_str()) {
+                let (tx, _rx) = oneshot::channel();
+                let _ = a.send(Command::Act(Action::Start, tx)).await;
+            }
+        }
+    }
+
+    /// SIGKILLs every plugin's process group now.
+    pub async fn kill_all(&self) {
+        for a in self.actors.values() {
+            let _ = a.send(Command::Kill).await;
+        }
+    }
+
+    /// Stops every plugin in reverse start order within `timeout`, then kills what is left.
+    /// Returns the plugins that had to be killed.
+    pub async fn shutdown(&self, timeout: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut forced = Vec::new();
+        for name in self.order.iter().rev() {
+            let Some(a) = self.actors.get(name) else { continue };
+            let (tx, rx) = oneshot::channel();
+            if a.send(Command::Quit(tx)).await.is_err() {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, rx).await.is_err() {
+                forced.push(name.to_string());
+            }
+        }
+        for name in &forced {
+            if let Some(a) = self.actors.get(&**name) {
+                let _ = a.send(Command::Kill).await;
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("some plugin owner tasks did not finish within 10 s of SIGKILL");
+        }
+        forced
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_immediate_first_then_exponential_and_capped() {
+        let b = BackoffConfig {
+            initial: Duration::from_millis(100),
+            multiplier: 2.0,
+            max: Duration::from_secs(1),
+            jitter: 0.0,
+            reset_after: Duration::from_secs(30),
+        };
+        let d: Vec<u64> = (1..=7).map(|n| backoff_delay(&b, n, 0.5).as_millis() as u64).collect();
+        assert_eq!(d, vec![0, 100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn jitter_spreads_within_bounds() {
+        let b = BackoffConfig { jitter: 0.5, ..BackoffConfig::default() };
+        let lo = backoff_delay(&b, 2, 0.0);
+        let hi = backoff_delay(&b, 2, 0.999);
+        assert_eq!(lo, Duration::from_millis(50));
+        assert!(hi > Duration::from_millis(149) && hi <= Duration::from_millis(150), "{hi:?}");
+    }
+}

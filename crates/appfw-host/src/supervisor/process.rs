@@ -1,0 +1,281 @@
+//! Starting plugin processes and learning of their exits.
+//!
+//! * **One spawner thread.** `PR_SET_PDEATHSIG` fires when the *thread* that forked the child
+//!   exits, so every plugin is forked from one long-lived thread that lives as long as the host.
+//! * **One reaper.** It waits for `SIGCHLD` and reaps every exited child with `waitpid(-1)`,
+//!   dispatching the status to the owner of that pid. It reaps while holding the process table
+//!   lock, which the spawner also holds across `fork`/`exec`: so the reaper never reaps a child
+//!   whose spawn is still in progress (std's own wait on a failed `exec` would then panic), and
+//!   never sees a pid that is not in the table yet. Nothing else in the host may wait for
+//!   children (no `tokio::process`), or exit statuses would be stolen.
+//! * **No bare pids.** A child stays a zombie until the reaper reaps it, so its pid cannot be
+//!   reused while it is in the table; signals to the leader go through its pidfd.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use rustix::process::{Pid, Signal, WaitOptions};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ProcessSpec {
+    /// Plugin name, for messages.
+    pub name: String,
+    /// Program (a path, or a name looked up in `PATH`).
+    pub program: PathBuf,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Variables added to the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory.
+    pub working_dir: Option<PathBuf>,
+    /// Whether to pass a connected socket (`APPFW_PLUGIN_FD`).
+    pub connect: bool,
+}
+
+/// A started child.
+#[derive(Debug)]
+pub struct Child {
+    /// Its pid (also its process group and session id).
+    pub pid: u32,
+    /// pidfd, when the kernel supports it.
+    pub pidfd: Option<OwnedFd>,
+    /// Its stdout.
+    pub stdout: Option<ChildStdout>,
+    /// Its stderr.
+    pub stderr: Option<ChildStderr>,
+    /// The host's end of the plugin socket.
+    pub socket: Option<UnixStream>,
+    /// Resolves with the exit status once the reaper reaped it.
+    pub exit: oneshot::Receiver<ExitStatus>,
+    /// When it was started.
+    pub started: Instant,
+    /// Wall-clock start.
+    pub started_at: SystemTime,
+}
+
+impl Child {
+    /// Sends `sig` to the whole process group (the leader and everything it started that did not
+    /// leave the group). Only valid before the leader was reaped.
+    pub fn signal_group(&self, sig: Signal) -> std::io::Result<()> {
+        let pid = Pid::from_raw(self.pid as i32).ok_or_else(|| std::io::Error::other("pid 0"))?;
+        match rustix::process::kill_process_group(pid, sig) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+type Table = Arc<Mutex<HashMap<i32, oneshot::Sender<ExitStatus>>>>;
+
+fn lock(t: &Table) -> MutexGuard<'_, HashMap<i32, oneshot::Sender<ExitStatus>>> {
+    t.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why a spawn failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// exec or fork failed.
+    #[error("cannot run {program}: {source}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket pair could not be created.
+    #[error("cannot create the plugin socket: {0}")]
+    Socket(std::io::Error),
+    /// The spawner thread is gone (host shutting down).
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
+
+struct Job {
+    spec: ProcessSpec,
+    reply: oneshot::Sender<Result<Child, SpawnError>>,
+}
+
+/// Handle to the spawner thread and the process table. Cheap to clone.
+#[derive(Clone)]
+pub struct Spawner {
+    jobs: std::sync::mpsc::Sender<Job>,
+    table: Table,
+}
+
+impl Spawner {
+    /// Starts the spawner thread. It lives until every handle is dropped.
+    pub fn start() -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let table: Table = Arc::default();
+        let t = Arc::clone(&table);
+        let thread = std::thread::Builder::new()
+            .name("appfw-spawner".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let result = spawn_one(&t, job.spec);
+                    if let Err(Ok(child)) = job.reply.send(result) {
+                        // Nobody waits for it any more (the requester was cancelled): do not
+                        // leave it running unsupervised.
+                        let _ = child.signal_group(Signal::KILL);
+                    }
+                }
+            })?;
+        Ok((Self { jobs: tx, table }, thread))
+    }
+
+    /// Starts a process from the spawner thread.
+    pub async fn spawn(&self, spec: ProcessSpec) -> Result<Child, SpawnError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job { spec, reply })
+            .map_err(|_| SpawnError::ShuttingDown)?;
+        rx.await.map_err(|_| SpawnError::ShuttingDown)?
+    }
+
+    /// Number of live children the reaper is waiting for.
+    pub fn live_children(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    /// Runs the reaper until `cancel`. Marks the host as child subreaper first, so orphaned
+    /// grandchildren of plugins are re-parented to it and reaped rather than left as zombies.
+    pub async fn reap(self, cancel: CancellationToken) {
+        if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+            tracing::warn!("cannot become child subreaper ({e}); orphaned plugin children go to init");
+        }
+        let mut sigchld =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot watch SIGCHLD: {e}; plugin exits will not be seen");
+                    return;
+                }
+            };
+        loop {
+            reap_all(&self.table);
+            tokio::select! {
+                _ = sigchld.recv() => {}
+                () = cancel.cancelled() => break,
+            }
+        }
+        reap_all(&self.table);
+    }
+}
+
+fn reap_all(table: &Table) {
+    let mut map = lock(table);
+    loop {
+        match rustix::process::wait(WaitOptions::NOHANG) {
+            Ok(Some((pid, status))) => {
+                let raw = pid.as_raw_nonzero().get();
+                let status = ExitStatus::from_raw(status.as_raw() as i32);
+                match map.remove(&raw) {
+                    Some(tx) => {
+                        let _ = tx.send(status);
+                    }
+                    None => tracing::debug!(pid = raw, %status, "reaped an orphaned descendant"),
+                }
+            }
+            Ok(None) | Err(rustix::io::Errno::CHILD) => break,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::warn!("waitpid failed: {e}");
+                break;
+            }
+        }
+    }
+}
+
+fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
+    let (host_end, child_end) = if spec.connect {
+        let (a, b) = UnixStream::pair().map_err(SpawnError::Socket)?;
+        (Some(a), Some(OwnedFd::from(b)))
+    } else {
+        (None, None)
+    };
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = &spec.working_dir {
+        cmd.current_dir(dir);
+    }
+    if let Some(fd) = &child_end {
+        cmd.env(appfw_proto::ENV_PLUGIN_FD, fd.as_raw_fd().to_string());
+    }
+    let host_pid = rustix::process::getpid();
+    let child_fd = child_end.as_ref().map(AsRawFd::as_raw_fd);
+    // SAFETY: the closure runs between fork and exec and only makes raw syscalls through
+    // rustix (no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || {
+            // Own session and process group: signals to the group reach everything it starts.
+            rustix::process::setsid()?;
+            // Die with the host, even if it is SIGKILLed.
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            // The host may have died between fork and prctl; then nobody will supervise us.
+            if rustix::process::getppid() != Some(host_pid) {
+                return Err(std::io::Error::other("the host exited during spawn"));
+            }
+            if let Some(fd) = child_fd {
+                // The inherited socket must survive exec (the host's end stays close-on-exec).
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
+    let mut map = lock(table);
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        program: spec.program.display().to_string(),
+        source,
+    })?;
+    let (tx, exit) = oneshot::channel();
+    let pid = child.id();
+    map.insert(pid as i32, tx);
+    drop(map);
+    let started = Instant::now();
+    let pidfd = Pid::from_raw(pid as i32).and_then(|p| {
+        rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+    });
+    // The child has its copy; ours must be closed or EOF never comes.
+    drop(child_end);
+    let _ = pidfd.as_ref().map(AsFd::as_fd);
+    Ok(Child {
+        pid,
+        pidfd,
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+        socket: host_end,
+        exit,
+        started,
+        started_at: SystemTime::now(),
+    })
+}
+
+/// Describes an exit status like `exit code 3` or `signal 9 (SIGKILL)`.
+pub fn describe(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit code {code}")
+    } else if let Some(sig) = status.signal() {
+        let name = Signal::from_named_raw(sig)
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_else(|| "unknown".into());
+        format!("signal {sig} ({})", name.trim_start_matches("Signal::").to_uppercase())
+    } else {
+        format!("status {}", status.into_raw())
+    }
+}

@@ -1,0 +1,185 @@
+//! The batching frame writer shared by the host and the SDK.
+//!
+//! Frames queued on a channel are encoded into one buffer until the channel is empty (or the
+//! buffer is large), then written with one syscall: a burst costs few writes and a lone frame
+//! goes out at once. Payloads of [`DIRECT_PAYLOAD`] bytes or more are not copied into the buffer
+//! but written from their own memory, so relaying a big message never copies it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Frame, FrameError, encode_frame};
+
+/// Bytes buffered before a write even if more frames are queued.
+pub const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Payloads at least this large are written directly instead of copied into the batch buffer.
+pub const DIRECT_PAYLOAD: usize = 32 * 1024;
+
+/// Per-direction sequence numbering of a connection.
+#[derive(Debug)]
+pub struct Sequencer {
+    next: u64,
+    /// Highest seq received from the peer, stamped as `ack` on every frame written.
+    pub peer_seq: std::sync::Arc<AtomicU64>,
+}
+
+impl Sequencer {
+    /// Numbering that continues after `last_sent` (0 on a fresh connection).
+    pub fn new(last_sent: u64, peer_seq: std::sync::Arc<AtomicU64>) -> Self {
+        Self {
+            next: last_sent + 1,
+            peer_seq,
+        }
+    }
+}
+
+/// Why the writer stopped.
+#[derive(Debug)]
+pub enum WriterEnd {
+    /// Every sender is gone, or `finish` was cancelled and the queue drained.
+    Finished,
+    /// The socket failed.
+    Io(std::io::Error),
+}
+
+/// Writes frames from `rx` to `sock` until the senders are gone, `finish` is cancelled (after
+/// draining what is queued), or a write fails. A frame that cannot be encoded (larger than
+/// `max_frame`) is passed to `on_drop` and skipped; the connection stays usable.
+pub async fn write_frames<W, F>(
+    sock: &mut W,
+    rx: &mut mpsc::Receiver<Frame>,
+    seq: &mut Sequencer,
+    max_frame: usize,
+    finish: &CancellationToken,
+    mut on_drop: F,
+) -> WriterEnd
+where
+    W: AsyncWrite + Unpin,
+    F: FnMut(&Frame, FrameError),
+{
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let first = tokio::select! {
+            biased;
+            f = rx.recv() => f,
+            () = finish.cancelled() => rx.try_recv().ok(),
+        };
+        let Some(mut frame) = first else {
+            let _ = sock.flush().await;
+            return WriterEnd::Finished;
+        };
+        loop {
+            if let Err(e) = put(sock, &mut buf, &mut frame, seq, max_frame, &mut on_drop).await {
+                return WriterEnd::Io(e);
+            }
+            if buf.len() >= WRITE_BATCH_BYTES {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(next) => frame = next,
+                Err(_) => break,
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = sock.write_all(&buf).await {
+                return WriterEnd::Io(e);
+            }
+            buf.clear();
+        }
+    }
+}
+
+/// Appends one frame to the batch; a large payload is written directly after the batch.
+async fn put<W, F>(
+    sock: &mut W,
+    buf: &mut BytesMut,
+    frame: &mut Frame,
+    seq: &mut Sequencer,
+    max_frame: usize,
+    on_drop: &mut F,
+) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    F: FnMut(&Frame, FrameError),
+{
+    frame.header.seq = seq.next;
+    frame.header.ack = seq.peer_seq.load(Ordering::Relaxed);
+    let direct = frame.payload.len() >= DIRECT_PAYLOAD;
+    let start = buf.len();
+    let body: &[u8] = if direct { &[] } else { &frame.payload };
+    if let Err(e) = encode_frame(&frame.header, body, max_frame, buf) {
+        on_drop(frame, e);
+        return Ok(());
+    }
+    if direct {
+        // The prefix was computed without the payload: patch it, then write the payload from
+        // its own memory.
+        let total = buf.len() - start - crate::LENGTH_PREFIX_LEN + frame.payload.len();
+        let Some(total32) = u32::try_from(total).ok().filter(|_| total <= max_frame) else {
+            buf.truncate(start);
+            on_drop(frame, FrameError::TooLarge { len: total, max: max_frame });
+            return Ok(());
+        };
+        buf[start..start + 4].copy_from_slice(&total32.to_be_bytes());
+        sock.write_all(buf).await?;
+        buf.clear();
+        sock.write_all(&frame.payload).await?;
+    }
+    seq.next += 1;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FrameCodec;
+    use crate::pb::FrameType;
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use std::sync::Arc;
+    use tokio_util::codec::FramedRead;
+
+    #[tokio::test]
+    async fn mixed_small_and_direct_payloads_arrive_in_order_with_sequence_numbers() {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let (tx, mut rx) = mpsc::channel(16);
+        let sizes = [3usize, DIRECT_PAYLOAD + 5, 0, 100_000, 7];
+        for (i, n) in sizes.iter().enumerate() {
+            let mut f = Frame::new(FrameType::Publish, Bytes::from(vec![i as u8; *n]));
+            f.header.topic = format!("t{i}");
+            tx.send(f).await.unwrap();
+        }
+        // One that is too large is skipped, not fatal.
+        tx.send(Frame::new(FrameType::Publish, Bytes::from(vec![0u8; 300_000])))
+            .await
+            .unwrap();
+        tx.send(Frame::new(FrameType::Publish, Bytes::from_static(b"last")))
+            .await
+            .unwrap();
+        drop(tx);
+        let mut seq = Sequencer::new(0, Arc::new(AtomicU64::new(42)));
+        let mut dropped = 0;
+        let end = write_frames(&mut a, &mut rx, &mut seq, 200_000, &CancellationToken::new(), |_, _| dropped += 1).await;
+        assert!(matches!(end, WriterEnd::Finished));
+        drop(a);
+        assert_eq!(dropped, 1);
+        let frames: Vec<Frame> = FramedRead::new(b, FrameCodec::new(200_000))
+            .map(|f| f.unwrap())
+            .collect()
+            .await;
+        assert_eq!(frames.len(), sizes.len() + 1);
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(f.header.seq, i as u64 + 1);
+            assert_eq!(f.header.ack, 42);
+        }
+        for (i, n) in sizes.iter().enumerate() {
+            assert_eq!(frames[i].payload.len(), *n);
+            assert_eq!(frames[i].header.topic, format!("t{i}"));
+        }
+        assert_eq!(&frames[5].payload[..], b"last");
+    }
+}
