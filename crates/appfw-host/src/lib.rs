@@ -16,3 +16,8 @@ mod host;
 pub mod supervisor;
 
 pub use host::{Host, HostError, HostOptions, run, signal};
+
+/// Lowest wire protocol version the host speaks.
+pub const PROTOCOL_MIN: u32 = appfw_proto::MIN_VERSION;
+/// Highest wire protocol version the host speaks.
+pub const PROTOCOL_MAX: u32 = appfw_proto::MAX_VERSION;

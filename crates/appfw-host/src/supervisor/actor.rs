@@ -61,6 +61,9 @@ struct Proc {
     phase: StopPhase,
     /// Set when the host kills the process for a fault: the exit then counts as a failure.
     kill_reason: Option<String>,
+    /// The connection closed while the process was not being stopped: it gets a moment to
+    /// exit by itself before it is terminated.
+    conn_lost: Option<String>,
     ready: bool,
 }
 
@@ -70,6 +73,9 @@ enum Input {
     Conn(Option<ConnEvent>),
     Timer,
 }
+
+/// How long a process whose connection closed may take to exit by itself.
+const CONN_LOST_GRACE: Duration = Duration::from_millis(500);
 
 pub(crate) struct Actor {
     name: Arc<str>,
@@ -213,6 +219,10 @@ impl Actor {
                 let _ = reply.send(self.status());
             }
             Command::Kill => {
+                // Killing is never followed by a restart: it is how a host stop is forced.
+                if self.after_exit == AfterExit::Policy {
+                    self.after_exit = AfterExit::Stop;
+                }
                 if let Some(p) = &mut self.proc {
                     p.phase = StopPhase::Kill;
                     let _ = p.child.signal_group(Signal::KILL);
@@ -377,6 +387,7 @@ impl Actor {
             capture,
             phase: StopPhase::None,
             kill_reason: None,
+            conn_lost: None,
             ready: false,
             child,
         };
@@ -446,7 +457,10 @@ impl Actor {
             }
             ConnEvent::Closed { reason } => {
                 if p.phase == StopPhase::None {
-                    self.terminate(format!("connection lost: {reason}"), Signal::TERM);
+                    // Usually the process just died and its exit is about to be reaped; if it
+                    // is still there after a moment, it lives on without a connection.
+                    p.conn_lost = Some(reason);
+                    self.timer = Some(Instant::now() + CONN_LOST_GRACE);
                 }
             }
             ConnEvent::Goodbye { reason } => {
@@ -522,6 +536,11 @@ impl Actor {
                     self.spawn("backoff elapsed").await;
                 }
             }
+            Some(p) if p.phase == StopPhase::None => {
+                if let Some(reason) = p.conn_lost.take() {
+                    self.terminate(format!("connection lost: {reason}"), Signal::TERM);
+                }
+            }
             Some(p) => {
                 let (sig, next, wait) = match p.phase {
                     StopPhase::Shutdown => (Signal::TERM, StopPhase::Term, kill_after),
@@ -565,7 +584,10 @@ impl Actor {
                 AfterExit::Quit => "host shutting down".into(),
                 _ => "stop requested".into(),
             },
-            (None, false) => "exited on its own".into(),
+            (None, false) => match status.as_ref().and_then(std::os::unix::process::ExitStatusExt::signal) {
+                Some(sig) => format!("killed by {} (not sent by appfw)", super::process::signal_name(sig)),
+                None => "exited on its own".into(),
+            },
         };
         self.ctx.events.emit(
             Some(&self.name),

@@ -266,16 +266,40 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
     })
 }
 
+/// The conventional name of a signal number (`SIGKILL`), or `SIG<n>`.
+pub fn signal_name(sig: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
+        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
+        "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
+        "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    ];
+    usize::try_from(sig)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .filter(|n| !n.is_empty())
+        .map_or_else(|| format!("SIG{sig}"), |n| (*n).to_string())
+}
+
 /// Describes an exit status like `exit code 3` or `signal 9 (SIGKILL)`.
 pub fn describe(status: &ExitStatus) -> String {
     if let Some(code) = status.code() {
         format!("exit code {code}")
     } else if let Some(sig) = status.signal() {
-        let name = Signal::from_named_raw(sig)
-            .map(|s| format!("{s:?}"))
-            .unwrap_or_else(|| "unknown".into());
-        format!("signal {sig} ({})", name.trim_start_matches("Signal::").to_uppercase())
+        format!("signal {sig} ({})", signal_name(sig))
     } else {
         format!("status {}", status.into_raw())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_described_with_signal_names() {
+        assert_eq!(describe(&ExitStatus::from_raw(9)), "signal 9 (SIGKILL)");
+        assert_eq!(describe(&ExitStatus::from_raw(3 << 8)), "exit code 3");
+        assert_eq!(signal_name(64), "SIG64");
     }
 }

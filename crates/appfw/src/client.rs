@@ -1,0 +1,166 @@
+//! A small typed client of the host's HTTP API, over the data directory's Unix socket (default)
+//! or TCP. Built on hyper directly: the CLI needs HTTP/1.1 on a Unix socket, which the usual
+//! high-level clients do not offer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// Where the API is.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// `host:port` over TCP.
+    Tcp(String),
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The host is not reachable.
+    #[error("cannot reach the appfw host at {endpoint}: {reason} (is `appfw run` running with this data directory?)")]
+    Unreachable {
+        /// Where we tried.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The host answered with an error.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from the host: {0}")]
+    Protocol(String),
+}
+
+/// The client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    endpoint: Endpoint,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client of `endpoint` presenting `token`.
+    pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
+        Self {
+            endpoint,
+            token,
+            timeout: Duration::from_secs(330),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Unix(p) => p.display().to_string(),
+            Endpoint::Tcp(a) => format!("http://{a}"),
+        }
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call("GET", path).await
+    }
+
+    /// POST `path` with no body.
+    pub async fn post(&self, path: &str) -> Result<Value, ClientError> {
+        self.call("POST", path).await
+    }
+
+    async fn call(&self, method: &str, path: &str) -> Result<Value, ClientError> {
+        tokio::time::timeout(self.timeout, self.call_inner(method, path))
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                endpoint: self.describe(),
+                reason: format!("no answer within {:?}", self.timeout),
+            })?
+    }
+
+    async fn call_inner(&self, method: &str, path: &str) -> Result<Value, ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            endpoint: self.describe(),
+            reason,
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "localhost");
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (resp, driver) = match &self.endpoint {
+            Endpoint::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                send(TokioIo::new(s), req).await.map_err(unreachable)?
+            }
+            Endpoint::Tcp(a) => {
+                let s = tokio::net::TcpStream::connect(a)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                send(TokioIo::new(s), req).await.map_err(unreachable)?
+            }
+        };
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        // The request sender is gone and the body read: the connection task ends now.
+        let _ = driver.await;
+        let value: Value = serde_json::from_slice(&body).map_err(|e| {
+            ClientError::Protocol(format!("HTTP {status}, body is not JSON ({e})"))
+        })?;
+        if status >= 400 {
+            let err = &value["error"];
+            return Err(ClientError::Api {
+                status,
+                code: err["code"].as_str().unwrap_or("unknown").to_string(),
+                message: err["message"].as_str().unwrap_or("no message").to_string(),
+            });
+        }
+        Ok(value)
+    }
+}
+
+type Sent = (hyper::Response<Incoming>, tokio::task::JoinHandle<hyper::Result<()>>);
+
+async fn send<T>(io: T, req: Request<Full<Bytes>>) -> Result<Sent, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(conn);
+    let resp = sender.send_request(req).await;
+    drop(sender);
+    match resp {
+        Ok(r) => Ok((r, driver)),
+        Err(e) => {
+            driver.abort();
+            Err(e.to_string())
+        }
+    }
+}

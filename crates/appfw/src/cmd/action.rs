@@ -1,0 +1,49 @@
+//! `appfw start|stop|restart NAME`
+
+use clap::Args;
+
+use super::{client, fail};
+use crate::Cli;
+use crate::exit;
+
+#[derive(Args, Debug)]
+pub(crate) struct ActionArgs {
+    /// The plugin.
+    name: String,
+    /// How long to wait for the plugin to settle (`0s`: return at once).
+    #[arg(long, default_value = "30s")]
+    wait: String,
+    /// Print the resulting status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(cli: &Cli, action: &str, args: &ActionArgs) -> u8 {
+    let c = match client(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let path = format!("/api/v1/plugins/{}/{action}?wait={}", args.name, args.wait);
+    let st = match c.post(&path).await {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
+    let state = st["state"].as_str().unwrap_or("?");
+    let wanted = match action {
+        "stop" => matches!(state, "stopped" | "completed" | "failed"),
+        _ => matches!(state, "running" | "completed"),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+    } else if wanted {
+        let pid = st["pid"].as_u64().map(|p| format!(" (pid {p})")).unwrap_or_default();
+        println!("{}: {state}{pid}", args.name);
+    }
+    if wanted {
+        0
+    } else {
+        let last = st["last_exit"]["reason"].as_str().map(|r| format!("; last exit: {r}")).unwrap_or_default();
+        eprintln!("appfw: {action} {}: plugin is {state}{last}", args.name);
+        exit::FAILED
+    }
+}

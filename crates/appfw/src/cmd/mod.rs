@@ -1,0 +1,62 @@
+//! One module per subcommand.
+
+pub mod action;
+pub mod run;
+pub mod status;
+pub mod version;
+
+use crate::Cli;
+use crate::client::{Client, ClientError, Endpoint};
+use crate::exit;
+
+/// A client for the host named by the global flags.
+pub(crate) fn client(cli: &Cli) -> Result<Client, u8> {
+    let layout = match appfw_host::datadir::resolve(cli.data_dir.as_deref(), None) {
+        Ok(root) => appfw_host::datadir::Layout::new(root),
+        Err(e) => {
+            eprintln!("appfw: {e}");
+            return Err(exit::UNAVAILABLE);
+        }
+    };
+    let token = match &cli.token {
+        Some(t) => Some(t.clone()),
+        None => match layout.read_token() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("appfw: {e} (is a host running with this data directory? see --data-dir)");
+                return Err(exit::UNAVAILABLE);
+            }
+        },
+    };
+    let endpoint = match &cli.api {
+        Some(a) => Endpoint::Tcp(a.trim_start_matches("http://").trim_end_matches('/').to_string()),
+        None => Endpoint::Unix(layout.api_socket()),
+    };
+    Ok(Client::new(endpoint, token))
+}
+
+/// Prints a client error in one line and maps it to an exit code.
+pub(crate) fn fail(e: &ClientError) -> u8 {
+    eprintln!("appfw: {e}");
+    match e {
+        ClientError::Api { status: 404, .. } => exit::FAILED,
+        ClientError::Api { .. } | ClientError::Unreachable { .. } | ClientError::Protocol(_) => {
+            exit::UNAVAILABLE
+        }
+    }
+}
+
+/// `1h 2m`, `3m 4s`, `5.2s`.
+pub(crate) fn human_secs(s: f64) -> String {
+    let total = s as u64;
+    let (d, h, m, sec) = (total / 86400, total / 3600 % 24, total / 60 % 60, total % 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {sec}s")
+    } else {
+        format!("{s:.1}s")
+    }
+}

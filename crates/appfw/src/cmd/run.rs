@@ -1,0 +1,81 @@
+//! `appfw run`
+
+use std::path::PathBuf;
+
+use appfw_host::config::Config;
+use appfw_host::{HostError, HostOptions};
+use clap::Args;
+use tracing_subscriber::EnvFilter;
+
+use crate::Cli;
+use crate::exit;
+
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// Config file (TOML) [default: $APPFW_CONFIG, else ./appfw.toml if present, else none].
+    #[arg(long, short, env = "APPFW_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `appfw_host=debug` (also $APPFW_LOG).
+    #[arg(long, env = "APPFW_LOG", default_value = "info")]
+    log_level: String,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> u8 {
+    let filter = match EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("appfw: invalid --log-level {:?}: {e}", args.log_level);
+            return exit::CONFIG;
+        }
+    };
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => fmt.with_target(false).init(),
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
+    let path = args.config.clone().or_else(|| {
+        let p = PathBuf::from("appfw.toml");
+        p.exists().then_some(p)
+    });
+    let config = match &path {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("appfw: invalid configuration:\n{e}");
+                return exit::CONFIG;
+            }
+        },
+        None => {
+            tracing::warn!("no config file (--config, APPFW_CONFIG or ./appfw.toml): running with no plugins");
+            Config::default()
+        }
+    };
+    let opts = HostOptions {
+        config,
+        data_dir: cli.data_dir.clone(),
+    };
+    // Polled only once the first signal stopped the host, so it waits for the next one.
+    let force = async {
+        let _ = appfw_host::signal().await;
+    };
+    match appfw_host::run(opts, appfw_host::signal(), force).await {
+        Ok(()) => 0,
+        Err(e @ HostError::Config(_)) => {
+            eprintln!("appfw: {e}");
+            exit::CONFIG
+        }
+        Err(e) => {
+            eprintln!("appfw: {e}");
+            exit::UNAVAILABLE
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! `appfw`: `appfw run` starts the host (a thin shell over `appfw_host`); the other verbs talk
+//! to a running host through its API.
+
+mod client;
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes: 0 success, 1 the action failed, 2 usage (clap), 64 invalid config, 69 the host
+/// is unreachable or refused.
+pub(crate) mod exit {
+    pub const FAILED: u8 = 1;
+    pub const CONFIG: u8 = 64;
+    pub const UNAVAILABLE: u8 = 69;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "appfw", version, about = "Run plugins as supervised processes, and control them", propagate_version = true)]
+pub(crate) struct Cli {
+    /// Data directory of the host (lock, token, API socket, logs) [default: $APPFW_DATA_DIR,
+    /// else $XDG_STATE_HOME/appfw, else ~/.local/state/appfw]
+    #[arg(long, global = true, env = "APPFW_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Talk to the host's TCP API (e.g. 127.0.0.1:7070) instead of its Unix socket.
+    #[arg(long, global = true, env = "APPFW_API", value_name = "HOST:PORT")]
+    api: Option<String>,
+    /// API token [default: read from the data directory].
+    #[arg(long, global = true, env = "APPFW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the host with the plugins of a config file, until SIGTERM or Ctrl-C.
+    Run(cmd::run::RunArgs),
+    /// Show every plugin (or one): state, pid, uptime, restarts, last exit.
+    Status(cmd::status::StatusArgs),
+    /// Start a plugin and wait until it is running.
+    Start(cmd::action::ActionArgs),
+    /// Stop a plugin (graceful, then escalating) and wait until it stopped.
+    Stop(cmd::action::ActionArgs),
+    /// Restart a plugin and wait until it is running again.
+    Restart(cmd::action::ActionArgs),
+    /// Print the version of this binary and of the running host.
+    Version(cmd::version::VersionArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("appfw")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("appfw: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let code = rt.block_on(async {
+        match &cli.command {
+            Command::Run(a) => cmd::run::run(&cli, a).await,
+            Command::Status(a) => cmd::status::run(&cli, a).await,
+            Command::Start(a) => cmd::action::run(&cli, "start", a).await,
+            Command::Stop(a) => cmd::action::run(&cli, "stop", a).await,
+            Command::Restart(a) => cmd::action::run(&cli, "restart", a).await,
+            Command::Version(a) => cmd::version::run(&cli, a).await,
+        }
+    });
+    ExitCode::from(code)
+}
