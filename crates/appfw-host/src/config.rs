@@ -333,7 +333,11 @@ impl Config {
         };
         let s = &self.supervisor;
         if s.heartbeat_interval.is_zero() {
-            push(None, "supervisor.heartbeat_interval".into(), "must be greater than 0".into());
+            push(
+                None,
+                "supervisor.heartbeat_interval".into(),
+                "must be greater than 0".into(),
+            );
         }
         if s.heartbeat_timeout <= s.heartbeat_interval {
             push(
@@ -356,7 +360,10 @@ impl Config {
             push(
                 None,
                 "api.listen".into(),
-                format!("{:?} is not an address like 127.0.0.1:7070", self.api.listen),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:7070",
+                    self.api.listen
+                ),
             );
         }
         let mut seen = HashSet::new();
@@ -365,20 +372,36 @@ impl Config {
             if let Err(why) = check_name(&p.name) {
                 push(Some(i), key("name"), why);
             } else if !seen.insert(p.name.as_str()) {
-                push(Some(i), key("name"), format!("duplicate plugin name {:?}", p.name));
+                push(
+                    Some(i),
+                    key("name"),
+                    format!("duplicate plugin name {:?}", p.name),
+                );
             }
             if p.command.trim().is_empty() {
                 push(Some(i), key("command"), "must not be empty".into());
             }
             let b = &p.backoff;
             if !(b.multiplier >= 1.0 && b.multiplier.is_finite()) {
-                push(Some(i), key("backoff.multiplier"), "must be a number >= 1.0".into());
+                push(
+                    Some(i),
+                    key("backoff.multiplier"),
+                    "must be a number >= 1.0".into(),
+                );
             }
             if !(0.0..=1.0).contains(&b.jitter) {
-                push(Some(i), key("backoff.jitter"), "must be between 0.0 and 1.0".into());
+                push(
+                    Some(i),
+                    key("backoff.jitter"),
+                    "must be between 0.0 and 1.0".into(),
+                );
             }
             if b.initial > b.max {
-                push(Some(i), key("backoff.initial"), "must not exceed backoff.max".into());
+                push(
+                    Some(i),
+                    key("backoff.initial"),
+                    "must not exceed backoff.max".into(),
+                );
             }
             let interval = p.heartbeat_interval.unwrap_or(s.heartbeat_interval);
             let timeout = p.heartbeat_timeout.unwrap_or(s.heartbeat_timeout);
@@ -393,7 +416,11 @@ impl Config {
             }
             for k in p.env.keys() {
                 if k.is_empty() || k.contains('=') || k.contains('\0') {
-                    push(Some(i), key(&format!("env.{k}")), "is not a valid variable name".into());
+                    push(
+                        Some(i),
+                        key(&format!("env.{k}")),
+                        "is not a valid variable name".into(),
+                    );
                 } else if k.starts_with("APPFW_PLUGIN_") {
                     push(
                         Some(i),
@@ -410,7 +437,11 @@ impl Config {
                 );
             }
         }
-        if issues.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(issues)) }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(issues))
+        }
     }
 
     /// Looks a plugin up by name.
@@ -441,7 +472,10 @@ fn check_name(name: &str) -> Result<(), String> {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, col)
 }
 
@@ -555,7 +589,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_line_and_path() {
-        let err = parse("[[plugins]]\nname = \"a\"\ncommand = \"x\"\ncomand = \"y\"\n").unwrap_err();
+        let err =
+            parse("[[plugins]]\nname = \"a\"\ncommand = \"x\"\ncomand = \"y\"\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("/etc/appfw.toml:4:1: plugins[0]"), "{msg}");
         assert!(msg.contains("unknown field `comand`"), "{msg}");
@@ -609,7 +644,13 @@ mod tests {
 
     #[test]
     fn heartbeat_timeout_must_exceed_interval() {
-        let c = parse("[supervisor]\nheartbeat_interval = \"5s\"\nheartbeat_timeout = \"1s\"\n").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("heartbeat_timeout"));
+        let c = parse("[supervisor]\nheartbeat_interval = \"5s\"\nheartbeat_timeout = \"1s\"\n")
+            .unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("heartbeat_timeout")
+        );
     }
 }

@@ -59,7 +59,10 @@ pub fn default_data_dir() -> Result<PathBuf, DataDirError> {
 
 /// Resolves the data directory from (in order) an explicit value, `APPFW_DATA_DIR`, the config
 /// file, the default.
-pub fn resolve(explicit: Option<&Path>, from_config: Option<&Path>) -> Result<PathBuf, DataDirError> {
+pub fn resolve(
+    explicit: Option<&Path>,
+    from_config: Option<&Path>,
+) -> Result<PathBuf, DataDirError> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
@@ -132,7 +135,9 @@ impl DataDir {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io("cannot open lock file", &lock_path))?;
-        if let Err(e) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        if let Err(e) =
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        {
             if e == rustix::io::Errno::WOULDBLOCK {
                 let mut s = String::new();
                 let _ = lock.read_to_string(&mut s);
@@ -147,8 +152,10 @@ impl DataDir {
                 source: e.into(),
             });
         }
-        lock.set_len(0).map_err(io("cannot write lock file", &lock_path))?;
-        writeln!(lock, "{}", std::process::id()).map_err(io("cannot write lock file", &lock_path))?;
+        lock.set_len(0)
+            .map_err(io("cannot write lock file", &lock_path))?;
+        writeln!(lock, "{}", std::process::id())
+            .map_err(io("cannot write lock file", &lock_path))?;
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))
             .map_err(io("cannot set permissions of", root))?;
         let logs = layout.logs_dir();
@@ -217,7 +224,10 @@ mod tests {
         let err = DataDir::open(dir.path()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("in use by another appfw host"), "{msg}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         drop(first);
         DataDir::open(dir.path()).unwrap();
     }
@@ -229,7 +239,10 @@ mod tests {
         let t2 = DataDir::open(dir.path()).unwrap().token().to_string();
         assert_eq!(t1, t2);
         assert_eq!(t1.len(), 64);
-        let mode = fs::metadata(dir.path().join("token")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

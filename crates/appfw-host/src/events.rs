@@ -182,7 +182,11 @@ impl Events {
         });
         log(&ev);
         {
-            let mut ring = self.inner.ring.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut ring = self
+                .inner
+                .ring
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if ring.len() == RING {
                 ring.pop_front();
             }
@@ -195,7 +199,11 @@ impl Events {
 
     /// Events with `seq > after`, oldest first, at most `limit`.
     pub fn since(&self, after: u64, limit: usize) -> Vec<Arc<Event>> {
-        let ring = self.inner.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        let ring = self
+            .inner
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         ring.iter()
             .filter(|e| e.seq > after)
             .take(limit)
@@ -217,9 +225,20 @@ fn log(ev: &Event) {
             tracing::info!(plugin, event = kind, %from, %to, reason = %reason, "plugin {plugin}: {from} -> {to} ({reason})")
         }
         EventKind::Spawned { pid, restarts } => {
-            tracing::info!(plugin, event = kind, pid, restarts, "plugin {plugin}: started, pid {pid}")
+            tracing::info!(
+                plugin,
+                event = kind,
+                pid,
+                restarts,
+                "plugin {plugin}: started, pid {pid}"
+            )
         }
-        EventKind::Exited { pid, status, failure, reason } => {
+        EventKind::Exited {
+            pid,
+            status,
+            failure,
+            reason,
+        } => {
             if *failure {
                 tracing::warn!(plugin, event = kind, pid, status = %status, reason = %reason, "plugin {plugin}: pid {pid} exited with {status} ({reason})")
             } else {
@@ -233,13 +252,32 @@ fn log(ev: &Event) {
             tracing::error!(plugin, event = kind, code = %code, "plugin {plugin}: protocol fault {code}: {message}; closing its connection")
         }
         EventKind::HandshakeRefused { reason } => {
-            tracing::error!(plugin, event = kind, "plugin {plugin}: handshake refused: {reason}")
+            tracing::error!(
+                plugin,
+                event = kind,
+                "plugin {plugin}: handshake refused: {reason}"
+            )
         }
-        EventKind::HeartbeatMissed { silent_ms, timeout_ms } => {
-            tracing::warn!(plugin, event = kind, silent_ms, timeout_ms, "plugin {plugin}: no heartbeat answer for {silent_ms} ms (timeout {timeout_ms} ms): hung")
+        EventKind::HeartbeatMissed {
+            silent_ms,
+            timeout_ms,
+        } => {
+            tracing::warn!(
+                plugin,
+                event = kind,
+                silent_ms,
+                timeout_ms,
+                "plugin {plugin}: no heartbeat answer for {silent_ms} ms (timeout {timeout_ms} ms): hung"
+            )
         }
         EventKind::RestartScheduled { delay_ms, attempt } => {
-            tracing::info!(plugin, event = kind, delay_ms, attempt, "plugin {plugin}: restart in {delay_ms} ms (consecutive failure {attempt})")
+            tracing::info!(
+                plugin,
+                event = kind,
+                delay_ms,
+                attempt,
+                "plugin {plugin}: restart in {delay_ms} ms (consecutive failure {attempt})"
+            )
         }
         EventKind::StopEscalated { signal } => {
             tracing::warn!(plugin, event = kind, signal = %signal, "plugin {plugin}: did not stop in time, sent {signal}")

@@ -136,7 +136,9 @@ impl Host {
             if let Some(a) = api_addr
                 && !a.ip().is_loopback()
             {
-                tracing::warn!("API listening on non-loopback address {a}: reachable from the network (token still required)");
+                tracing::warn!(
+                    "API listening on non-loopback address {a}: reachable from the network (token still required)"
+                );
             }
             Some(l)
         };
@@ -221,7 +223,12 @@ impl Host {
     /// Stops every plugin (reverse start order, bounded by `supervisor.shutdown_timeout`), then
     /// the API and the background tasks, and joins them.
     pub async fn shutdown(mut self, reason: &str) {
-        self.events.emit(None, EventKind::HostStopping { reason: reason.into() });
+        self.events.emit(
+            None,
+            EventKind::HostStopping {
+                reason: reason.into(),
+            },
+        );
         let forced = self.supervisor.shutdown(self.shutdown_timeout).await;
         self.events.emit(None, EventKind::HostStopped { forced });
         self.cancel.cancel();
@@ -274,8 +281,10 @@ where
 /// Resolves at the first SIGTERM or SIGINT with the signal's name.
 pub async fn signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return std::future::pending().await;
     };

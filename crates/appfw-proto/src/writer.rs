@@ -121,7 +121,13 @@ where
         let total = buf.len() - start - crate::LENGTH_PREFIX_LEN + frame.payload.len();
         let Some(total32) = u32::try_from(total).ok().filter(|_| total <= max_frame) else {
             buf.truncate(start);
-            on_drop(frame, FrameError::TooLarge { len: total, max: max_frame });
+            on_drop(
+                frame,
+                FrameError::TooLarge {
+                    len: total,
+                    max: max_frame,
+                },
+            );
             return Ok(());
         };
         buf[start..start + 4].copy_from_slice(&total32.to_be_bytes());
@@ -154,16 +160,27 @@ mod tests {
             tx.send(f).await.unwrap();
         }
         // One that is too large is skipped, not fatal.
-        tx.send(Frame::new(FrameType::Publish, Bytes::from(vec![0u8; 300_000])))
-            .await
-            .unwrap();
+        tx.send(Frame::new(
+            FrameType::Publish,
+            Bytes::from(vec![0u8; 300_000]),
+        ))
+        .await
+        .unwrap();
         tx.send(Frame::new(FrameType::Publish, Bytes::from_static(b"last")))
             .await
             .unwrap();
         drop(tx);
         let mut seq = Sequencer::new(0, Arc::new(AtomicU64::new(42)));
         let mut dropped = 0;
-        let end = write_frames(&mut a, &mut rx, &mut seq, 200_000, &CancellationToken::new(), |_, _| dropped += 1).await;
+        let end = write_frames(
+            &mut a,
+            &mut rx,
+            &mut seq,
+            200_000,
+            &CancellationToken::new(),
+            |_, _| dropped += 1,
+        )
+        .await;
         assert!(matches!(end, WriterEnd::Finished));
         drop(a);
         assert_eq!(dropped, 1);

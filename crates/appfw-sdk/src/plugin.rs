@@ -68,8 +68,10 @@ impl Message {
 
     /// Time left before the deadline (`None` without a deadline, zero once passed).
     pub fn time_left(&self) -> Option<Duration> {
-        self.deadline
-            .map(|d| d.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+        self.deadline.map(|d| {
+            d.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        })
     }
 }
 
@@ -187,12 +189,7 @@ impl PluginBuilder {
             handlers: TaskTracker::new(),
             tasks: Mutex::new(Vec::new()),
         });
-        let writer = tokio::spawn(writer_loop(
-            Arc::clone(&inner),
-            write_half,
-            rx,
-            max_frame,
-        ));
+        let writer = tokio::spawn(writer_loop(Arc::clone(&inner), write_half, rx, max_frame));
         let events = tokio::spawn(event_loop(Arc::clone(&inner), reader));
         let mut tasks = vec![writer, events];
         if self.handle_sigterm
@@ -673,7 +670,10 @@ async fn dispatch(inner: &Arc<Inner>, frame: Frame) {
         }
         Some(FrameType::ProtocolError) => {
             if let Ok(e) = frame.decode_payload::<pb::ProtocolError>() {
-                eprintln!("appfw-sdk: host reported a protocol error: {}: {}", e.code, e.message);
+                eprintln!(
+                    "appfw-sdk: host reported a protocol error: {}: {}",
+                    e.code, e.message
+                );
             }
         }
         // Unknown or not-for-plugins frame types are skipped (forward compatibility).
@@ -759,4 +759,3 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         "handler panicked".to_string()
     }
 }
-

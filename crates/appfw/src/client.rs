@@ -25,7 +25,9 @@ pub enum Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The host is not reachable.
-    #[error("cannot reach the appfw host at {endpoint}: {reason} (is `appfw run` running with this data directory?)")]
+    #[error(
+        "cannot reach the appfw host at {endpoint}: {reason} (is `appfw run` running with this data directory?)"
+    )]
     Unreachable {
         /// Where we tried.
         endpoint: String,
@@ -129,9 +131,8 @@ impl Client {
             .to_bytes();
         // The request sender is gone and the body read: the connection task ends now.
         let _ = driver.await;
-        let value: Value = serde_json::from_slice(&body).map_err(|e| {
-            ClientError::Protocol(format!("HTTP {status}, body is not JSON ({e})"))
-        })?;
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("HTTP {status}, body is not JSON ({e})")))?;
         if status >= 400 {
             let err = &value["error"];
             return Err(ClientError::Api {
@@ -144,7 +145,10 @@ impl Client {
     }
 }
 
-type Sent = (hyper::Response<Incoming>, tokio::task::JoinHandle<hyper::Result<()>>);
+type Sent = (
+    hyper::Response<Incoming>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+);
 
 async fn send<T>(io: T, req: Request<Full<Bytes>>) -> Result<Sent, String>
 where

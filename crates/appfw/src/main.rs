@@ -18,7 +18,12 @@ pub(crate) mod exit {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "appfw", version, about = "Run plugins as supervised processes, and control them", propagate_version = true)]
+#[command(
+    name = "appfw",
+    version,
+    about = "Run plugins as supervised processes, and control them",
+    propagate_version = true
+)]
 pub(crate) struct Cli {
     /// Data directory of the host (lock, token, API socket, logs) [default: $APPFW_DATA_DIR,
     /// else $XDG_STATE_HOME/appfw, else ~/.local/state/appfw]

@@ -7,8 +7,12 @@ use appfw_sdk::pb::HealthStatus;
 async fn main() -> Result<(), appfw_sdk::SdkError> {
     let topic = flag("--topic").unwrap_or_else(|| "echo".into());
     appfw_sdk::run(|plugin| async move {
-        plugin.serve(&topic, |req| async move { Ok(req.payload) }).await?;
-        plugin.report_health(HealthStatus::Healthy, "serving").await?;
+        plugin
+            .serve(&topic, |req| async move { Ok(req.payload) })
+            .await?;
+        plugin
+            .report_health(HealthStatus::Healthy, "serving")
+            .await?;
         println!("echo: serving {topic:?}");
         Ok(())
     })

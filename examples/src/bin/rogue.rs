@@ -12,7 +12,11 @@ use appfw_examples::flag;
 async fn main() {
     let mode = flag("--mode").unwrap_or_else(|| "malformed".into());
     if mode == "bad-version" {
-        match appfw_sdk::Plugin::builder().protocol_versions(2, 3).connect().await {
+        match appfw_sdk::Plugin::builder()
+            .protocol_versions(2, 3)
+            .connect()
+            .await
+        {
             Ok(_) => {
                 println!("rogue: the host accepted versions 2-3");
                 std::process::exit(0);

@@ -12,7 +12,9 @@ async fn main() -> Result<(), appfw_sdk::SdkError> {
     let every = duration_flag("--interval", Some(Duration::from_secs(1))).unwrap_or_default();
     let echo = flag("--echo-topic").unwrap_or_else(|| "echo".into());
     let plugin = Plugin::connect().await?;
-    plugin.report_health(HealthStatus::Healthy, "ticking").await?;
+    plugin
+        .report_health(HealthStatus::Healthy, "ticking")
+        .await?;
     println!("ticker: started, every {every:?}, echo topic {echo:?}");
     let mut tick = tokio::time::interval(every);
     let mut n: u64 = 0;

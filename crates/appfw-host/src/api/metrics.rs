@@ -46,9 +46,13 @@ pub(super) async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> Re
     let restarts = Family::<PluginLabel, Counter>::default();
     let uptime = Family::<PluginLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for p in s.supervisor.list().await {
-        let l = PluginLabel { plugin: p.name.clone() };
-        up.get_or_create(&l)
-            .set(i64::from(matches!(p.state, PluginState::Running | PluginState::Unhealthy)));
+        let l = PluginLabel {
+            plugin: p.name.clone(),
+        };
+        up.get_or_create(&l).set(i64::from(matches!(
+            p.state,
+            PluginState::Running | PluginState::Unhealthy
+        )));
         restarts.get_or_create(&l).inc_by(p.restarts);
         uptime.get_or_create(&l).set(p.uptime_secs.unwrap_or(0.0));
         for st in PluginState::ALL {
@@ -60,9 +64,21 @@ pub(super) async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> Re
                 .set(i64::from(st == p.state));
         }
     }
-    reg.register("plugin_up", "Whether the plugin process is up (1) or not (0)", up);
-    reg.register("plugin_state", "Current state of the plugin (1 for the current state)", state);
-    reg.register("plugin_restarts", "Restarts of the plugin since the host started", restarts);
+    reg.register(
+        "plugin_up",
+        "Whether the plugin process is up (1) or not (0)",
+        up,
+    );
+    reg.register(
+        "plugin_state",
+        "Current state of the plugin (1 for the current state)",
+        state,
+    );
+    reg.register(
+        "plugin_restarts",
+        "Restarts of the plugin since the host started",
+        restarts,
+    );
     reg.register(
         "plugin_uptime_seconds",
         "Seconds since the plugin's current process started",
@@ -71,17 +87,29 @@ pub(super) async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> Re
     let stats = s.bus.stats();
     let delivered = Counter::<u64>::default();
     delivered.inc_by(stats.delivered.load(Ordering::Relaxed));
-    reg.register("bus_messages_delivered", "Messages delivered to subscribers", delivered);
+    reg.register(
+        "bus_messages_delivered",
+        "Messages delivered to subscribers",
+        delivered,
+    );
     let dropped = Counter::<u64>::default();
     dropped.inc_by(stats.dropped.load(Ordering::Relaxed));
-    reg.register("bus_messages_dropped", "Messages dropped because a subscriber queue stayed full", dropped);
+    reg.register(
+        "bus_messages_dropped",
+        "Messages dropped because a subscriber queue stayed full",
+        dropped,
+    );
     let requests = Counter::<u64>::default();
     requests.inc_by(stats.requests.load(Ordering::Relaxed));
     reg.register("bus_requests", "Requests routed to a server", requests);
 
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &reg) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}")).into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding failed: {e}"),
+        )
+            .into_response();
     }
     let openmetrics = headers
         .get(header::ACCEPT)

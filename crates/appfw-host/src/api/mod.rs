@@ -161,16 +161,25 @@ async fn healthz(State(s): State<ApiState>) -> Response {
     } else {
         StatusCode::OK
     };
-    (code, Json(serde_json::json!({ "status": worst, "checks": checks }))).into_response()
+    (
+        code,
+        Json(serde_json::json!({ "status": worst, "checks": checks })),
+    )
+        .into_response()
 }
 
 async fn host_info(State(s): State<ApiState>) -> Json<serde_json::Value> {
     let mut v = serde_json::to_value(&*s.info).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
-        o.insert("uptime_secs".into(), s.started.elapsed().as_secs_f64().into());
+        o.insert(
+            "uptime_secs".into(),
+            s.started.elapsed().as_secs_f64().into(),
+        );
         o.insert(
             "now".into(),
-            humantime::format_rfc3339_millis(SystemTime::now()).to_string().into(),
+            humantime::format_rfc3339_millis(SystemTime::now())
+                .to_string()
+                .into(),
         );
     }
     Json(v)
@@ -187,7 +196,10 @@ fn sup_error(e: SupervisorError) -> ApiError {
     }
 }
 
-async fn get_plugin(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn get_plugin(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     let st = s.supervisor.status(&name).await.map_err(sup_error)?;
     Ok(Json(st).into_response())
 }
@@ -212,7 +224,11 @@ async fn act(
             .map_err(|e| ApiError::bad_request(format!("wait={w:?}: {e}")))?
             .min(Duration::from_secs(300)),
     };
-    let st = s.supervisor.act(&name, action, wait).await.map_err(sup_error)?;
+    let st = s
+        .supervisor
+        .act(&name, action, wait)
+        .await
+        .map_err(sup_error)?;
     Ok(Json(st).into_response())
 }
 
@@ -228,6 +244,8 @@ async fn events(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let list = s.events.since(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(4096));
+    let list = s
+        .events
+        .since(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(4096));
     Ok(Json(serde_json::json!({ "events": list })).into_response())
 }

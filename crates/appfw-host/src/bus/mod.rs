@@ -151,8 +151,8 @@ impl Bus {
         pattern: &str,
         sub: &pb::Subscribe,
     ) -> Result<(), pb::Error> {
-        let pattern = Pattern::parse(pattern)
-            .map_err(|m| error(ErrorKind::Permanent, "invalid_topic", m))?;
+        let pattern =
+            Pattern::parse(pattern).map_err(|m| error(ErrorKind::Permanent, "invalid_topic", m))?;
         let kind = match SubscriptionKind::try_from(sub.kind) {
             Ok(SubscriptionKind::Requests) => SubscriptionKind::Requests,
             _ => SubscriptionKind::Events,
@@ -218,7 +218,8 @@ impl Bus {
                 "responder_gone",
                 format!("{} went away before replying", link.plugin),
             );
-            self.reply_error(&r.origin, r.origin_id, &link.plugin, e).await;
+            self.reply_error(&r.origin, r.origin_id, &link.plugin, e)
+                .await;
         }
     }
 
@@ -254,7 +255,13 @@ impl Bus {
         Ok(())
     }
 
-    fn pick_group_member<'a>(&self, table: &'a Table, first: usize, group: &str, topic: &str) -> &'a Arc<Sub> {
+    fn pick_group_member<'a>(
+        &self,
+        table: &'a Table,
+        first: usize,
+        group: &str,
+        topic: &str,
+    ) -> &'a Arc<Sub> {
         let members: Vec<&Arc<Sub>> = table.subs[first..]
             .iter()
             .filter(|s| {
@@ -290,7 +297,10 @@ impl Bus {
     }
 
     async fn reply_error(&self, to: &Link, request_id: u64, sender: &str, e: pb::Error) {
-        self.inner.stats.request_errors.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .request_errors
+            .fetch_add(1, Ordering::Relaxed);
         let mut f = Frame::new(FrameType::Reply, Bytes::new());
         f.header.request_id = request_id;
         f.header.sender = sender.to_string();
@@ -312,7 +322,11 @@ impl Bus {
             d => d,
         };
         if deadline_ms <= now {
-            let e = error(ErrorKind::Temporary, "deadline_exceeded", "the deadline passed before the request was routed");
+            let e = error(
+                ErrorKind::Temporary,
+                "deadline_exceeded",
+                "the deadline passed before the request was routed",
+            );
             return self.reply_error(from, origin_id, "$host", e).await;
         }
         let table = self.inner.table.load_full();
@@ -322,7 +336,11 @@ impl Bus {
             .filter(|s| s.kind == SubscriptionKind::Requests && s.pattern.matches(topic))
             .collect();
         if servers.is_empty() {
-            let e = error(ErrorKind::Temporary, "no_responders", format!("nobody serves {topic:?}"));
+            let e = error(
+                ErrorKind::Temporary,
+                "no_responders",
+                format!("nobody serves {topic:?}"),
+            );
             return self.reply_error(from, origin_id, "$host", e).await;
         }
         let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
@@ -403,7 +421,11 @@ impl Bus {
                 out
             };
             for r in expired {
-                let e = error(ErrorKind::Temporary, "deadline_exceeded", "no reply before the deadline");
+                let e = error(
+                    ErrorKind::Temporary,
+                    "deadline_exceeded",
+                    "no reply before the deadline",
+                );
                 self.reply_error(&r.origin, r.origin_id, "$host", e).await;
             }
         }
@@ -416,7 +438,14 @@ mod tests {
 
     fn link(name: &str, conn: u64) -> (Arc<Link>, mpsc::Receiver<Frame>) {
         let (tx, rx) = mpsc::channel(8);
-        (Arc::new(Link { plugin: name.into(), conn_id: conn, outbox: tx }), rx)
+        (
+            Arc::new(Link {
+                plugin: name.into(),
+                conn_id: conn,
+                outbox: tx,
+            }),
+            rx,
+        )
     }
 
     fn publish(topic: &str, sender: &str) -> Frame {
@@ -432,11 +461,18 @@ mod tests {
         let (a, _ra) = link("a", 1);
         let (b, mut rb) = link("b", 2);
         let (c, mut rc) = link("c", 3);
-        bus.subscribe(&b, 7, "orders.*", &pb::Subscribe::default()).unwrap();
-        bus.subscribe(&c, 9, "other", &pb::Subscribe::default()).unwrap();
-        bus.publish(&a, publish("orders.new", "forged")).await.unwrap();
+        bus.subscribe(&b, 7, "orders.*", &pb::Subscribe::default())
+            .unwrap();
+        bus.subscribe(&c, 9, "other", &pb::Subscribe::default())
+            .unwrap();
+        bus.publish(&a, publish("orders.new", "forged"))
+            .await
+            .unwrap();
         let got = rb.try_recv().unwrap();
-        assert_eq!(got.header.sender, "a", "the sender is stamped, not taken from the plugin");
+        assert_eq!(
+            got.header.sender, "a",
+            "the sender is stamped, not taken from the plugin"
+        );
         assert_eq!(got.header.subscription_id, 7);
         assert_eq!(&got.payload[..], b"payload");
         assert!(rc.try_recv().is_err());
@@ -448,17 +484,27 @@ mod tests {
         let (a, _ra) = link("a", 1);
         let (b, mut rb) = link("b", 2);
         let (c, mut rc) = link("c", 3);
-        let g = pb::Subscribe { kind: SubscriptionKind::Events as i32, queue_group: "workers".into() };
+        let g = pb::Subscribe {
+            kind: SubscriptionKind::Events as i32,
+            queue_group: "workers".into(),
+        };
         bus.subscribe(&b, 1, "jobs", &g).unwrap();
         bus.subscribe(&c, 1, "jobs", &g).unwrap();
         for _ in 0..6 {
             bus.publish(&a, publish("jobs", "a")).await.unwrap();
         }
         let (mut nb, mut nc) = (0, 0);
-        while rb.try_recv().is_ok() { nb += 1; }
-        while rc.try_recv().is_ok() { nc += 1; }
+        while rb.try_recv().is_ok() {
+            nb += 1;
+        }
+        while rc.try_recv().is_ok() {
+            nc += 1;
+        }
         assert_eq!(nb + nc, 6);
-        assert!(nb > 0 && nc > 0, "round robin spreads the load: {nb} / {nc}");
+        assert!(
+            nb > 0 && nc > 0,
+            "round robin spreads the load: {nb} / {nc}"
+        );
     }
 
     #[tokio::test]
@@ -480,7 +526,10 @@ mod tests {
         let (a, mut ra) = link("a", 1);
         let (b, mut rb) = link("b", 2);
         let (m, _rm) = link("mallory", 3);
-        let serve = pb::Subscribe { kind: SubscriptionKind::Requests as i32, queue_group: String::new() };
+        let serve = pb::Subscribe {
+            kind: SubscriptionKind::Requests as i32,
+            queue_group: String::new(),
+        };
         bus.subscribe(&b, 4, "echo", &serve).unwrap();
         let mut f = Frame::new(FrameType::Request, Bytes::from_static(b"hi"));
         f.header.topic = "echo".into();
@@ -489,7 +538,10 @@ mod tests {
         let req = rb.try_recv().unwrap();
         assert_eq!(req.header.sender, "a");
         assert_eq!(req.header.subscription_id, 4);
-        assert!(req.header.deadline_unix_ms > 0, "the default deadline is filled in");
+        assert!(
+            req.header.deadline_unix_ms > 0,
+            "the default deadline is filled in"
+        );
         let mut forged = Frame::new(FrameType::Reply, Bytes::from_static(b"evil"));
         forged.header.request_id = req.header.request_id;
         bus.reply(&m, forged).await;
@@ -508,7 +560,10 @@ mod tests {
         let bus = Bus::new(Duration::from_secs(5));
         let (a, mut ra) = link("a", 1);
         let (b, _rb) = link("b", 2);
-        let serve = pb::Subscribe { kind: SubscriptionKind::Requests as i32, queue_group: String::new() };
+        let serve = pb::Subscribe {
+            kind: SubscriptionKind::Requests as i32,
+            queue_group: String::new(),
+        };
         bus.subscribe(&b, 1, "svc", &serve).unwrap();
         let mut f = Frame::new(FrameType::Request, Bytes::new());
         f.header.topic = "svc".into();
@@ -525,7 +580,10 @@ mod tests {
         let bus = Bus::new(Duration::from_secs(5));
         let (a, mut ra) = link("a", 1);
         let (b, _rb) = link("b", 2);
-        let serve = pb::Subscribe { kind: SubscriptionKind::Requests as i32, queue_group: String::new() };
+        let serve = pb::Subscribe {
+            kind: SubscriptionKind::Requests as i32,
+            queue_group: String::new(),
+        };
         bus.subscribe(&b, 1, "slow", &serve).unwrap();
         let mut f = Frame::new(FrameType::Request, Bytes::new());
         f.header.topic = "slow".into();
@@ -534,7 +592,10 @@ mod tests {
         bus.request(&a, f).await;
         let cancel = CancellationToken::new();
         let task = tokio::spawn(bus.clone().run_expiry(cancel.clone()));
-        let got = tokio::time::timeout(Duration::from_secs(5), ra.recv()).await.unwrap().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), ra.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.header.error.unwrap().code, "deadline_exceeded");
         cancel.cancel();
         task.await.unwrap();

@@ -183,9 +183,16 @@ impl Actor {
                     .trim_start_matches("HEALTH_STATUS_")
                     .to_lowercase()
             }),
-            health_message: self.health.as_ref().map(|h| h.message.clone()).filter(|m| !m.is_empty()),
+            health_message: self
+                .health
+                .as_ref()
+                .map(|h| h.message.clone())
+                .filter(|m| !m.is_empty()),
             next_restart_in_ms: (self.state == PluginState::Backoff)
-                .then(|| self.timer.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64))
+                .then(|| {
+                    self.timer
+                        .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64)
+                })
                 .flatten(),
         }
     }
@@ -307,7 +314,10 @@ impl Actor {
             .iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
-        env.push((appfw_proto::ENV_PLUGIN_NAME.into(), self.name.to_string().into()));
+        env.push((
+            appfw_proto::ENV_PLUGIN_NAME.into(),
+            self.name.to_string().into(),
+        ));
         let connect = self.cfg.protocol == Protocol::Appfw;
         if connect {
             env.push((
@@ -334,7 +344,12 @@ impl Actor {
             Ok(c) => c,
             Err(e) => {
                 let error = e.to_string();
-                self.ctx.events.emit(Some(&self.name), EventKind::SpawnFailed { error: error.clone() });
+                self.ctx.events.emit(
+                    Some(&self.name),
+                    EventKind::SpawnFailed {
+                        error: error.clone(),
+                    },
+                );
                 self.last_exit = Some(LastExit {
                     status: "not started".into(),
                     reason: error.clone(),
@@ -344,7 +359,9 @@ impl Actor {
                 self.after_failure(true, Duration::ZERO, &error);
                 if self.state == PluginState::Backoff && self.timer.is_none() {
                     // Never retry a failing spawn in a hot loop, even on the first failure.
-                    self.timer = Some(Instant::now() + self.cfg.backoff.initial.max(Duration::from_millis(100)));
+                    self.timer = Some(
+                        Instant::now() + self.cfg.backoff.initial.max(Duration::from_millis(100)),
+                    );
                 }
                 return;
             }
@@ -397,10 +414,15 @@ impl Actor {
             let params = ConnParams {
                 plugin: Arc::clone(&self.name),
                 handshake_timeout: sup.handshake_timeout,
-                heartbeat_interval: self.cfg.heartbeat_interval.unwrap_or(sup.heartbeat_interval),
+                heartbeat_interval: self
+                    .cfg
+                    .heartbeat_interval
+                    .unwrap_or(sup.heartbeat_interval),
                 heartbeat_timeout: self.cfg.heartbeat_timeout.unwrap_or(sup.heartbeat_timeout),
                 max_frame_size: usize::try_from(sup.max_frame_size).unwrap_or(usize::MAX),
-                settings_json: Bytes::from(serde_json::to_vec(&self.cfg.settings).unwrap_or_default()),
+                settings_json: Bytes::from(
+                    serde_json::to_vec(&self.cfg.settings).unwrap_or_default(),
+                ),
             };
             match conn::start(params, sock, self.ctx.bus.clone(), tx, &self.ctx.cancel) {
                 Ok(c) => {
@@ -426,17 +448,31 @@ impl Actor {
             ConnEvent::Ready { version } => {
                 p.ready = true;
                 if p.phase == StopPhase::None {
-                    self.set_state(PluginState::Running, &format!("handshake complete (protocol v{version})"));
+                    self.set_state(
+                        PluginState::Running,
+                        &format!("handshake complete (protocol v{version})"),
+                    );
                 }
             }
             ConnEvent::Refused { reason } => {
-                self.ctx.events.emit(Some(&self.name), EventKind::HandshakeRefused { reason: reason.clone() });
-                self.terminate(format!("handshake refused: {reason}"), Signal::TERM);
+                self.ctx.events.emit(
+                    Some(&self.name),
+                    EventKind::HandshakeRefused {
+                        reason: reason.clone(),
+                    },
+                );
+                // The plugin got the refusal and should exit by itself; it is terminated if not.
+                p.kill_reason = Some(format!("handshake refused: {reason}"));
+                p.conn_lost = Some(reason);
+                self.timer = Some(Instant::now() + CONN_LOST_GRACE);
             }
             ConnEvent::Fault { code, message } => {
                 self.ctx.events.emit(
                     Some(&self.name),
-                    EventKind::ProtocolFault { code: code.to_string(), message: message.clone() },
+                    EventKind::ProtocolFault {
+                        code: code.to_string(),
+                        message: message.clone(),
+                    },
                 );
                 self.terminate(format!("protocol fault: {code}: {message}"), Signal::TERM);
             }
@@ -471,8 +507,13 @@ impl Actor {
                 let msg = report.message.clone();
                 self.health = Some(report);
                 match (self.state, unhealthy) {
-                    (PluginState::Running, true) => self.set_state(PluginState::Unhealthy, &format!("plugin reports unhealthy: {msg}")),
-                    (PluginState::Unhealthy, false) => self.set_state(PluginState::Running, "plugin reports healthy"),
+                    (PluginState::Running, true) => self.set_state(
+                        PluginState::Unhealthy,
+                        &format!("plugin reports unhealthy: {msg}"),
+                    ),
+                    (PluginState::Unhealthy, false) => {
+                        self.set_state(PluginState::Running, "plugin reports healthy")
+                    }
                     _ => {}
                 }
             }
@@ -486,12 +527,24 @@ impl Actor {
         if p.kill_reason.is_none() {
             p.kill_reason = Some(reason);
         }
-        if matches!(p.phase, StopPhase::Kill) || (p.phase == StopPhase::Term && sig == Signal::TERM) {
+        if matches!(p.phase, StopPhase::Kill) || (p.phase == StopPhase::Term && sig == Signal::TERM)
+        {
             return;
         }
         let _ = p.child.signal_group(sig);
-        p.phase = if sig == Signal::KILL { StopPhase::Kill } else { StopPhase::Term };
-        self.timer = Some(Instant::now() + if sig == Signal::KILL { Duration::from_secs(5) } else { kill_after });
+        p.phase = if sig == Signal::KILL {
+            StopPhase::Kill
+        } else {
+            StopPhase::Term
+        };
+        self.timer = Some(
+            Instant::now()
+                + if sig == Signal::KILL {
+                    Duration::from_secs(5)
+                } else {
+                    kill_after
+                },
+        );
     }
 
     /// Graceful stop: SHUTDOWN frame (protocol plugins) or SIGTERM, then escalation by timer.
@@ -511,8 +564,15 @@ impl Actor {
                 },
             );
             f.header.sender = "$host".into();
-            let sent = p.conn.as_ref().is_some_and(|c| c.link.outbox.try_send(f).is_ok());
-            p.phase = if sent { StopPhase::Shutdown } else { StopPhase::Term };
+            let sent = p
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.link.outbox.try_send(f).is_ok());
+            p.phase = if sent {
+                StopPhase::Shutdown
+            } else {
+                StopPhase::Term
+            };
             if !sent {
                 let _ = p.child.signal_group(Signal::TERM);
             }
@@ -544,7 +604,9 @@ impl Actor {
             Some(p) => {
                 let (sig, next, wait) = match p.phase {
                     StopPhase::Shutdown => (Signal::TERM, StopPhase::Term, kill_after),
-                    StopPhase::Term | StopPhase::None => (Signal::KILL, StopPhase::Kill, Duration::from_secs(5)),
+                    StopPhase::Term | StopPhase::None => {
+                        (Signal::KILL, StopPhase::Kill, Duration::from_secs(5))
+                    }
                     StopPhase::Kill => {
                         tracing::error!(plugin = %name, pid = p.child.pid, "still alive 5 s after SIGKILL (uninterruptible sleep?)");
                         (Signal::KILL, StopPhase::Kill, Duration::from_secs(5))
@@ -553,15 +615,26 @@ impl Actor {
                 let _ = p.child.signal_group(sig);
                 p.phase = next;
                 self.timer = Some(Instant::now() + wait);
-                let signal = if sig == Signal::KILL { "SIGKILL" } else { "SIGTERM" };
-                self.ctx.events.emit(Some(&name), EventKind::StopEscalated { signal: signal.into() });
+                let signal = if sig == Signal::KILL {
+                    "SIGKILL"
+                } else {
+                    "SIGTERM"
+                };
+                self.ctx.events.emit(
+                    Some(&name),
+                    EventKind::StopEscalated {
+                        signal: signal.into(),
+                    },
+                );
             }
         }
     }
 
     /// Returns true when the task should end.
     async fn on_exit(&mut self, status: Option<ExitStatus>) -> bool {
-        let Some(p) = self.proc.take() else { return false };
+        let Some(p) = self.proc.take() else {
+            return false;
+        };
         self.timer = None;
         // Anything the plugin left behind in its process group goes with it.
         let _ = p.child.signal_group(Signal::KILL);
@@ -573,7 +646,9 @@ impl Actor {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
         let uptime = p.child.started.elapsed();
-        let status_text = status.as_ref().map_or_else(|| "unknown".to_string(), describe);
+        let status_text = status
+            .as_ref()
+            .map_or_else(|| "unknown".to_string(), describe);
         let requested = self.after_exit != AfterExit::Policy;
         let success = status.is_some_and(|s| s.success());
         let failure = p.kill_reason.is_some() || (!requested && !success);
@@ -584,8 +659,14 @@ impl Actor {
                 AfterExit::Quit => "host shutting down".into(),
                 _ => "stop requested".into(),
             },
-            (None, false) => match status.as_ref().and_then(std::os::unix::process::ExitStatusExt::signal) {
-                Some(sig) => format!("killed by {} (not sent by appfw)", super::process::signal_name(sig)),
+            (None, false) => match status
+                .as_ref()
+                .and_then(std::os::unix::process::ExitStatusExt::signal)
+            {
+                Some(sig) => format!(
+                    "killed by {} (not sent by appfw)",
+                    super::process::signal_name(sig)
+                ),
                 None => "exited on its own".into(),
             },
         };
@@ -633,7 +714,11 @@ impl Actor {
             RestartPolicy::Never => false,
         };
         if !restart {
-            let to = if failure { PluginState::Failed } else { PluginState::Completed };
+            let to = if failure {
+                PluginState::Failed
+            } else {
+                PluginState::Completed
+            };
             self.set_state(to, reason);
             return;
         }

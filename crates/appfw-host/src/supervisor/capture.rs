@@ -120,7 +120,12 @@ fn emit(plugin: &str, stream: Stream, lines: &[Vec<u8>], out: &OutputFile, rate:
     for l in lines {
         if rate.window.elapsed().as_secs() >= 1 {
             if rate.suppressed > 0 {
-                tracing::warn!(plugin, stream = stream.name(), "{} lines not echoed to the host log (rate limit); they are in the plugin's log file", rate.suppressed);
+                tracing::warn!(
+                    plugin,
+                    stream = stream.name(),
+                    "{} lines not echoed to the host log (rate limit); they are in the plugin's log file",
+                    rate.suppressed
+                );
             }
             rate.window = Instant::now();
             rate.used = 0;

@@ -197,7 +197,8 @@ impl Reader {
             code: code.to_string(),
             message: message.clone(),
         };
-        self.send(Frame::control(FrameType::ProtocolError, &err)).await;
+        self.send(Frame::control(FrameType::ProtocolError, &err))
+            .await;
         End::Event(ConnEvent::Fault { code, message })
     }
 
@@ -232,7 +233,10 @@ impl Reader {
         };
         self.peer_seq.store(first.header.seq, Ordering::Relaxed);
         if first.frame_type() != Some(FrameType::Hello) {
-            let msg = format!("the first frame must be HELLO, got type {}", first.header.r#type);
+            let msg = format!(
+                "the first frame must be HELLO, got type {}",
+                first.header.r#type
+            );
             return Err(self.protocol_error("handshake_required", msg).await);
         }
         let hello: pb::Hello = match first.decode_payload() {
@@ -276,7 +280,8 @@ impl Reader {
             settings_json: self.params.settings_json.clone(),
             host_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        self.send(Frame::control(FrameType::Welcome, &welcome)).await;
+        self.send(Frame::control(FrameType::Welcome, &welcome))
+            .await;
         let _ = self.events.send(ConnEvent::Ready { version }).await;
         Ok(())
     }
@@ -341,7 +346,9 @@ impl Reader {
                 let id = frame.header.request_id;
                 let result = if ty == FrameType::Subscribe {
                     match frame.decode_payload::<pb::Subscribe>() {
-                        Ok(sub) => self.bus.subscribe(&self.link, id, &frame.header.topic, &sub),
+                        Ok(sub) => self
+                            .bus
+                            .subscribe(&self.link, id, &frame.header.topic, &sub),
                         Err(e) => return Some(self.protocol_error(e.code(), e.to_string()).await),
                     }
                 } else {

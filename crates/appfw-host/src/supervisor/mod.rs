@@ -149,7 +149,9 @@ impl std::str::FromStr for Action {
             "start" => Ok(Self::Start),
             "stop" => Ok(Self::Stop),
             "restart" => Ok(Self::Restart),
-            other => Err(format!("unknown action {other:?}; expected start, stop or restart")),
+            other => Err(format!(
+                "unknown action {other:?}; expected start, stop or restart"
+            )),
         }
     }
 }
@@ -172,7 +174,9 @@ pub fn backoff_delay(b: &BackoffConfig, failures: u32, unit: f64) -> Duration {
     if failures <= 1 {
         return Duration::ZERO;
     }
-    let exp = b.multiplier.powi(i32::try_from(failures - 2).unwrap_or(i32::MAX));
+    let exp = b
+        .multiplier
+        .powi(i32::try_from(failures - 2).unwrap_or(i32::MAX));
     let base = (b.initial.as_secs_f64() * exp).min(b.max.as_secs_f64());
     let spread = 1.0 + b.jitter * (2.0 * unit - 1.0);
     Duration::from_secs_f64((base * spread).clamp(0.0, b.max.as_secs_f64()))
@@ -291,7 +295,9 @@ impl Supervisor {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut forced = Vec::new();
         for name in self.order.iter().rev() {
-            let Some(a) = self.actors.get(name) else { continue };
+            let Some(a) = self.actors.get(name) else {
+                continue;
+            };
             let (tx, rx) = oneshot::channel();
             if a.send(Command::Quit(tx)).await.is_err() {
                 continue;
@@ -328,16 +334,24 @@ mod tests {
             jitter: 0.0,
             reset_after: Duration::from_secs(30),
         };
-        let d: Vec<u64> = (1..=7).map(|n| backoff_delay(&b, n, 0.5).as_millis() as u64).collect();
+        let d: Vec<u64> = (1..=7)
+            .map(|n| backoff_delay(&b, n, 0.5).as_millis() as u64)
+            .collect();
         assert_eq!(d, vec![0, 100, 200, 400, 800, 1000, 1000]);
     }
 
     #[test]
     fn jitter_spreads_within_bounds() {
-        let b = BackoffConfig { jitter: 0.5, ..BackoffConfig::default() };
+        let b = BackoffConfig {
+            jitter: 0.5,
+            ..BackoffConfig::default()
+        };
         let lo = backoff_delay(&b, 2, 0.0);
         let hi = backoff_delay(&b, 2, 0.999);
         assert_eq!(lo, Duration::from_millis(50));
-        assert!(hi > Duration::from_millis(149) && hi <= Duration::from_millis(150), "{hi:?}");
+        assert!(
+            hi > Duration::from_millis(149) && hi <= Duration::from_millis(150),
+            "{hi:?}"
+        );
     }
 }

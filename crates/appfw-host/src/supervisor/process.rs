@@ -152,16 +152,18 @@ impl Spawner {
     /// grandchildren of plugins are re-parented to it and reaped rather than left as zombies.
     pub async fn reap(self, cancel: CancellationToken) {
         if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-            tracing::warn!("cannot become child subreaper ({e}); orphaned plugin children go to init");
+            tracing::warn!(
+                "cannot become child subreaper ({e}); orphaned plugin children go to init"
+            );
         }
-        let mut sigchld =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!("cannot watch SIGCHLD: {e}; plugin exits will not be seen");
-                    return;
-                }
-            };
+        let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot watch SIGCHLD: {e}; plugin exits will not be seen");
+                return;
+            }
+        };
         loop {
             reap_all(&self.table);
             tokio::select! {
@@ -248,9 +250,8 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
     map.insert(pid as i32, tx);
     drop(map);
     let started = Instant::now();
-    let pidfd = Pid::from_raw(pid as i32).and_then(|p| {
-        rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
-    });
+    let pidfd = Pid::from_raw(pid as i32)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
     // The child has its copy; ours must be closed or EOF never comes.
     drop(child_end);
     let _ = pidfd.as_ref().map(AsFd::as_fd);
@@ -269,10 +270,38 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
 /// The conventional name of a signal number (`SIGKILL`), or `SIG<n>`.
 pub fn signal_name(sig: i32) -> String {
     const NAMES: [&str; 32] = [
-        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
-        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
-        "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
-        "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
     ];
     usize::try_from(sig)
         .ok()

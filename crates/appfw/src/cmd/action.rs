@@ -36,13 +36,19 @@ pub(crate) async fn run(cli: &Cli, action: &str, args: &ActionArgs) -> u8 {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
     } else if wanted {
-        let pid = st["pid"].as_u64().map(|p| format!(" (pid {p})")).unwrap_or_default();
+        let pid = st["pid"]
+            .as_u64()
+            .map(|p| format!(" (pid {p})"))
+            .unwrap_or_default();
         println!("{}: {state}{pid}", args.name);
     }
     if wanted {
         0
     } else {
-        let last = st["last_exit"]["reason"].as_str().map(|r| format!("; last exit: {r}")).unwrap_or_default();
+        let last = st["last_exit"]["reason"]
+            .as_str()
+            .map(|r| format!("; last exit: {r}"))
+            .unwrap_or_default();
         eprintln!("appfw: {action} {}: plugin is {state}{last}", args.name);
         exit::FAILED
     }

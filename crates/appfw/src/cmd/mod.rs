@@ -23,13 +23,19 @@ pub(crate) fn client(cli: &Cli) -> Result<Client, u8> {
         None => match layout.read_token() {
             Ok(t) => Some(t),
             Err(e) => {
-                eprintln!("appfw: {e} (is a host running with this data directory? see --data-dir)");
+                eprintln!(
+                    "appfw: {e} (is a host running with this data directory? see --data-dir)"
+                );
                 return Err(exit::UNAVAILABLE);
             }
         },
     };
     let endpoint = match &cli.api {
-        Some(a) => Endpoint::Tcp(a.trim_start_matches("http://").trim_end_matches('/').to_string()),
+        Some(a) => Endpoint::Tcp(
+            a.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+        ),
         None => Endpoint::Unix(layout.api_socket()),
     };
     Ok(Client::new(endpoint, token))
@@ -49,7 +55,12 @@ pub(crate) fn fail(e: &ClientError) -> u8 {
 /// `1h 2m`, `3m 4s`, `5.2s`.
 pub(crate) fn human_secs(s: f64) -> String {
     let total = s as u64;
-    let (d, h, m, sec) = (total / 86400, total / 3600 % 24, total / 60 % 60, total % 60);
+    let (d, h, m, sec) = (
+        total / 86400,
+        total / 3600 % 24,
+        total / 60 % 60,
+        total % 60,
+    );
     if d > 0 {
         format!("{d}d {h}h")
     } else if h > 0 {

@@ -37,7 +37,9 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> u8 {
             return exit::CONFIG;
         }
     };
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => fmt.with_target(false).init(),
         LogFormat::Json => fmt.json().flatten_event(true).init(),
@@ -55,7 +57,9 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> u8 {
             }
         },
         None => {
-            tracing::warn!("no config file (--config, APPFW_CONFIG or ./appfw.toml): running with no plugins");
+            tracing::warn!(
+                "no config file (--config, APPFW_CONFIG or ./appfw.toml): running with no plugins"
+            );
             Config::default()
         }
     };

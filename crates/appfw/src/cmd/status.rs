@@ -21,7 +21,10 @@ pub(crate) async fn run(cli: &Cli, args: &StatusArgs) -> u8 {
         Err(code) => return code,
     };
     let result = match &args.name {
-        Some(n) => c.get(&format!("/api/v1/plugins/{n}")).await.map(|p| vec![p]),
+        Some(n) => c
+            .get(&format!("/api/v1/plugins/{n}"))
+            .await
+            .map(|p| vec![p]),
         None => c
             .get("/api/v1/plugins")
             .await
