@@ -181,7 +181,7 @@ fn reap_all(table: &Table) {
         match rustix::process::wait(WaitOptions::NOHANG) {
             Ok(Some((pid, status))) => {
                 let raw = pid.as_raw_nonzero().get();
-                let status = ExitStatus::from_raw(status.as_raw() as i32);
+                let status = ExitStatus::from_raw(status.as_raw());
                 match map.remove(&raw) {
                     Some(tx) => {
                         let _ = tx.send(status);
