@@ -1,0 +1,251 @@
+//! The SDK against a scripted host on the other end of a socket pair.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use appfw_proto::pb::{self, ErrorKind, FrameType, SubscriptionKind};
+use appfw_proto::{Frame, FrameCodec, now_unix_ms};
+use appfw_sdk::{Bytes, Plugin, RequestError, SdkError};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::Framed;
+
+type Host = Framed<UnixStream, FrameCodec>;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn recv(host: &mut Host) -> Frame {
+    tokio::time::timeout(T, host.next()).await.expect("a frame in time").expect("open").expect("valid")
+}
+
+/// Receives frames until one of type `ty` (skipping e.g. health/log frames).
+async fn recv_type(host: &mut Host, ty: FrameType) -> Frame {
+    loop {
+        let f = recv(host).await;
+        if f.frame_type() == Some(ty) {
+            return f;
+        }
+    }
+}
+
+/// Connects a plugin to a scripted host that accepts the handshake.
+async fn connect(builder: appfw_sdk::PluginBuilder) -> (Plugin, Host) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut host = Framed::new(b, FrameCodec::default());
+    let plugin = tokio::spawn(builder.stream(a).handle_sigterm(false).connect());
+    let hello = recv(&mut host).await;
+    assert_eq!(hello.frame_type(), Some(FrameType::Hello));
+    assert_eq!(hello.header.seq, 1);
+    let h: pb::Hello = hello.decode_payload().unwrap();
+    assert_eq!((h.min_version, h.max_version), (1, 1));
+    let welcome = pb::Welcome {
+        version: 1,
+        capabilities: h.capabilities,
+        plugin_name: "test".into(),
+        heartbeat_interval_ms: 1000,
+        heartbeat_timeout_ms: 5000,
+        max_frame_size: 1 << 20,
+        ..Default::default()
+    };
+    host.send(Frame::control(FrameType::Welcome, &welcome)).await.unwrap();
+    (plugin.await.unwrap().unwrap(), host)
+}
+
+/// Serves `topic` on the plugin, acknowledging the SUBSCRIBE; returns the subscription id.
+async fn serve_ack(host: &mut Host) -> u64 {
+    let sub = recv_type(host, FrameType::Subscribe).await;
+    let s: pb::Subscribe = sub.decode_payload().unwrap();
+    assert_eq!(s.kind, SubscriptionKind::Requests as i32);
+    let mut ack = Frame::new(FrameType::Reply, Bytes::new());
+    ack.header.request_id = sub.header.request_id;
+    host.send(ack).await.unwrap();
+    sub.header.request_id
+}
+
+fn request(sub: u64, id: u64, payload: &'static [u8], deadline_ms: u64) -> Frame {
+    let mut f = Frame::new(FrameType::Request, Bytes::from_static(payload));
+    f.header.topic = "svc".into();
+    f.header.request_id = id;
+    f.header.subscription_id = sub;
+    f.header.deadline_unix_ms = deadline_ms;
+    f.header.sender = "caller".into();
+    f
+}
+
+#[tokio::test]
+async fn pings_are_answered_with_the_same_id_and_sequence_numbers_increase() {
+    let (_plugin, mut host) = connect(Plugin::builder()).await;
+    for nonce in [42u64, 43] {
+        let mut ping = Frame::new(FrameType::Ping, Bytes::new());
+        ping.header.request_id = nonce;
+        ping.header.seq = nonce;
+        host.send(ping).await.unwrap();
+        let pong = recv_type(&mut host, FrameType::Pong).await;
+        assert_eq!(pong.header.request_id, nonce);
+        assert!(pong.header.seq >= 2, "HELLO was 1");
+        assert_eq!(pong.header.ack, nonce, "ack carries the host's last seq");
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_becomes_a_critical_error_reply_and_the_plugin_lives_on() {
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let p = plugin.clone();
+    let serving = tokio::spawn(async move {
+        p.serve("svc", |req| async move {
+            if &req.payload[..] == b"boom" {
+                panic!("kaboom");
+            }
+            Ok(req.payload)
+        })
+        .await
+    });
+    let sub = serve_ack(&mut host).await;
+    serving.await.unwrap().unwrap();
+    host.send(request(sub, 1, b"boom", 0)).await.unwrap();
+    let r = recv_type(&mut host, FrameType::Reply).await;
+    assert_eq!(r.header.request_id, 1);
+    let e = r.header.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Critical as i32);
+    assert_eq!(e.code, "handler_panicked");
+    assert!(e.message.contains("kaboom"), "{}", e.message);
+    host.send(request(sub, 2, b"fine", 0)).await.unwrap();
+    let r = recv_type(&mut host, FrameType::Reply).await;
+    assert_eq!(r.header.request_id, 2);
+    assert!(r.header.error.is_none());
+    assert_eq!(&r.payload[..], b"fine");
+}
+
+#[tokio::test]
+async fn expired_work_is_not_started() {
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let ran = Arc::new(AtomicBool::new(false));
+    let (p, r2) = (plugin.clone(), Arc::clone(&ran));
+    let serving = tokio::spawn(async move {
+        p.serve("svc", move |req| {
+            let ran = Arc::clone(&r2);
+            async move {
+                ran.store(true, Ordering::SeqCst);
+                Ok(req.payload)
+            }
+        })
+        .await
+    });
+    let sub = serve_ack(&mut host).await;
+    serving.await.unwrap().unwrap();
+    host.send(request(sub, 9, b"late", now_unix_ms() - 1000)).await.unwrap();
+    let r = recv_type(&mut host, FrameType::Reply).await;
+    assert_eq!(r.header.error.unwrap().code, "deadline_exceeded");
+    assert!(!ran.load(Ordering::SeqCst), "the handler must not run");
+}
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_limit_are_shed() {
+    let (plugin, mut host) = connect(Plugin::builder().max_in_flight(1)).await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (p, g) = (plugin.clone(), Arc::clone(&gate));
+    let serving = tokio::spawn(async move {
+        p.serve("svc", move |req| {
+            let g = Arc::clone(&g);
+            async move {
+                g.notified().await;
+                Ok(req.payload)
+            }
+        })
+        .await
+    });
+    let sub = serve_ack(&mut host).await;
+    serving.await.unwrap().unwrap();
+    host.send(request(sub, 1, b"a", 0)).await.unwrap();
+    host.send(request(sub, 2, b"b", 0)).await.unwrap();
+    let r = recv_type(&mut host, FrameType::Reply).await;
+    assert_eq!(r.header.request_id, 2);
+    let e = r.header.error.unwrap();
+    assert_eq!((e.kind, e.code.as_str()), (ErrorKind::Temporary as i32, "overloaded"));
+    gate.notify_one();
+    let r = recv_type(&mut host, FrameType::Reply).await;
+    assert_eq!(r.header.request_id, 1);
+    assert!(r.header.error.is_none());
+}
+
+#[tokio::test]
+async fn requests_get_replies_and_typed_errors() {
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let p = plugin.clone();
+    let call = tokio::spawn(async move { p.request("svc", "q", Duration::from_secs(5)).await });
+    let req = recv_type(&mut host, FrameType::Request).await;
+    assert_eq!(req.header.topic, "svc");
+    assert!(req.header.deadline_unix_ms > now_unix_ms());
+    let mut rep = Frame::new(FrameType::Reply, Bytes::from_static(b"answer"));
+    rep.header.request_id = req.header.request_id;
+    host.send(rep).await.unwrap();
+    assert_eq!(&call.await.unwrap().unwrap()[..], b"answer");
+
+    let p = plugin.clone();
+    let call = tokio::spawn(async move { p.request("svc", "q", Duration::from_secs(5)).await });
+    let req = recv_type(&mut host, FrameType::Request).await;
+    let mut rep = Frame::new(FrameType::Reply, Bytes::new());
+    rep.header.request_id = req.header.request_id;
+    rep.header.error = Some(pb::Error {
+        kind: ErrorKind::Temporary as i32,
+        code: "no_responders".into(),
+        message: "nobody".into(),
+    });
+    host.send(rep).await.unwrap();
+    let err: RequestError = call.await.unwrap().unwrap_err();
+    assert!(err.is_temporary());
+    assert_eq!(err.code, "no_responders");
+}
+
+#[tokio::test]
+async fn shutdown_frame_drains_in_flight_work_then_says_goodbye() {
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let p = plugin.clone();
+    let serving = tokio::spawn(async move {
+        p.serve("svc", |req| async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(req.payload)
+        })
+        .await
+    });
+    let sub = serve_ack(&mut host).await;
+    serving.await.unwrap().unwrap();
+    host.send(request(sub, 5, b"slow", 0)).await.unwrap();
+    let run = tokio::spawn({
+        let p = plugin.clone();
+        async move { p.run_until_shutdown().await }
+    });
+    let shutdown = pb::Shutdown { grace_ms: 5000, reason: "test".into() };
+    host.send(Frame::control(FrameType::Shutdown, &shutdown)).await.unwrap();
+    let reply = recv_type(&mut host, FrameType::Reply).await;
+    assert_eq!(reply.header.request_id, 5, "in-flight work finishes first");
+    assert_eq!(&reply.payload[..], b"slow");
+    let bye = recv_type(&mut host, FrameType::Goodbye).await;
+    assert!(bye.decode_payload::<pb::Goodbye>().is_ok());
+    tokio::time::timeout(T, run).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_refusal_is_reported_with_its_reason() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut host = Framed::new(b, FrameCodec::default());
+    let plugin = tokio::spawn(Plugin::builder().stream(a).protocol_versions(2, 3).connect());
+    let hello = recv(&mut host).await;
+    let h: pb::Hello = hello.decode_payload().unwrap();
+    assert_eq!((h.min_version, h.max_version), (2, 3));
+    let refuse = pb::Refuse { reason: "protocol version mismatch: plugin speaks 2-3, host speaks 1-1".into(), ..Default::default() };
+    host.send(Frame::control(FrameType::Refuse, &refuse)).await.unwrap();
+    match plugin.await.unwrap() {
+        Err(SdkError::Refused(r)) => assert!(r.contains("plugin speaks 2-3, host speaks 1-1")),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn host_closing_the_socket_ends_the_plugin() {
+    let (plugin, host) = connect(Plugin::builder()).await;
+    drop(host);
+    tokio::time::timeout(T, plugin.shutdown_requested()).await.unwrap();
+    assert!(matches!(plugin.run_until_shutdown().await, Err(SdkError::Closed)));
+}
