@@ -22,7 +22,7 @@ fn examples_start_and_answer_requests_through_the_bus() {
         plugin("echo", "echo", ""),
         plugin("ticker", "ticker", "args = [\"--interval\", \"100ms\"]")
     );
-    let host = TestHost::start(&cfg);
+    let host = start(&cfg);
     let ps = host.wait_all_running(T);
     assert_eq!(ps.len(), 2);
     for p in &ps {
@@ -44,7 +44,7 @@ fn examples_start_and_answer_requests_through_the_bus() {
 
 #[test]
 fn kill_9_is_followed_by_a_restart_with_the_exit_recorded() {
-    let host = TestHost::start(&format!(
+    let host = start(&format!(
         "{}{}",
         plugin("echo", "echo", ""),
         plugin("other", "echo", "args = [\"--topic\", \"other\"]")
@@ -84,7 +84,7 @@ fn a_hung_plugin_is_detected_by_missed_heartbeats_and_restarted() {
         "[supervisor]\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\n\n{}",
         plugin("hanger", "hanger", "args = [\"--after\", \"300ms\"]")
     );
-    let host = TestHost::start(&cfg);
+    let host = start(&cfg);
     let first = host.wait_plugin("hanger", "running", T, |_| true)["pid"]
         .as_u64()
         .unwrap();
@@ -122,7 +122,7 @@ fn malformed_and_oversized_frames_restart_only_the_offender() {
             "args = [\"--mode\", \"oversized\"]\nrestart = \"on-failure\""
         ),
     );
-    let host = TestHost::start(&cfg);
+    let host = start(&cfg);
     let echo_pid = host.wait_plugin("echo", "running", T, |_| true)["pid"].clone();
     let m = host.wait_event("protocol_fault", "malformed", T, |_| true);
     assert_eq!(m["code"], "malformed_frame");
@@ -168,7 +168,7 @@ fn malformed_and_oversized_frames_restart_only_the_offender() {
 
 #[test]
 fn version_mismatch_is_refused_naming_both_versions() {
-    let host = TestHost::start(&plugin(
+    let host = start(&plugin(
         "old",
         "rogue",
         "args = [\"--mode\", \"bad-version\"]\nrestart = \"never\"",
@@ -197,7 +197,7 @@ fn sigterm_stops_every_plugin_and_leaves_no_process_behind() {
         plugin("echo", "echo", ""),
         plugin("ticker", "ticker", ""),
     );
-    let mut host = TestHost::start(&cfg);
+    let mut host = start(&cfg);
     let ps = host.wait_all_running(T);
     let tree_sid = host.plugin("tree")["pid"].as_u64().unwrap() as u32;
     wait_for(T, "the tree plugin's children", || {
@@ -235,7 +235,7 @@ fn sigkill_of_the_host_takes_every_plugin_with_it() {
         plugin("hanger", "hanger", ""),
         "[[plugins]]\nname = \"plain\"\ncommand = \"sleep\"\nargs = [\"1000\"]\nprotocol = \"none\"\n",
     );
-    let mut host = TestHost::start(&cfg);
+    let mut host = start(&cfg);
     let ps = host.wait_all_running(T);
     let pids: Vec<u32> = ps
         .iter()
@@ -250,7 +250,7 @@ fn sigkill_of_the_host_takes_every_plugin_with_it() {
 
 #[test]
 fn api_needs_the_token_and_concurrent_restarts_start_one_process() {
-    let host = TestHost::start(&plugin("echo", "echo", ""));
+    let host = start(&plugin("echo", "echo", ""));
     host.wait_all_running(T);
     let sock = host.data().join("api.sock");
     let (st, body) = http(&sock, "GET", "/api/v1/plugins", None);

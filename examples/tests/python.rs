@@ -33,7 +33,7 @@ fn python_plugin_serves_requests_from_a_rust_plugin() {
         script.display(),
         gen_dir.path().display()
     );
-    let host = TestHost::start(&cfg);
+    let host = start(&cfg);
     host.wait_all_running(Duration::from_secs(30));
     let line = wait_for(
         Duration::from_secs(30),

@@ -16,7 +16,11 @@ type Host = Framed<UnixStream, FrameCodec>;
 const T: Duration = Duration::from_secs(10);
 
 async fn recv(host: &mut Host) -> Frame {
-    tokio::time::timeout(T, host.next()).await.expect("a frame in time").expect("open").expect("valid")
+    tokio::time::timeout(T, host.next())
+        .await
+        .expect("a frame in time")
+        .expect("open")
+        .expect("valid")
 }
 
 /// Receives frames until one of type `ty` (skipping e.g. health/log frames).
@@ -48,7 +52,9 @@ async fn connect(builder: appfw_sdk::PluginBuilder) -> (Plugin, Host) {
         max_frame_size: 1 << 20,
         ..Default::default()
     };
-    host.send(Frame::control(FrameType::Welcome, &welcome)).await.unwrap();
+    host.send(Frame::control(FrameType::Welcome, &welcome))
+        .await
+        .unwrap();
     (plugin.await.unwrap().unwrap(), host)
 }
 
@@ -134,7 +140,9 @@ async fn expired_work_is_not_started() {
     });
     let sub = serve_ack(&mut host).await;
     serving.await.unwrap().unwrap();
-    host.send(request(sub, 9, b"late", now_unix_ms() - 1000)).await.unwrap();
+    host.send(request(sub, 9, b"late", now_unix_ms() - 1000))
+        .await
+        .unwrap();
     let r = recv_type(&mut host, FrameType::Reply).await;
     assert_eq!(r.header.error.unwrap().code, "deadline_exceeded");
     assert!(!ran.load(Ordering::SeqCst), "the handler must not run");
@@ -162,7 +170,10 @@ async fn requests_beyond_the_in_flight_limit_are_shed() {
     let r = recv_type(&mut host, FrameType::Reply).await;
     assert_eq!(r.header.request_id, 2);
     let e = r.header.error.unwrap();
-    assert_eq!((e.kind, e.code.as_str()), (ErrorKind::Temporary as i32, "overloaded"));
+    assert_eq!(
+        (e.kind, e.code.as_str()),
+        (ErrorKind::Temporary as i32, "overloaded")
+    );
     gate.notify_one();
     let r = recv_type(&mut host, FrameType::Reply).await;
     assert_eq!(r.header.request_id, 1);
@@ -216,26 +227,45 @@ async fn shutdown_frame_drains_in_flight_work_then_says_goodbye() {
         let p = plugin.clone();
         async move { p.run_until_shutdown().await }
     });
-    let shutdown = pb::Shutdown { grace_ms: 5000, reason: "test".into() };
-    host.send(Frame::control(FrameType::Shutdown, &shutdown)).await.unwrap();
+    let shutdown = pb::Shutdown {
+        grace_ms: 5000,
+        reason: "test".into(),
+    };
+    host.send(Frame::control(FrameType::Shutdown, &shutdown))
+        .await
+        .unwrap();
     let reply = recv_type(&mut host, FrameType::Reply).await;
     assert_eq!(reply.header.request_id, 5, "in-flight work finishes first");
     assert_eq!(&reply.payload[..], b"slow");
     let bye = recv_type(&mut host, FrameType::Goodbye).await;
     assert!(bye.decode_payload::<pb::Goodbye>().is_ok());
-    tokio::time::timeout(T, run).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_refusal_is_reported_with_its_reason() {
     let (a, b) = UnixStream::pair().unwrap();
     let mut host = Framed::new(b, FrameCodec::default());
-    let plugin = tokio::spawn(Plugin::builder().stream(a).protocol_versions(2, 3).connect());
+    let plugin = tokio::spawn(
+        Plugin::builder()
+            .stream(a)
+            .protocol_versions(2, 3)
+            .connect(),
+    );
     let hello = recv(&mut host).await;
     let h: pb::Hello = hello.decode_payload().unwrap();
     assert_eq!((h.min_version, h.max_version), (2, 3));
-    let refuse = pb::Refuse { reason: "protocol version mismatch: plugin speaks 2-3, host speaks 1-1".into(), ..Default::default() };
-    host.send(Frame::control(FrameType::Refuse, &refuse)).await.unwrap();
+    let refuse = pb::Refuse {
+        reason: "protocol version mismatch: plugin speaks 2-3, host speaks 1-1".into(),
+        ..Default::default()
+    };
+    host.send(Frame::control(FrameType::Refuse, &refuse))
+        .await
+        .unwrap();
     match plugin.await.unwrap() {
         Err(SdkError::Refused(r)) => assert!(r.contains("plugin speaks 2-3, host speaks 1-1")),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
@@ -246,6 +276,11 @@ async fn a_refusal_is_reported_with_its_reason() {
 async fn host_closing_the_socket_ends_the_plugin() {
     let (plugin, host) = connect(Plugin::builder()).await;
     drop(host);
-    tokio::time::timeout(T, plugin.shutdown_requested()).await.unwrap();
-    assert!(matches!(plugin.run_until_shutdown().await, Err(SdkError::Closed)));
+    tokio::time::timeout(T, plugin.shutdown_requested())
+        .await
+        .unwrap();
+    assert!(matches!(
+        plugin.run_until_shutdown().await,
+        Err(SdkError::Closed)
+    ));
 }

@@ -1,0 +1,318 @@
+//! Test kit: a real `appfw` host process in a temporary directory, with real plugin processes,
+//! an HTTP client over its API socket, and waiters that poll with a deadline (never a fixed
+//! sleep).
+
+// Test support: a failed expectation panics with a message, like an assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Builds (once per test process; a no-op when fresh) and returns the `appfw` binary next to
+/// `bin_dir`, for test crates that do not depend on the binary crate (cargo would not rebuild it
+/// for them).
+pub fn build_appfw(bin_dir: &Path) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "appfw",
+            "--bin",
+            "appfw",
+            "--target-dir",
+        ])
+        .arg(bin_dir.parent().unwrap());
+        if bin_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building appfw failed");
+    });
+    bin_dir.join("appfw")
+}
+
+/// Polls `f` until it returns `Some`, or panics naming `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Minimal HTTP/1.1 over a Unix socket: (status, JSON body).
+pub fn http(sock: &Path, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut s =
+        UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+    (status, value)
+}
+
+/// A running `appfw run` in a temp dir.
+pub struct TestHost {
+    /// The `appfw` binary it runs.
+    pub appfw: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub token: String,
+}
+
+impl TestHost {
+    /// Writes `config` (with `{bin}` replaced by `bin_dir` and `{mark}` by a string unique to
+    /// this host) and starts `appfw` on it; returns once its API answers.
+    pub fn start(appfw: &Path, bin_dir: &Path, config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "[api]\nlisten = \"\"\n\n{}",
+            config
+                .replace("{bin}", &bin_dir.display().to_string())
+                .replace("{mark}", &dir.path().display().to_string())
+        );
+        std::fs::write(dir.path().join("appfw.toml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("host.log")).unwrap();
+        let child = Command::new(appfw)
+            .arg("run")
+            .arg("--config")
+            .arg(dir.path().join("appfw.toml"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--log-level")
+            .arg("debug")
+            .env_remove("APPFW_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut host = Self {
+            appfw: appfw.to_path_buf(),
+            dir,
+            child: Some(child),
+            token: String::new(),
+        };
+        let sock = host.data().join("api.sock");
+        let token_file = host.data().join("token");
+        host.token = wait_for(Duration::from_secs(20), "the host API", || {
+            if let Some(st) = host.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("host exited early with {st}:\n{}", host.log());
+            }
+            let token = std::fs::read_to_string(&token_file)
+                .ok()?
+                .trim()
+                .to_string();
+            UnixStream::connect(&sock).ok()?;
+            Some(token)
+        });
+        host
+    }
+
+    /// Runs the `appfw` CLI against this host; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(&self.appfw)
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(args)
+            .env_remove("APPFW_DATA_DIR")
+            .env_remove("APPFW_API")
+            .env_remove("APPFW_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("host.log")).unwrap_or_default()
+    }
+
+    pub fn plugin_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.data().join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        http(
+            &self.data().join("api.sock"),
+            "GET",
+            path,
+            Some(&self.token),
+        )
+    }
+
+    pub fn post(&self, path: &str) -> (u16, Value) {
+        http(
+            &self.data().join("api.sock"),
+            "POST",
+            path,
+            Some(&self.token),
+        )
+    }
+
+    pub fn plugin(&self, name: &str) -> Value {
+        let (st, v) = self.get(&format!("/api/v1/plugins/{name}"));
+        assert_eq!(st, 200, "{v}");
+        v
+    }
+
+    pub fn plugins(&self) -> Vec<Value> {
+        self.get("/api/v1/plugins").1["plugins"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.get("/api/v1/events?limit=4096").1["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Waits until an event of `kind` about `plugin` matching `pred` was emitted.
+    pub fn wait_event(
+        &self,
+        kind: &str,
+        plugin: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_for(timeout, &format!("event {kind} of {plugin}"), || {
+            self.events()
+                .into_iter()
+                .find(|e| e["kind"] == kind && e["plugin"] == plugin && pred(e))
+        })
+    }
+
+    /// Waits until `name` is in `state` and satisfies `pred`; returns its status.
+    pub fn wait_plugin(
+        &self,
+        name: &str,
+        state: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_for(timeout, &format!("{name} to be {state}"), || {
+            let p = self.plugin(name);
+            (p["state"] == state && pred(&p)).then_some(p)
+        })
+    }
+
+    /// Waits until every plugin is running.
+    pub fn wait_all_running(&self, timeout: Duration) -> Vec<Value> {
+        wait_for(timeout, "every plugin running", || {
+            let ps = self.plugins();
+            ps.iter().all(|p| p["state"] == "running").then_some(ps)
+        })
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// Waits for the host to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let st = wait_for(timeout, "the host to exit", || child.try_wait().unwrap());
+        self.child = None;
+        st
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether a process is alive (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next());
+            !matches!(state, Some(Some('Z' | 'X')))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Pids of live processes whose session id is `sid` (a plugin and everything it started).
+pub fn session_members(sid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // fields after ')': state ppid pgrp session
+        if f.len() > 3 && f[3] == sid.to_string() && !matches!(f[0], "Z" | "X") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Pids of live processes whose environment contains `key=value`.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{key}={value}");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
