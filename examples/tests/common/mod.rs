@@ -1,6 +1,6 @@
 //! Starts the real host with the example plugins (see `appfw-testkit`).
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
