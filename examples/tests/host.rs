@@ -1,5 +1,7 @@
 //! Integration tests: the real `appfw` host with real plugin processes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is a failed test
+
 mod common;
 
 use std::time::Duration;

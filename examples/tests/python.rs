@@ -1,6 +1,8 @@
 //! The Python plugin, written from docs/PROTOCOL.md alone, serves requests through the real host:
 //! the proof that the protocol is language-neutral.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is a failed test
+
 mod common;
 
 use std::process::Command;

@@ -1,5 +1,7 @@
 //! The `appfw` CLI against a real host (plain `sleep` plugins: no example binaries needed).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is a failed test
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
