@@ -293,3 +293,51 @@ fn api_needs_the_token_and_concurrent_restarts_start_one_process() {
     );
     assert!(p["restarts"].as_u64().unwrap() >= 1);
 }
+
+#[test]
+fn unknown_frame_types_are_skipped_not_fatal() {
+    let host = start(&format!(
+        "{}{}",
+        plugin("echo", "echo", ""),
+        plugin("newer", "rogue", "args = [\"--mode\", \"unknown\"]")
+    ));
+    let out = wait_for(T, "the rogue's echo answer", || {
+        let l = host.plugin_log("newer");
+        l.contains("rogue: echo answered").then_some(l)
+    });
+    assert!(out.contains("rogue: echo answered \"still here\""), "{out}");
+    let p = host.plugin("newer");
+    assert_eq!(p["state"], "running");
+    assert_eq!(p["restarts"], 0);
+    assert!(!host.events().iter().any(|e| e["kind"] == "protocol_fault"));
+}
+
+#[test]
+fn a_flooding_plugin_loses_no_line_and_keeps_answering_heartbeats() {
+    let cfg = format!(
+        "[supervisor]\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"2s\"\n\n{}{}",
+        plugin("flooder", "flooder", "args = [\"--lines\", \"200000\"]"),
+        plugin("echo", "echo", ""),
+    );
+    let host = start(&cfg);
+    let log = wait_for(Duration::from_secs(60), "the flood's last line", || {
+        let l = host.plugin_log("flooder");
+        l.contains("stdout flood line 199999\n").then_some(l)
+    });
+    let mut expected = 0u64;
+    for line in log.lines().filter(|l| l.contains(" stdout flood line ")) {
+        let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(n, expected, "lines arrive once each, in order");
+        expected += 1;
+    }
+    assert_eq!(expected, 200_000);
+    let p = host.plugin("flooder");
+    assert_eq!(p["state"], "running");
+    assert_eq!(p["restarts"], 0, "no heartbeat was missed during the flood");
+    // The host log got a bounded echo of the flood and a note of what it left out.
+    wait_for(T, "the rate-limit note in the host log", || {
+        host.log()
+            .contains("lines not echoed to the host log (rate limit)")
+            .then_some(())
+    });
+}

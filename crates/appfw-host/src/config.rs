@@ -63,8 +63,9 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where the host keeps its state (lock, token, API socket, logs). Default:
-    /// `$APPFW_DATA_DIR`, else `$XDG_STATE_HOME/appfw`, else `~/.local/state/appfw`.
+    /// Where the host keeps its state (lock, token, API socket, logs); relative to the config
+    /// file's directory. `--data-dir` and `$APPFW_DATA_DIR` override it. Default:
+    /// `$XDG_STATE_HOME/appfw`, else `~/.local/state/appfw`.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
     /// HTTP API settings.
@@ -225,11 +226,12 @@ pub struct PluginConfig {
     /// Whether the host starts it at start-up (default true); if false, `appfw start NAME`.
     #[serde(default = "yes")]
     pub autostart: bool,
-    /// Time granted after the SHUTDOWN frame (or the stop signal for `protocol = "none"`)
-    /// before escalating. Default `5s`.
+    /// Time granted after the SHUTDOWN frame (protocol plugins) or after SIGTERM
+    /// (`protocol = "none"`) before escalating. Default `5s`.
     #[serde(default = "default_stop_grace", with = "human_duration")]
     pub stop_grace: Duration,
-    /// Time granted after SIGTERM to the process group before SIGKILL. Default `5s`.
+    /// For protocol plugins: time granted after SIGTERM to the process group (sent once the
+    /// stop grace ran out, or at once before the handshake) before SIGKILL. Default `5s`.
     #[serde(default = "default_stop_grace", with = "human_duration")]
     pub kill_after: Duration,
     /// Overrides `supervisor.heartbeat_interval` for this plugin.
@@ -311,6 +313,11 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The data directory from the file, resolved against the file's directory.
+    pub fn data_dir_resolved(&self) -> Option<PathBuf> {
+        self.data_dir.as_ref().map(|d| self.base_dir().join(d))
+    }
+
     /// The directory relative paths in the file are resolved against.
     pub fn base_dir(&self) -> PathBuf {
         self.source
@@ -353,7 +360,7 @@ impl Config {
             push(
                 None,
                 "supervisor.max_frame_size".into(),
-                "must be between 1KiB and 4GiB".into(),
+                "must be at least 1KiB and less than 4GiB".into(),
             );
         }
         if !self.api.listen.is_empty() && self.api.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -69,7 +69,7 @@ pub enum EventKind {
     RestartScheduled {
         /// Delay before the restart, milliseconds.
         delay_ms: u64,
-        /// Consecutive failures so far.
+        /// Restarts in a row without `backoff.reset_after` of uptime in between.
         attempt: u32,
     },
     /// The plugin broke the wire protocol; its connection was closed.
@@ -276,7 +276,7 @@ fn log(ev: &Event) {
                 event = kind,
                 delay_ms,
                 attempt,
-                "plugin {plugin}: restart in {delay_ms} ms (consecutive failure {attempt})"
+                "plugin {plugin}: restart in {delay_ms} ms (restart {attempt} in a row without a stable uptime)"
             )
         }
         EventKind::StopEscalated { signal } => {

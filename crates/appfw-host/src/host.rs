@@ -73,7 +73,10 @@ impl Host {
     pub async fn start(opts: HostOptions) -> Result<Self, HostError> {
         let config = opts.config;
         config.validate()?;
-        let root = datadir::resolve(opts.data_dir.as_deref(), config.data_dir.as_deref())?;
+        let root = datadir::resolve(
+            opts.data_dir.as_deref(),
+            config.data_dir_resolved().as_deref(),
+        )?;
         let data_dir = DataDir::open(&root)?;
         let layout = data_dir.layout().clone();
         let cancel = CancellationToken::new();

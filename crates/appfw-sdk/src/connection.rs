@@ -11,9 +11,10 @@ use tokio_util::codec::Framed;
 
 use crate::SdkError;
 
-/// Takes the socket named by `APPFW_PLUGIN_FD`, checks that it is a Unix stream socket, marks it
-/// close-on-exec (so the plugin's own children do not inherit the host connection) and removes the
-/// variable so that nothing else in the process tries to use it twice.
+/// Takes the socket named by `APPFW_PLUGIN_FD`, checks that it is a Unix stream socket and marks
+/// it close-on-exec, so the plugin's own children do not inherit the host connection (a child
+/// that reads the inherited variable finds no such descriptor and gets a clear error). The
+/// variable is left alone: changing the environment is unsound once threads run.
 pub(crate) fn stream_from_env() -> Result<UnixStream, SdkError> {
     let value = std::env::var(ENV_PLUGIN_FD).map_err(|_| SdkError::NotAPlugin(ENV_PLUGIN_FD))?;
     let bad = |reason: String| SdkError::BadFd {
@@ -38,12 +39,8 @@ pub(crate) fn stream_from_env() -> Result<UnixStream, SdkError> {
     }
     rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)
         .map_err(|e| bad(format!("cannot set close-on-exec ({e})")))?;
-    // SAFETY: the descriptor is open (checked above), inherited for this process to own, and
-    // nothing else in the process refers to it: the variable naming it is removed right below.
+    // SAFETY: the descriptor is open (checked above) and was inherited for this process to own.
     let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: called during plugin start-up, before the SDK spawns threads of its own; plugin
-    // authors call `connect` once at start.
-    unsafe { std::env::remove_var(ENV_PLUGIN_FD) };
     let std_stream = std::os::unix::net::UnixStream::from(owned);
     std_stream.set_nonblocking(true)?;
     Ok(UnixStream::from_std(std_stream)?)

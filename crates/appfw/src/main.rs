@@ -9,12 +9,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Exit codes: 0 success, 1 the action failed, 2 usage (clap), 64 invalid config, 69 the host
-/// is unreachable or refused.
+/// Exit codes: 0 success, 1 the action failed (or the request was refused as invalid), 2 usage
+/// (clap), 64 invalid config, 69 the host is unreachable or failing, 77 the token was refused.
 pub(crate) mod exit {
     pub const FAILED: u8 = 1;
     pub const CONFIG: u8 = 64;
     pub const UNAVAILABLE: u8 = 69;
+    pub const NOPERM: u8 = 77;
 }
 
 #[derive(Parser, Debug)]
@@ -29,6 +30,10 @@ pub(crate) struct Cli {
     /// else $XDG_STATE_HOME/appfw, else ~/.local/state/appfw]
     #[arg(long, global = true, env = "APPFW_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Config file (TOML): what `run` runs; the client verbs read its data_dir
+    /// [default: $APPFW_CONFIG, else ./appfw.toml for `run` if present].
+    #[arg(long, short, global = true, env = "APPFW_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Talk to the host's TCP API (e.g. 127.0.0.1:7070) instead of its Unix socket.
     #[arg(long, global = true, env = "APPFW_API", value_name = "HOST:PORT")]
     api: Option<String>,

@@ -76,7 +76,7 @@ fn restart_stop_and_start_wait_for_the_outcome() {
     assert_eq!(after["restarts"], 1);
     assert_eq!(after["last_exit"]["reason"], "restart requested");
 
-    let (code, out, _) = h.cli(&["stop", "beta"]);
+    let (code, out, _) = h.cli(&["stop", "beta", "--wait", "1m 30s"]);
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "beta: stopped");
     let (code, out, _) = h.cli(&["start", "beta"]);
@@ -103,7 +103,7 @@ fn unknown_plugins_and_a_missing_host_fail_with_one_line_and_distinct_codes() {
 fn wrong_token_is_refused() {
     let h = host();
     let (code, _, err) = h.cli(&["--token", "bad", "status"]);
-    assert_eq!(code, 69);
+    assert_eq!(code, 77);
     assert!(err.contains("invalid bearer token"), "{err}");
 }
 

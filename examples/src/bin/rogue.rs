@@ -1,7 +1,9 @@
 //! `rogue`: breaks the wire protocol on purpose, for the host's fault-handling tests.
 //! `--mode malformed` sends a frame whose header is garbage; `--mode oversized` announces a frame
 //! larger than any maximum; `--mode bad-version` offers protocol versions 2-3 only and prints
-//! the host's refusal. The first two first complete a normal handshake.
+//! the host's refusal; `--mode unknown` sends a frame of a type no version knows, then asks `echo`
+//! something and prints the answer (the host must skip the unknown frame and keep going). All but
+//! `bad-version` first complete a normal handshake.
 
 use std::io::Write;
 use std::time::Duration;
@@ -50,6 +52,31 @@ async fn main() {
         }
     };
     println!("rogue: connected, now sending a {mode} frame");
+    if mode == "unknown" {
+        // frame_len 5, header_len 3, header {type: 999 (tag 08, varint e7 07)}, no payload.
+        let _ = raw.write_all(&[0, 0, 0, 5, 0, 3, 0x08, 0xe7, 0x07]);
+        // echo may still be starting: retry temporary errors for a while.
+        for attempt in 0.. {
+            match plugin
+                .request("echo", "still here", Duration::from_secs(5))
+                .await
+            {
+                Ok(r) => {
+                    println!("rogue: echo answered {:?}", String::from_utf8_lossy(&r));
+                    break;
+                }
+                Err(e) if e.is_temporary() && attempt < 500 => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    println!("rogue: echo failed: {e}");
+                    break;
+                }
+            }
+        }
+        let _ = plugin.run_until_shutdown().await;
+        return;
+    }
     let bytes: Vec<u8> = match mode.as_str() {
         // frame_len 4, header_len 2, header bytes 0xff 0xff (not protobuf).
         "malformed" => vec![0, 0, 0, 4, 0, 2, 0xff, 0xff],

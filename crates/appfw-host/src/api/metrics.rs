@@ -49,10 +49,7 @@ pub(super) async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> Re
         let l = PluginLabel {
             plugin: p.name.clone(),
         };
-        up.get_or_create(&l).set(i64::from(matches!(
-            p.state,
-            PluginState::Running | PluginState::Unhealthy
-        )));
+        up.get_or_create(&l).set(i64::from(p.pid.is_some()));
         restarts.get_or_create(&l).inc_by(p.restarts);
         uptime.get_or_create(&l).set(p.uptime_secs.unwrap_or(0.0));
         for st in PluginState::ALL {
@@ -66,7 +63,7 @@ pub(super) async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> Re
     }
     reg.register(
         "plugin_up",
-        "Whether the plugin process is up (1) or not (0)",
+        "Whether a process of the plugin exists (1) or not (0)",
         up,
     );
     reg.register(
@@ -102,6 +99,13 @@ pub(super) async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> Re
     let requests = Counter::<u64>::default();
     requests.inc_by(stats.requests.load(Ordering::Relaxed));
     reg.register("bus_requests", "Requests routed to a server", requests);
+    let request_errors = Counter::<u64>::default();
+    request_errors.inc_by(stats.request_errors.load(Ordering::Relaxed));
+    reg.register(
+        "bus_request_errors",
+        "Requests answered by the host with an error (no responder, deadline, responder gone)",
+        request_errors,
+    );
 
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &reg) {

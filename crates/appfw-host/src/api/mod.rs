@@ -74,6 +74,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
 }
 
@@ -105,7 +106,13 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     let not_ready: Vec<String> = list
         .iter()
         .filter(|p| s.required.contains(&p.name))
-        .filter(|p| !matches!(p.state, PluginState::Running | PluginState::Completed))
+        // A plugin an operator stopped on purpose does not hold readiness hostage.
+        .filter(|p| {
+            !matches!(
+                p.state,
+                PluginState::Running | PluginState::Completed | PluginState::Stopped
+            )
+        })
         .map(|p| format!("{} is {}", p.name, p.state))
         .collect();
     if not_ready.is_empty() {
@@ -133,7 +140,7 @@ async fn healthz(State(s): State<ApiState>) -> Response {
         let status = match p.state {
             PluginState::Running if p.health.as_deref() == Some("degraded") => "degraded",
             PluginState::Running | PluginState::Completed | PluginState::Idle => "healthy",
-            PluginState::Stopped if !s.required.contains(&p.name) => "healthy",
+            PluginState::Stopped => "healthy",
             PluginState::Starting | PluginState::Stopping | PluginState::Backoff => "degraded",
             _ => "unhealthy",
         };

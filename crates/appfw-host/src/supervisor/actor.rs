@@ -93,6 +93,7 @@ pub(crate) struct Actor {
     waiters: Vec<oneshot::Sender<PluginStatus>>,
     health: Option<pb::HealthReport>,
     output: Option<OutputFile>,
+    warned_root: bool,
 }
 
 impl Actor {
@@ -113,6 +114,7 @@ impl Actor {
             waiters: Vec::new(),
             health: None,
             output: None,
+            warned_root: false,
         }
     }
 
@@ -373,6 +375,11 @@ impl Actor {
                 restarts: self.restarts,
             },
         );
+        if !self.warned_root && rustix::process::geteuid().is_root() {
+            // Plugins inherit the host's user until per-plugin users are configured.
+            tracing::warn!(plugin = %self.name, pid = child.pid, "plugin {} runs as root", self.name);
+            self.warned_root = true;
+        }
         let mut child = child;
         let mut capture = Vec::new();
         if self.output.is_none() {
@@ -578,9 +585,16 @@ impl Actor {
             }
             self.timer = Some(Instant::now() + if sent { grace } else { kill_after });
         } else {
+            // `protocol = "none"`: the stop signal gets the stop grace. A protocol plugin that
+            // has not finished its handshake cannot take a SHUTDOWN frame: SIGTERM, kill_after.
+            let wait = if self.cfg.protocol == Protocol::None {
+                grace
+            } else {
+                kill_after
+            };
             let _ = p.child.signal_group(Signal::TERM);
             p.phase = StopPhase::Term;
-            self.timer = Some(Instant::now() + grace);
+            self.timer = Some(Instant::now() + wait);
         }
         self.set_state(PluginState::Stopping, reason);
     }

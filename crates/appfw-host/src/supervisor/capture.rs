@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncReadExt;
 
@@ -55,6 +55,23 @@ struct RateLimit {
     suppressed: u64,
 }
 
+impl RateLimit {
+    /// Starts a new window, reporting what the last one suppressed.
+    fn roll(&mut self, plugin: &str, stream: Stream) {
+        if self.suppressed > 0 {
+            tracing::warn!(
+                plugin,
+                stream = stream.name(),
+                "{} lines not echoed to the host log (rate limit); they are in the plugin's log file",
+                self.suppressed
+            );
+        }
+        self.window = Instant::now();
+        self.used = 0;
+        self.suppressed = 0;
+    }
+}
+
 /// Reads `pipe` until EOF (the process and everything holding the pipe exited).
 pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     plugin: Arc<str>,
@@ -70,7 +87,22 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
         suppressed: 0,
     };
     loop {
-        let n = match pipe.read(&mut buf).await {
+        // While lines are being suppressed, wake up when the window ends to report them even
+        // if the plugin falls silent.
+        let read = pipe.read(&mut buf);
+        let n = if rate.suppressed > 0 {
+            let left = Duration::from_secs(1).saturating_sub(rate.window.elapsed());
+            match tokio::time::timeout(left, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    rate.roll(&plugin, stream);
+                    continue;
+                }
+            }
+        } else {
+            read.await
+        };
+        let n = match n {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -99,6 +131,7 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     if !line.is_empty() {
         emit(&plugin, stream, &[line], &out, &mut rate);
     }
+    rate.roll(&plugin, stream);
     let mut f = out.lock().unwrap_or_else(PoisonError::into_inner);
     let _ = f.flush();
 }
@@ -119,17 +152,7 @@ fn emit(plugin: &str, stream: Stream, lines: &[Vec<u8>], out: &OutputFile, rate:
     }
     for l in lines {
         if rate.window.elapsed().as_secs() >= 1 {
-            if rate.suppressed > 0 {
-                tracing::warn!(
-                    plugin,
-                    stream = stream.name(),
-                    "{} lines not echoed to the host log (rate limit); they are in the plugin's log file",
-                    rate.suppressed
-                );
-            }
-            rate.window = Instant::now();
-            rate.used = 0;
-            rate.suppressed = 0;
+            rate.roll(plugin, stream);
         }
         if rate.used >= HOST_LOG_RATE {
             rate.suppressed += 1;

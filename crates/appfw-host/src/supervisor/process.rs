@@ -9,11 +9,15 @@
 //!   never sees a pid that is not in the table yet. Nothing else in the host may wait for
 //!   children (no `tokio::process`), or exit statuses would be stolen.
 //! * **No bare pids.** A child stays a zombie until the reaper reaps it, so its pid cannot be
-//!   reused while it is in the table; signals to the leader go through its pidfd.
+//!   reused while it is in the table. Signals go to the leader through its pidfd (exactly that
+//!   process, even after it was reaped: the kernel then answers ESRCH) and to the rest of its
+//!   process group by group id. After the leader was reaped, the group id is only signalled once,
+//!   at once, to clean up leftovers; the cgroup backend of the resource-limits work removes even
+//!   that small window.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -67,6 +71,12 @@ impl Child {
     /// Sends `sig` to the whole process group (the leader and everything it started that did not
     /// leave the group). Only valid before the leader was reaped.
     pub fn signal_group(&self, sig: Signal) -> std::io::Result<()> {
+        if let Some(fd) = &self.pidfd {
+            match rustix::process::pidfd_send_signal(fd, sig) {
+                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let pid = Pid::from_raw(self.pid as i32).ok_or_else(|| std::io::Error::other("pid 0"))?;
         match rustix::process::kill_process_group(pid, sig) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
@@ -254,7 +264,6 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
     // The child has its copy; ours must be closed or EOF never comes.
     drop(child_end);
-    let _ = pidfd.as_ref().map(AsFd::as_fd);
     Ok(Child {
         pid,
         pidfd,

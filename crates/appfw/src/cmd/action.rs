@@ -10,9 +10,9 @@ use crate::exit;
 pub(crate) struct ActionArgs {
     /// The plugin.
     name: String,
-    /// How long to wait for the plugin to settle (`0s`: return at once).
-    #[arg(long, default_value = "30s")]
-    wait: String,
+    /// How long to wait for the plugin to settle, e.g. `30s`, `2m` (`0s`: return at once).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
     /// Print the resulting status as JSON.
     #[arg(long)]
     json: bool,
@@ -23,7 +23,11 @@ pub(crate) async fn run(cli: &Cli, action: &str, args: &ActionArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let path = format!("/api/v1/plugins/{}/{action}?wait={}", args.name, args.wait);
+    let path = format!(
+        "/api/v1/plugins/{}/{action}?wait={}ms",
+        super::segment(&args.name),
+        args.wait.as_millis()
+    );
     let st = match c.post(&path).await {
         Ok(v) => v,
         Err(e) => return fail(&e),

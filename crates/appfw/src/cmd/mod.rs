@@ -11,7 +11,18 @@ use crate::exit;
 
 /// A client for the host named by the global flags.
 pub(crate) fn client(cli: &Cli) -> Result<Client, u8> {
-    let layout = match appfw_host::datadir::resolve(cli.data_dir.as_deref(), None) {
+    let from_config = match &cli.config {
+        None => None,
+        Some(path) => match appfw_host::config::Config::load(path) {
+            Ok(c) => c.data_dir_resolved(),
+            Err(e) => {
+                eprintln!("appfw: invalid configuration:\n{e}");
+                return Err(exit::CONFIG);
+            }
+        },
+    };
+    let layout = match appfw_host::datadir::resolve(cli.data_dir.as_deref(), from_config.as_deref())
+    {
         Ok(root) => appfw_host::datadir::Layout::new(root),
         Err(e) => {
             eprintln!("appfw: {e}");
@@ -45,11 +56,28 @@ pub(crate) fn client(cli: &Cli) -> Result<Client, u8> {
 pub(crate) fn fail(e: &ClientError) -> u8 {
     eprintln!("appfw: {e}");
     match e {
-        ClientError::Api { status: 404, .. } => exit::FAILED,
+        ClientError::Api {
+            status: 401 | 403, ..
+        } => exit::NOPERM,
+        ClientError::Api {
+            status: 400..=499, ..
+        } => exit::FAILED,
         ClientError::Api { .. } | ClientError::Unreachable { .. } | ClientError::Protocol(_) => {
             exit::UNAVAILABLE
         }
     }
+}
+
+/// Percent-encodes a path segment (plugin names are plain, but user input is not trusted).
+pub(crate) fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `1h 2m`, `3m 4s`, `5.2s`.

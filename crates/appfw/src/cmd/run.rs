@@ -12,9 +12,6 @@ use crate::exit;
 
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
-    /// Config file (TOML) [default: $APPFW_CONFIG, else ./appfw.toml if present, else none].
-    #[arg(long, short, env = "APPFW_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
     /// Log filter, e.g. `info` or `appfw_host=debug` (also $APPFW_LOG).
     #[arg(long, env = "APPFW_LOG", default_value = "info")]
     log_level: String,
@@ -44,7 +41,7 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> u8 {
         LogFormat::Text => fmt.with_target(false).init(),
         LogFormat::Json => fmt.json().flatten_event(true).init(),
     }
-    let path = args.config.clone().or_else(|| {
+    let path = cli.config.clone().or_else(|| {
         let p = PathBuf::from("appfw.toml");
         p.exists().then_some(p)
     });

@@ -22,7 +22,7 @@ pub(crate) async fn run(cli: &Cli, args: &StatusArgs) -> u8 {
     };
     let result = match &args.name {
         Some(n) => c
-            .get(&format!("/api/v1/plugins/{n}"))
+            .get(&format!("/api/v1/plugins/{}", super::segment(n)))
             .await
             .map(|p| vec![p]),
         None => c

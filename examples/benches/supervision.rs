@@ -1,0 +1,197 @@
+//! Supervision benchmarks, run with `cargo bench -p appfw-examples --bench supervision`
+//! (release build). Each prints its measurements; docs/BENCHMARKS.md records them.
+//!
+//! 1. Respawn latency: `kill(2)` of a plugin -> its replacement's first line of output, backoff
+//!    zero, interleaved with a bare spawn of the same program measured the same way.
+//! 2. An idle host with 50 plain plugins: time to start them all, RSS, CPU per idle minute.
+//! 3. Request/reply round trip plugin -> host -> plugin, 64-byte payload.
+//!
+//! `APPFW_BENCH_ROUNDS` (default 200) and `APPFW_BENCH_IDLE_SECS` (default 60) scale the runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot measure should stop loudly
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use appfw_testkit::{TestHost, build_appfw, wait_for};
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_pinger"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn recv_pid(sock: &UnixDatagram) -> u32 {
+    let mut buf = [0u8; 32];
+    let n = sock
+        .recv(&mut buf)
+        .expect("a pinger datagram within the timeout");
+    std::str::from_utf8(&buf[..n]).unwrap().parse().unwrap()
+}
+
+fn kill(pid: u32) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+}
+
+fn respawn(host_bin: &Path, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("pinger.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let pinger = bin_dir().join("pinger");
+    let cfg = format!(
+        "[[plugins]]\nname = \"pinger\"\ncommand = \"{}\"\nprotocol = \"none\"\nenv = {{ PINGER_SOCK = \"{}\" }}\n[plugins.backoff]\ninitial = \"0s\"\njitter = 0.0\n",
+        pinger.display(),
+        sock_path.display()
+    );
+    let host = TestHost::start(host_bin, &bin_dir(), &cfg);
+    let mut pid = recv_pid(&sock);
+    let (mut host_ms, mut bare_ms) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        // A: kill the supervised plugin, time until its replacement speaks.
+        let t0 = Instant::now();
+        kill(pid);
+        pid = recv_pid(&sock);
+        host_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        // B: a bare fork+exec of the same program, measured the same way.
+        let t0 = Instant::now();
+        let mut child = Command::new(&pinger)
+            .env("PINGER_SOCK", &sock_path)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let bare = recv_pid(&sock);
+        bare_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(bare, child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let restarts = host.plugin("pinger")["restarts"].as_u64().unwrap();
+    assert_eq!(
+        restarts, rounds as u64,
+        "every kill was followed by exactly one restart"
+    );
+    host_ms.sort_by(f64::total_cmp);
+    bare_ms.sort_by(f64::total_cmp);
+    let (h50, b50) = (percentile(&host_ms, 0.5), percentile(&bare_ms, 0.5));
+    println!(
+        "respawn: rounds={rounds} appfw median={h50:.3} ms p99={:.3} ms | bare spawn median={b50:.3} ms p99={:.3} ms | ratio={:.2}x",
+        percentile(&host_ms, 0.99),
+        percentile(&bare_ms, 0.99),
+        h50 / b50
+    );
+}
+
+fn proc_stat(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let cpu = (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    (cpu, rss_kb)
+}
+
+fn parse_time(s: &str) -> SystemTime {
+    humantime::parse_rfc3339(s).unwrap()
+}
+
+fn idle_fifty(host_bin: &Path, idle: Duration) {
+    let mut cfg = String::new();
+    for i in 0..50 {
+        cfg.push_str(&format!(
+            "[[plugins]]\nname = \"plain{i}\"\ncommand = \"{}\"\nprotocol = \"none\"\n",
+            bin_dir().join("pinger").display()
+        ));
+    }
+    let host = TestHost::start(host_bin, &bin_dir(), &cfg);
+    host.wait_all_running(Duration::from_secs(30));
+    let events = host.events();
+    let times = |to: &str| -> Vec<SystemTime> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "state_changed" && e["to"] == to)
+            .map(|e| parse_time(e["time"].as_str().unwrap()))
+            .collect()
+    };
+    let first = times("starting").into_iter().min().unwrap();
+    let last = times("running").into_iter().max().unwrap();
+    let start_ms = last.duration_since(first).unwrap().as_secs_f64() * 1000.0;
+    let (cpu0, _) = proc_stat(host.pid());
+    std::thread::sleep(idle);
+    let (cpu1, rss_kb) = proc_stat(host.pid());
+    let per_min = (cpu1 - cpu0) * 60.0 / idle.as_secs_f64();
+    println!(
+        "idle-50: all 50 started in {start_ms:.0} ms (first starting -> last running event) | host RSS {:.1} MiB | CPU {per_min:.3} s per idle minute (measured over {}s)",
+        rss_kb as f64 / 1024.0,
+        idle.as_secs()
+    );
+}
+
+fn request_reply(host_bin: &Path) {
+    let cfg = "[[plugins]]\nname = \"echo\"\ncommand = \"{bin}/echo\"\n\n\
+               [[plugins]]\nname = \"client\"\ncommand = \"{bin}/bench-client\"\nargs = [\"--count\", \"20000\", \"--size\", \"64\"]\nrestart = \"never\"\n";
+    let host = TestHost::start(host_bin, &bin_dir(), cfg);
+    let line = wait_for(
+        Duration::from_secs(120),
+        "the bench client's result",
+        || {
+            host.plugin_log("client")
+                .lines()
+                .find(|l| l.contains("\"p50_us\""))
+                .map(|l| l.split_once(" stdout ").unwrap().1.to_string())
+        },
+    );
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    println!(
+        "request-reply 64 B: n={} errors={} p50={} us p90={} us p99={} us max={} us ({} req/s sequential)",
+        v["count"], v["errors"], v["p50_us"], v["p90_us"], v["p99_us"], v["max_us"], v["per_sec"]
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument selects one benchmark.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()));
+    let host_bin = build_appfw(&bin_dir());
+    if want("respawn") {
+        respawn(&host_bin, env_num("APPFW_BENCH_ROUNDS", 200) as usize);
+    }
+    if want("request") {
+        request_reply(&host_bin);
+    }
+    if want("idle") {
+        idle_fifty(
+            &host_bin,
+            Duration::from_secs(env_num("APPFW_BENCH_IDLE_SECS", 60)),
+        );
+    }
+}
