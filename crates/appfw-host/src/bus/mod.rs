@@ -91,6 +91,8 @@ struct Inner {
     round_robin: AtomicUsize,
     default_timeout: Duration,
     stats: BusStats,
+    /// Wakes the expiry task when a request's deadline is earlier than every pending one.
+    earlier_deadline: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +119,7 @@ impl Bus {
                 round_robin: AtomicUsize::new(0),
                 default_timeout,
                 stats: BusStats::default(),
+                earlier_deadline: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -357,7 +360,11 @@ impl Bus {
                     deadline_ms,
                 },
             );
+            let earliest = p.by_deadline.first().is_none_or(|&(d, _)| deadline_ms < d);
             p.by_deadline.insert((deadline_ms, host_id));
+            if earliest {
+                self.inner.earlier_deadline.notify_one();
+            }
         }
         let mut out = frame;
         out.header.sender = from.plugin.to_string();
@@ -398,11 +405,25 @@ impl Bus {
 
     /// Answers expired requests with `deadline_exceeded` until `cancel`.
     pub async fn run_expiry(self, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Sleeps until the earliest deadline (woken early when a request with an earlier one
+        // arrives), so an idle host does not tick.
         loop {
+            let next = lock(&self.inner.pending)
+                .by_deadline
+                .first()
+                .map(|&(d, _)| d);
+            let sleep = async {
+                match next {
+                    Some(d) => {
+                        let left = Duration::from_millis(d.saturating_sub(now_unix_ms()));
+                        tokio::time::sleep(left).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tick.tick() => {}
+                () = sleep => {}
+                () = self.inner.earlier_deadline.notified() => continue,
                 () = cancel.cancelled() => return,
             }
             let now = now_unix_ms();

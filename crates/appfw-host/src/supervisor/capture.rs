@@ -79,7 +79,8 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     mut pipe: R,
     out: OutputFile,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
+    // Not zero-filled: pages are only touched as data arrives, which keeps idle plugins cheap.
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut line: Vec<u8> = Vec::with_capacity(1024);
     let mut rate = RateLimit {
         window: Instant::now(),
@@ -89,7 +90,8 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     loop {
         // While lines are being suppressed, wake up when the window ends to report them even
         // if the plugin falls silent.
-        let read = pipe.read(&mut buf);
+        buf.clear();
+        let read = pipe.read_buf(&mut buf);
         let n = if rate.suppressed > 0 {
             let left = Duration::from_secs(1).saturating_sub(rate.window.elapsed());
             match tokio::time::timeout(left, read).await {
@@ -106,7 +108,7 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let mut chunk = &buf[..n];
+        let mut chunk = &buf[..n.min(buf.len())];
         let mut batch = Vec::new();
         while !chunk.is_empty() {
             match chunk.iter().position(|&b| b == b'\n') {
