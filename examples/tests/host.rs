@@ -341,3 +341,107 @@ fn a_flooding_plugin_loses_no_line_and_keeps_answering_heartbeats() {
             .then_some(())
     });
 }
+
+#[test]
+fn published_messages_reach_subscribers_stamped_with_the_publisher() {
+    let host = start(&format!(
+        "{}{}",
+        plugin("echo", "echo", "args = [\"--subscribe\", \"ti*\"]"),
+        plugin("ticker", "ticker", "args = [\"--interval\", \"50ms\"]"),
+    ));
+    // "ti*" is not a valid pattern token: the subscription is refused and echo fails to start.
+    let p = host.wait_event("exited", "echo", T, |_| true);
+    assert_eq!(p["failure"], true);
+    drop(host);
+
+    let host = start(&format!(
+        "{}{}",
+        plugin("echo", "echo", "args = [\"--subscribe\", \"ticks\"]"),
+        plugin("ticker", "ticker", "args = [\"--interval\", \"50ms\"]"),
+    ));
+    let line = wait_for(T, "a tick delivered to echo", || {
+        host.plugin_log("echo")
+            .lines()
+            .find(|l| l.contains("echo: got ticks from ticker: "))
+            .map(str::to_string)
+    });
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1, "{line}");
+}
+
+#[test]
+fn sigterm_to_a_plugin_is_a_graceful_exit() {
+    let host = start(&plugin("echo", "echo", "restart = \"on-failure\""));
+    let pid = host.wait_plugin("echo", "running", T, |_| true)["pid"]
+        .as_u64()
+        .unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        Signal::TERM,
+    )
+    .unwrap();
+    // The SDK drains, says goodbye and exits 0: not a failure, so on-failure does not restart.
+    let p = host.wait_plugin("echo", "completed", T, |_| true);
+    assert_eq!(p["last_exit"]["status"], "exit code 0");
+    assert_eq!(p["last_exit"]["failure"], false);
+    assert_eq!(p["restarts"], 0);
+}
+
+#[test]
+fn crash_loops_back_off_exponentially() {
+    let cfg = plugin(
+        "crasher",
+        "crasher",
+        "args = [\"--after\", \"20ms\"]\nrestart = \"on-failure\"\n[plugins.backoff]\ninitial = \"100ms\"\nmultiplier = 2.0\njitter = 0.0",
+    );
+    let host = start(&cfg);
+    let delays = wait_for(T, "three scheduled restarts", || {
+        let d: Vec<u64> = host
+            .events()
+            .iter()
+            .filter(|e| e["kind"] == "restart_scheduled")
+            .map(|e| e["delay_ms"].as_u64().unwrap())
+            .collect();
+        (d.len() >= 3).then_some(d)
+    });
+    // The first restart is immediate (no event); then 100, 200, 400 ms.
+    assert_eq!(&delays[..3], &[100, 200, 400]);
+    let p = host.plugin("crasher");
+    assert!(p["restarts"].as_u64().unwrap() >= 3);
+    assert_eq!(p["last_exit"]["status"], "exit code 3");
+}
+
+#[test]
+fn stop_escalates_from_shutdown_frame_to_sigterm_to_sigkill() {
+    let cfg = format!(
+        "[supervisor]\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"30s\"\n\n{}",
+        plugin(
+            "hanger",
+            "hanger",
+            "args = [\"--after\", \"0s\"]\nstop_grace = \"200ms\"\nkill_after = \"200ms\""
+        ),
+    );
+    let host = start(&cfg);
+    host.wait_plugin("hanger", "running", T, |_| true);
+    wait_for(T, "the hanger to block", || {
+        host.plugin_log("hanger")
+            .contains("blocking the event loop")
+            .then_some(())
+    });
+    let (st, body) = host.post("/api/v1/plugins/hanger/stop");
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["state"], "stopped");
+    let signals: Vec<String> = host
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "stop_escalated")
+        .map(|e| e["signal"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        signals,
+        ["SIGTERM", "SIGKILL"],
+        "a blocked plugin ignores SHUTDOWN and its SIGTERM handler never runs"
+    );
+    assert_eq!(body["last_exit"]["status"], "signal 9 (SIGKILL)");
+    assert_eq!(body["last_exit"]["reason"], "stop requested");
+}
