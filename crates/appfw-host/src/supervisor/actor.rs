@@ -655,9 +655,17 @@ impl Actor {
         if let Some(conn) = p.conn {
             conn.close(&self.ctx.bus).await;
         }
-        for t in p.capture {
-            // The pipes close once the group is gone; bounded in case a descendant left the group.
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        for mut t in p.capture {
+            // The pipes close once the group is gone. A descendant that left the group may still
+            // hold them: stop reading after a bound rather than leave a task behind.
+            tokio::select! {
+                _ = &mut t => {}
+                () = tokio::time::sleep(Duration::from_secs(2)) => {
+                    t.abort();
+                    let _ = t.await;
+                    tracing::warn!(plugin = %self.name, "output pipe still open 2 s after exit (a descendant left the process group?); stopped capturing it");
+                }
+            }
         }
         let uptime = p.child.started.elapsed();
         let status_text = status
