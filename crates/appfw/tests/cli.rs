@@ -133,7 +133,7 @@ fn invalid_config_exits_64_naming_file_line_and_key() {
     assert_eq!(code, 64);
     assert!(
         err.contains(&format!(
-            "{}:2:21: supervisor.heartbeat_timeout: invalid duration",
+            "{}:2:1: supervisor.heartbeat_timeout: invalid duration",
             path.display()
         )),
         "{err}"
@@ -153,11 +153,11 @@ fn invalid_config_exits_64_naming_file_line_and_key() {
     ]);
     assert_eq!(code, 64);
     assert!(
-        err.contains(":4:1: plugins[1].name: duplicate plugin name \"a\""),
+        err.contains(":5:1: plugins[1].name: duplicate plugin name \"a\""),
         "{err}"
     );
     assert!(
-        err.contains(":4:1: plugins[1].command: must not be empty"),
+        err.contains(":6:1: plugins[1].command: must not be empty"),
         "{err}"
     );
 }

@@ -1,0 +1,471 @@
+//! The host configuration: one TOML file (plus an optional directory of plugin files) with host
+//! settings and `[[plugins]]`, layered under `APPFW_*` environment variables and command-line
+//! `--set` flags (see [`load`]).
+//!
+//! Loading and validation are separate steps that both report *every* problem found, each with
+//! where its value came from (file, line and column; variable; flag) and its key path. A reload
+//! compares the running and the new config with [`diff`].
+
+mod diff;
+pub mod load;
+mod secret;
+mod validate;
+
+pub use diff::{ConfigDiff, HostChange};
+pub use load::{Layers, Loaded, Origin, Origins, load};
+pub use secret::{REDACTED, is_secret_name, resolve_refs};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A problem in the configuration, located where its value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Where the offending value came from (file and line, variable, flag), when known.
+    pub origin: Option<Origin>,
+    /// The config file, for problems that have no more precise origin.
+    pub file: Option<PathBuf>,
+    /// Dotted key path, e.g. `plugins[2].restart`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigIssue {
+    /// An issue at `key`, located through `origins` (the key or its nearest ancestor).
+    pub fn at(
+        origins: &Origins,
+        file: Option<&Path>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            origin: load::origin_of(origins, key),
+            file: file.map(Path::to_path_buf),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Some(Origin::File { path, line, column }) => {
+                write!(f, "{}:{line}:{column}: ", path.display())?
+            }
+            Some(Origin::Env { var }) => write!(f, "environment variable {var}: ")?,
+            Some(Origin::Flag { flag }) => write!(f, "flag {flag}: ")?,
+            Some(Origin::Default) | None => match &self.file {
+                Some(p) => write!(f, "{}: ", p.display())?,
+                None => f.write_str("<config>: ")?,
+            },
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// One or more problems in the content.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+/// The whole host configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the host keeps its state (lock, token, API socket, logs); relative to the config
+    /// file's directory. `--data-dir` and `$APPFW_DATA_DIR` override it. Default:
+    /// `$XDG_STATE_HOME/appfw`, else `~/.local/state/appfw`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Directories of plugin files: every `*.toml` in them (sorted by name) may hold
+    /// `[[plugins]]` tables, appended after the ones of this file. Relative to this file.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub include: Vec<PathBuf>,
+    /// HTTP API settings.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Supervision defaults for every plugin.
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+    /// The plugins, started in this order and stopped in reverse.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+    /// Where this config was read from (not a key of the file).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// Where each value came from, by key path (not a key of the file).
+    #[serde(skip)]
+    pub origins: Origins,
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// `[api]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// TCP address of the HTTP API; empty string disables TCP. Default `127.0.0.1:7070`.
+    pub listen: String,
+    /// Whether to serve the API on `<data_dir>/api.sock` (mode 0600). Default true.
+    pub unix_socket: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+            unix_socket: true,
+        }
+    }
+}
+
+/// `[supervisor]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// Upper bound for stopping every plugin when the host stops. Default `30s`.
+    #[serde(with = "human_duration")]
+    pub shutdown_timeout: Duration,
+    /// Time a protocol plugin has to send HELLO after start. Default `10s`.
+    #[serde(with = "human_duration")]
+    pub handshake_timeout: Duration,
+    /// Interval of the host's heartbeat pings. Default `1s`.
+    #[serde(with = "human_duration")]
+    pub heartbeat_interval: Duration,
+    /// A plugin that answers no ping for this long is hung and gets restarted. Default `5s`.
+    #[serde(with = "human_duration")]
+    pub heartbeat_timeout: Duration,
+    /// Largest frame either side may send, e.g. `4MiB`. Default `4MiB`.
+    #[serde(with = "human_size")]
+    pub max_frame_size: u64,
+    /// Deadline of a request that carries none. Default `30s`.
+    #[serde(with = "human_duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            max_frame_size: appfw_proto::DEFAULT_MAX_FRAME_SIZE as u64,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Whether a plugin speaks the appfw wire protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Speaks the protocol (handshake, heartbeats, bus).
+    #[default]
+    Appfw,
+    /// Any executable, supervised by process liveness only.
+    None,
+}
+
+/// When to restart a plugin that exited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Whatever the exit status.
+    #[default]
+    Always,
+    /// Only after a failure (non-zero exit, signal, hang, protocol fault).
+    OnFailure,
+    /// Never: an exited plugin stays down.
+    Never,
+}
+
+/// `[plugins.backoff]`: delay between restarts after consecutive failures.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    /// Delay before the second consecutive restart (the first is immediate). Default `100ms`.
+    #[serde(with = "human_duration")]
+    pub initial: Duration,
+    /// Growth factor per further consecutive failure. Default `2.0`.
+    pub multiplier: f64,
+    /// Cap of the delay. Default `30s`.
+    #[serde(with = "human_duration")]
+    pub max: Duration,
+    /// Random spread, a fraction of the delay (0.0-1.0). Default `0.2`.
+    pub jitter: f64,
+    /// Uptime after which the failure count starts over. Default `30s`.
+    #[serde(with = "human_duration")]
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            multiplier: 2.0,
+            max: Duration::from_secs(30),
+            jitter: 0.2,
+            reset_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One `[[plugins]]` entry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Unique name: letters, digits, `_` and `-`, at most 64 characters.
+    pub name: String,
+    /// Executable to run: a path (relative paths are resolved against the config file's
+    /// directory) or a bare name looked up in `PATH`.
+    pub command: String,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables (the host's environment is inherited). A value may
+    /// reference secrets: `${env:NAME}` (a variable of the host) or `${file:/path}` (a file's
+    /// content, trailing newline removed), resolved at each start and never shown; `$${`
+    /// writes a literal `${`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (relative to the config file's directory). Default: the host's.
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+    /// `appfw` (speaks the protocol, default) or `none` (any executable).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// `always` (default), `on-failure` or `never`.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Restart delays.
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// Plugins that must be started before this one (and stopped after it).
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Whether the host starts it at start-up (default true); if false, `appfw start NAME`.
+    #[serde(default = "yes")]
+    pub autostart: bool,
+    /// Time granted after the SHUTDOWN frame (protocol plugins) or after SIGTERM
+    /// (`protocol = "none"`) before escalating. Default `5s`.
+    #[serde(default = "default_stop_grace", with = "human_duration")]
+    pub stop_grace: Duration,
+    /// For protocol plugins: time granted after SIGTERM to the process group (sent once the
+    /// stop grace ran out, or at once before the handshake) before SIGKILL. Default `5s`.
+    #[serde(default = "default_stop_grace", with = "human_duration")]
+    pub kill_after: Duration,
+    /// Overrides `supervisor.heartbeat_interval` for this plugin.
+    #[serde(default, with = "opt_human_duration")]
+    pub heartbeat_interval: Option<Duration>,
+    /// Overrides `supervisor.heartbeat_timeout` for this plugin.
+    #[serde(default, with = "opt_human_duration")]
+    pub heartbeat_timeout: Option<Duration>,
+    /// Plugin-specific settings, passed to the plugin as JSON in the handshake.
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_stop_grace() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl PluginConfig {
+    /// A plugin running `command` with defaults for everything else.
+    pub fn new(name: impl Into<String>, command: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            command: command.into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            depends_on: Vec::new(),
+            protocol: Protocol::Appfw,
+            restart: RestartPolicy::Always,
+            backoff: BackoffConfig::default(),
+            autostart: true,
+            stop_grace: default_stop_grace(),
+            kill_after: default_stop_grace(),
+            heartbeat_interval: None,
+            heartbeat_timeout: None,
+            settings: toml::Table::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path` alone (no environment or flag layers).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        load(&Layers::file(path)).map(|l| l.config)
+    }
+
+    /// Parses and validates TOML text; `source` is used in messages and to resolve relative
+    /// paths and includes.
+    pub fn from_toml(text: &str, source: Option<&Path>) -> Result<Self, ConfigError> {
+        let layers = match source {
+            Some(p) => Layers::file(p).with_text(text),
+            None => Layers::text(text),
+        };
+        load(&layers).map(|l| l.config)
+    }
+
+    /// The data directory from the file, resolved against the file's directory.
+    pub fn data_dir_resolved(&self) -> Option<PathBuf> {
+        self.data_dir.as_ref().map(|d| self.base_dir().join(d))
+    }
+
+    /// The directory relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.source
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// Runs every semantic check and returns all problems found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let issues = validate::check(self);
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(issues))
+        }
+    }
+
+    /// Looks a plugin up by name.
+    pub fn plugin(&self, name: &str) -> Option<&PluginConfig> {
+        self.plugins.iter().find(|p| p.name == name)
+    }
+
+    /// Plugin names in start order: dependencies first, otherwise in file order. Assumes a
+    /// validated config (no cycles, no unknown names).
+    pub fn start_order(&self) -> Vec<String> {
+        validate::start_order(&self.plugins)
+    }
+
+    /// The effective config as TOML-ready data with secret values replaced by
+    /// [`REDACTED`].
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        for p in &mut c.plugins {
+            for (k, v) in &mut p.env {
+                if is_secret_name(k) || v.contains("${") {
+                    *v = REDACTED.to_string();
+                }
+            }
+            secret::redact_table(&mut p.settings);
+        }
+        c
+    }
+}
+
+/// Durations in human units: `30s`, `1m 30s`, `250ms`.
+pub mod human_duration {
+    use super::*;
+
+    /// Serializes as a human string.
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Parses a human string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            let why = match e {
+                humantime::DurationError::UnknownUnit { unit, .. } => {
+                    format!("unknown unit {unit:?}")
+                }
+                other => other.to_string(),
+            };
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({why}); use units like \"500ms\", \"30s\", \"5m\""
+            ))
+        })
+    }
+}
+
+/// Optional durations in human units.
+pub mod opt_human_duration {
+    use super::*;
+
+    /// Serializes as a human string or nothing.
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::human_duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Parses a human string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::human_duration::deserialize(d).map(Some)
+    }
+}
+
+/// Sizes in human units: `4MiB`, `512KB`, or a plain number of bytes.
+pub mod human_size {
+    use super::*;
+
+    /// Serializes as a human string.
+    pub fn serialize<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&bytesize::ByteSize(*n).display().iec().to_string())
+    }
+
+    /// Parses a human string or an integer.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(n),
+            Raw::S(s) => s.parse::<bytesize::ByteSize>().map(|b| b.0).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?}; use a number of bytes or units like \"512KiB\", \"4MiB\""
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+//! Loading, layering and every class of validation error, with exact messages.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const F: &str = "/etc/appfw.toml";
+
+fn errors(text: &str) -> Vec<String> {
+    errors_with(&Layers::file(Path::new(F)).with_text(text))
+}
+
+fn errors_with(layers: &Layers) -> Vec<String> {
+    match load(layers) {
+        Ok(_) => panic!("expected errors"),
+        Err(ConfigError::Invalid(issues)) => issues.iter().map(ToString::to_string).collect(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+fn ok(text: &str) -> Config {
+    Config::from_toml(text, Some(Path::new(F))).unwrap()
+}
+
+const P: &str = "[[plugins]]\nname = \"a\"\ncommand = \"x\"\n";
+
+#[test]
+fn minimal_plugin_gets_defaults() {
+    let c = ok(P);
+    let p = &c.plugins[0];
+    assert_eq!(p.restart, RestartPolicy::Always);
+    assert_eq!(p.protocol, Protocol::Appfw);
+    assert_eq!(p.stop_grace, Duration::from_secs(5));
+    assert_eq!(c.supervisor.max_frame_size, 4 * 1024 * 1024);
+    assert_eq!(c.api.listen, "127.0.0.1:7070");
+}
+
+#[test]
+fn human_units_parse() {
+    let c = ok(
+        "[supervisor]\nheartbeat_interval = \"250ms\"\nheartbeat_timeout = \"2s\"\nmax_frame_size = \"64KiB\"\n",
+    );
+    assert_eq!(c.supervisor.heartbeat_interval, Duration::from_millis(250));
+    assert_eq!(c.supervisor.max_frame_size, 64 * 1024);
+}
+
+/// One case per error class: the config and the exact report.
+#[test]
+fn every_error_class_has_an_exact_located_message() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[api\nlisten = 1",
+            &["/etc/appfw.toml:1:5: unclosed table, expected `]`"],
+        ),
+        (
+            "plugin = 1\n",
+            &["/etc/appfw.toml:1:1: plugin: unknown key `plugin`; did you mean `plugins`?"],
+        ),
+        (
+            "[[plugins]]\nname = \"a\"\ncomand = \"x\"\n",
+            &[
+                "/etc/appfw.toml:3:1: plugins[0].comand: unknown key `comand`; did you mean `command`?",
+            ],
+        ),
+        (
+            "[[plugins]]\nname = \"a\"\ncommand = \"x\"\nrestart = \"alwayz\"\n",
+            &[
+                "/etc/appfw.toml:4:1: plugins[0].restart: unknown value `alwayz`; did you mean `always`?",
+            ],
+        ),
+        (
+            "[[plugins]]\nname = \"a\"\ncommand = \"x\"\nargs = \"-v\"\n",
+            &[
+                "/etc/appfw.toml:4:1: plugins[0].args: invalid type: string \"-v\", expected a sequence",
+            ],
+        ),
+        (
+            "[[plugins]]\nname = \"a\"\n",
+            &["/etc/appfw.toml:1:1: plugins[0]: missing field `command`"],
+        ),
+        (
+            "[supervisor]\n\nheartbeat_timeout = \"5 parsecs\"\n",
+            &[
+                "/etc/appfw.toml:3:1: supervisor.heartbeat_timeout: invalid duration \"5 parsecs\" (unknown unit \"parsecs\"); use units like \"500ms\", \"30s\", \"5m\"",
+            ],
+        ),
+        (
+            "[supervisor]\nmax_frame_size = \"4 lightyears\"\n",
+            &[
+                "/etc/appfw.toml:2:1: supervisor.max_frame_size: invalid size \"4 lightyears\"; use a number of bytes or units like \"512KiB\", \"4MiB\"",
+            ],
+        ),
+        (
+            "[supervisor]\nheartbeat_interval = \"5s\"\nheartbeat_timeout = \"1s\"\nmax_frame_size = 10\n[api]\nlisten = \"localhost\"\n",
+            &[
+                "/etc/appfw.toml:3:1: supervisor.heartbeat_timeout: must be longer than heartbeat_interval (5s), or every plugin looks hung",
+                "/etc/appfw.toml:4:1: supervisor.max_frame_size: must be at least 1KiB and less than 4GiB",
+                "/etc/appfw.toml:6:1: api.listen: \"localhost\" is not an address like 127.0.0.1:7070",
+            ],
+        ),
+        (
+            "[[plugins]]\nname = \"a\"\ncommand = \"x\"\n\n[[plugins]]\nname = \"a\"\ncommand = \"\"\n[plugins.backoff]\njitter = 3.0\nmultiplier = 0.5\ninitial = \"1m\"\nmax = \"1s\"\n",
+            &[
+                "/etc/appfw.toml:6:1: plugins[1].name: duplicate plugin name \"a\"",
+                "/etc/appfw.toml:7:1: plugins[1].command: must not be empty",
+                "/etc/appfw.toml:10:1: plugins[1].backoff.multiplier: must be a number >= 1.0",
+                "/etc/appfw.toml:9:1: plugins[1].backoff.jitter: must be between 0.0 and 1.0",
+                "/etc/appfw.toml:11:1: plugins[1].backoff.initial: must not exceed backoff.max (1s)",
+            ],
+        ),
+        (
+            "[[plugins]]\nname = \"../x\"\ncommand = \"x\"\nprotocol = \"none\"\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"1s\"\nenv = { APPFW_PLUGIN_FD = \"3\", \"A=B\" = \"1\", S = \"${env:APPFW_TEST_NO_SUCH_VAR}\" }\n[plugins.settings]\nx = 1\n",
+            &[
+                "/etc/appfw.toml:2:1: plugins[0].name: \"../x\" may only contain letters, digits, '_' and '-'",
+                "/etc/appfw.toml:6:1: plugins[0].heartbeat_timeout: must be longer than a non-zero heartbeat_interval",
+                "/etc/appfw.toml:7:32: plugins[0].env.A=B: is not a valid variable name",
+                "/etc/appfw.toml:7:9: plugins[0].env.APPFW_PLUGIN_FD: the APPFW_PLUGIN_ prefix is reserved for variables the host sets",
+                "/etc/appfw.toml:7:45: plugins[0].env.S: ${env:APPFW_TEST_NO_SUCH_VAR}: the host has no environment variable APPFW_TEST_NO_SUCH_VAR",
+                "/etc/appfw.toml:8:10: plugins[0].settings: only plugins with protocol = \"appfw\" receive settings",
+            ],
+        ),
+        (
+            "[[plugins]]\nname = \"db\"\ncommand = \"x\"\ndepends_on = [\"web\"]\n[[plugins]]\nname = \"web\"\ncommand = \"x\"\ndepends_on = [\"db\", \"cache\", \"web\"]\n[[plugins]]\nname = \"cahce\"\ncommand = \"x\"\n",
+            &[
+                "/etc/appfw.toml:8:1: plugins[1].depends_on[1]: unknown plugin \"cache\"; did you mean \"cahce\"?",
+                "/etc/appfw.toml:8:1: plugins[1].depends_on[2]: a plugin cannot depend on itself",
+                "/etc/appfw.toml:4:1: plugins[0].depends_on: dependency cycle: db -> web -> db",
+            ],
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(errors(text), *want, "for config:\n{text}");
+    }
+}
+
+#[test]
+fn errors_in_several_plugins_are_all_reported() {
+    let text = "[[plugins]]\nname = \"a\"\ncommand = 1\n[[plugins]]\nname = \"b\"\ncomand = \"x\"\n[api]\nlisten = 5\n";
+    assert_eq!(
+        errors(text),
+        [
+            "/etc/appfw.toml:8:1: api.listen: invalid type: integer `5`, expected a string",
+            "/etc/appfw.toml:3:1: plugins[0].command: invalid type: integer `1`, expected a string",
+            "/etc/appfw.toml:6:1: plugins[1].comand: unknown key `comand`; did you mean `command`?",
+        ]
+    );
+}
+
+fn layers(text: &str, env: &[(&str, &str)], sets: &[&str]) -> Layers {
+    let mut l = Layers::file(Path::new(F)).with_text(text);
+    l.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    l.sets = sets.iter().map(|s| s.to_string()).collect();
+    l
+}
+
+/// Precedence: defaults < file < env < flags, for every kind of key.
+#[test]
+fn layer_precedence() {
+    let file = "[api]\nlisten = \"127.0.0.1:1000\"\n[supervisor]\nheartbeat_interval = \"2s\"\n[[plugins]]\nname = \"web-ui\"\ncommand = \"x\"\nrestart = \"never\"\n";
+    struct Case {
+        env: &'static [(&'static str, &'static str)],
+        sets: &'static [&'static str],
+        listen: &'static str,
+        interval: u64,
+        restart: RestartPolicy,
+        listen_origin: &'static str,
+    }
+    let cases = [
+        Case {
+            env: &[],
+            sets: &[],
+            listen: "127.0.0.1:1000",
+            interval: 2,
+            restart: RestartPolicy::Never,
+            listen_origin: "/etc/appfw.toml:2:1",
+        },
+        Case {
+            env: &[("APPFW_API__LISTEN", "127.0.0.1:2000")],
+            sets: &[],
+            listen: "127.0.0.1:2000",
+            interval: 2,
+            restart: RestartPolicy::Never,
+            listen_origin: "env APPFW_API__LISTEN",
+        },
+        Case {
+            env: &[
+                ("APPFW_API__LISTEN", "127.0.0.1:2000"),
+                ("APPFW_SUPERVISOR__HEARTBEAT_INTERVAL", "3s"),
+                ("APPFW_PLUGINS__WEB_UI__RESTART", "on-failure"),
+            ],
+            sets: &["api.listen=127.0.0.1:3000"],
+            listen: "127.0.0.1:3000",
+            interval: 3,
+            restart: RestartPolicy::OnFailure,
+            listen_origin: "flag --set api.listen=127.0.0.1:3000",
+        },
+        Case {
+            env: &[],
+            sets: &[
+                "plugins.web-ui.restart=always",
+                "supervisor.heartbeat_interval=4s",
+            ],
+            listen: "127.0.0.1:1000",
+            interval: 4,
+            restart: RestartPolicy::Always,
+            listen_origin: "/etc/appfw.toml:2:1",
+        },
+        // Variables that are not config keys are ignored.
+        Case {
+            env: &[
+                ("APPFW_LOG", "debug"),
+                ("APPFW_API", "x"),
+                ("APPFW_PLUGIN_FD", "3"),
+            ],
+            sets: &[],
+            listen: "127.0.0.1:1000",
+            interval: 2,
+            restart: RestartPolicy::Never,
+            listen_origin: "/etc/appfw.toml:2:1",
+        },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let loaded = load(&layers(file, c.env, c.sets)).unwrap_or_else(|e| panic!("case {i}: {e}"));
+        let cfg = &loaded.config;
+        assert_eq!(cfg.api.listen, c.listen, "case {i}");
+        assert_eq!(
+            cfg.supervisor.heartbeat_interval,
+            Duration::from_secs(c.interval),
+            "case {i}"
+        );
+        assert_eq!(cfg.plugins[0].restart, c.restart, "case {i}");
+        assert_eq!(
+            cfg.origins["api.listen"].to_string(),
+            c.listen_origin,
+            "case {i}"
+        );
+    }
+    let defaults = load(&layers("", &[], &[])).unwrap().config;
+    assert_eq!(defaults.api.listen, "127.0.0.1:7070");
+    assert_eq!(
+        load::origin_of(&defaults.origins, "api.listen"),
+        None,
+        "a default has no recorded origin"
+    );
+}
+
+#[test]
+fn env_and_flag_errors_name_their_source() {
+    assert_eq!(
+        errors_with(&layers(
+            P,
+            &[("APPFW_SUPERVISOR__HEARTBEAT_INTERVAL", "soon")],
+            &[]
+        )),
+        [
+            "environment variable APPFW_SUPERVISOR__HEARTBEAT_INTERVAL: supervisor.heartbeat_interval: invalid duration \"soon\" (expected number at 0); use units like \"500ms\", \"30s\", \"5m\""
+        ]
+    );
+    assert_eq!(
+        errors_with(&layers(
+            P,
+            &[("APPFW_PLUGINS__NOPE__RESTART", "never")],
+            &[]
+        )),
+        [
+            "environment variable APPFW_PLUGINS__NOPE__RESTART: plugins.nope.restart: no plugin named \"nope\" (plugins: a)"
+        ]
+    );
+    assert_eq!(
+        errors_with(&layers(P, &[], &["api.listen"])),
+        ["flag --set api.listen: expected KEY=VALUE, e.g. --set api.listen=127.0.0.1:9000"]
+    );
+    assert_eq!(
+        errors_with(&layers(P, &[], &["apii.listen=x"])),
+        ["flag --set apii.listen=x: apii: unknown key `apii`; did you mean `api`?"]
+    );
+}
+
+#[test]
+fn include_adds_plugin_files_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf_d = dir.path().join("conf.d");
+    std::fs::create_dir(&conf_d).unwrap();
+    std::fs::write(
+        conf_d.join("20-b.toml"),
+        "[[plugins]]\nname = \"b\"\ncommand = \"x\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        conf_d.join("10-a.toml"),
+        "[[plugins]]\nname = \"a\"\ncommand = \"x\"\nrestrt = \"never\"\n",
+    )
+    .unwrap();
+    std::fs::write(conf_d.join("ignored.txt"), "not toml").unwrap();
+    let main = dir.path().join("appfw.toml");
+    std::fs::write(
+        &main,
+        "include = \"conf.d\"\n[[plugins]]\nname = \"main\"\ncommand = \"x\"\n",
+    )
+    .unwrap();
+    let errs = errors_with(&Layers::file(&main));
+    assert_eq!(
+        errs,
+        [format!(
+            "{}:4:1: plugins[1].restrt: unknown key `restrt`; did you mean `restart`?",
+            conf_d.join("10-a.toml").display()
+        )]
+    );
+    std::fs::write(
+        conf_d.join("10-a.toml"),
+        "[[plugins]]\nname = \"a\"\ncommand = \"x\"\n",
+    )
+    .unwrap();
+    let loaded = load(&Layers::file(&main)).unwrap();
+    let names: Vec<&str> = loaded
+        .config
+        .plugins
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["main", "a", "b"]);
+    assert_eq!(loaded.files.len(), 3);
+    std::fs::write(conf_d.join("30-c.toml"), "[api]\nlisten = \"\"\n").unwrap();
+    assert_eq!(
+        errors_with(&Layers::file(&main)),
+        [format!(
+            "{}:1:1: api: an included file may only hold [[plugins]] tables",
+            conf_d.join("30-c.toml").display()
+        )
+        .replace(":1:1:", ":1:2:")]
+    );
+    std::fs::write(&main, "include = \"nowhere\"\n").unwrap();
+    let errs = errors_with(&Layers::file(&main));
+    assert!(
+        errs[0].starts_with(&format!(
+            "{}:1:1: include: cannot read directory",
+            main.display()
+        )),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn start_order_puts_dependencies_first() {
+    let c = ok(
+        "[[plugins]]\nname = \"web\"\ncommand = \"x\"\ndepends_on = [\"db\", \"cache\"]\n[[plugins]]\nname = \"cache\"\ncommand = \"x\"\ndepends_on = [\"db\"]\n[[plugins]]\nname = \"db\"\ncommand = \"x\"\n[[plugins]]\nname = \"other\"\ncommand = \"x\"\n",
+    );
+    assert_eq!(c.start_order(), ["db", "other", "cache", "web"]);
+}
+
+#[test]
+fn redaction_hides_references_and_secret_names() {
+    let c = ok(
+        "[[plugins]]\nname = \"a\"\ncommand = \"x\"\nenv = { DB_PASSWORD = \"plain\", URL = \"postgres://u:${env:HOME}@h\", LEVEL = \"debug\" }\n[plugins.settings]\napi_token = \"t\"\nmode = \"fast\"\n",
+    );
+    let r = c.redacted();
+    let p = &r.plugins[0];
+    assert_eq!(p.env["DB_PASSWORD"], REDACTED);
+    assert_eq!(p.env["URL"], REDACTED);
+    assert_eq!(p.env["LEVEL"], "debug");
+    assert_eq!(p.settings["api_token"].as_str(), Some(REDACTED));
+    assert_eq!(p.settings["mode"].as_str(), Some("fast"));
+}

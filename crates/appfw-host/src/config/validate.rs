@@ -1,0 +1,236 @@
+//! Semantic checks of a parsed configuration; every problem is reported, each located through
+//! the config's origins.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{Config, ConfigIssue, PluginConfig, Protocol, resolve_refs};
+
+/// Every semantic problem of `c`.
+pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    let mut push = |key: String, message: String| {
+        issues.push(ConfigIssue::at(
+            &c.origins,
+            c.source.as_deref(),
+            &key,
+            message,
+        ));
+    };
+    let s = &c.supervisor;
+    if s.heartbeat_interval.is_zero() {
+        push(
+            "supervisor.heartbeat_interval".into(),
+            "must be greater than 0".into(),
+        );
+    }
+    if s.heartbeat_timeout <= s.heartbeat_interval {
+        push(
+            "supervisor.heartbeat_timeout".into(),
+            format!(
+                "must be longer than heartbeat_interval ({}), or every plugin looks hung",
+                humantime::format_duration(s.heartbeat_interval)
+            ),
+        );
+    }
+    if s.max_frame_size < 1024 || s.max_frame_size > u64::from(u32::MAX) {
+        push(
+            "supervisor.max_frame_size".into(),
+            "must be at least 1KiB and less than 4GiB".into(),
+        );
+    }
+    if !c.api.listen.is_empty() && c.api.listen.parse::<std::net::SocketAddr>().is_err() {
+        push(
+            "api.listen".into(),
+            format!("{:?} is not an address like 127.0.0.1:7070", c.api.listen),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in c.plugins.iter().enumerate() {
+        let key = |k: &str| format!("plugins[{i}].{k}");
+        if let Err(why) = check_name(&p.name) {
+            push(key("name"), why);
+        } else if !seen.insert(p.name.as_str()) {
+            push(key("name"), format!("duplicate plugin name {:?}", p.name));
+        }
+        if p.command.trim().is_empty() {
+            push(key("command"), "must not be empty".into());
+        }
+        let b = &p.backoff;
+        if !(b.multiplier >= 1.0 && b.multiplier.is_finite()) {
+            push(key("backoff.multiplier"), "must be a number >= 1.0".into());
+        }
+        if !(0.0..=1.0).contains(&b.jitter) {
+            push(key("backoff.jitter"), "must be between 0.0 and 1.0".into());
+        }
+        if b.initial > b.max {
+            push(
+                key("backoff.initial"),
+                format!(
+                    "must not exceed backoff.max ({})",
+                    humantime::format_duration(b.max)
+                ),
+            );
+        }
+        let interval = p.heartbeat_interval.unwrap_or(s.heartbeat_interval);
+        let timeout = p.heartbeat_timeout.unwrap_or(s.heartbeat_timeout);
+        if (p.heartbeat_interval.is_some() || p.heartbeat_timeout.is_some())
+            && (interval.is_zero() || timeout <= interval)
+        {
+            push(
+                key("heartbeat_timeout"),
+                "must be longer than a non-zero heartbeat_interval".into(),
+            );
+        }
+        for (k, v) in &p.env {
+            let at = key(&format!("env.{k}"));
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                push(at, "is not a valid variable name".into());
+            } else if k.starts_with("APPFW_PLUGIN_") {
+                push(
+                    at,
+                    "the APPFW_PLUGIN_ prefix is reserved for variables the host sets".into(),
+                );
+            } else if let Err(why) = resolve_refs(v) {
+                push(at, why);
+            }
+        }
+        if p.protocol == Protocol::None && !p.settings.is_empty() {
+            push(
+                key("settings"),
+                "only plugins with protocol = \"appfw\" receive settings".into(),
+            );
+        }
+        for (j, dep) in p.depends_on.iter().enumerate() {
+            let at = key(&format!("depends_on[{j}]"));
+            if dep == &p.name {
+                push(at, "a plugin cannot depend on itself".into());
+            } else if !c.plugins.iter().any(|q| &q.name == dep) {
+                let known: Vec<&str> = c.plugins.iter().map(|q| q.name.as_str()).collect();
+                let hint = super::load::closest(dep, &known)
+                    .map(|m| format!("; did you mean {m:?}?"))
+                    .unwrap_or_default();
+                push(at, format!("unknown plugin {dep:?}{hint}"));
+            }
+        }
+    }
+    for cycle in cycles(&c.plugins) {
+        let first = cycle[0];
+        let i = c.plugins.iter().position(|p| p.name == first).unwrap_or(0);
+        let mut names: Vec<&str> = cycle.clone();
+        names.push(first);
+        push(
+            format!("plugins[{i}].depends_on"),
+            format!("dependency cycle: {}", names.join(" -> ")),
+        );
+    }
+    issues
+}
+
+/// Plugin names become file names and API paths, so they are kept to a safe alphabet.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters long".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "{name:?} may only contain letters, digits, '_' and '-'"
+        ));
+    }
+    if name.starts_with('-') {
+        return Err(format!("{name:?} must not start with '-'"));
+    }
+    Ok(())
+}
+
+/// Each dependency cycle once, as the names along it starting at its first plugin in file order.
+fn cycles(plugins: &[PluginConfig]) -> Vec<Vec<&str>> {
+    let index: HashMap<&str, usize> = plugins
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    // 0 = unvisited, 1 = on the current path, 2 = done
+    let mut mark = vec![0u8; plugins.len()];
+    let mut found: Vec<Vec<&str>> = Vec::new();
+    fn visit<'a>(
+        i: usize,
+        plugins: &'a [PluginConfig],
+        index: &HashMap<&str, usize>,
+        mark: &mut [u8],
+        path: &mut Vec<usize>,
+        found: &mut Vec<Vec<&'a str>>,
+    ) {
+        mark[i] = 1;
+        path.push(i);
+        for dep in &plugins[i].depends_on {
+            let Some(&j) = index.get(dep.as_str()) else {
+                continue;
+            };
+            if j == i {
+                continue; // reported as self-dependency
+            }
+            match mark[j] {
+                0 => visit(j, plugins, index, mark, path, found),
+                1 => {
+                    let start = path.iter().position(|&k| k == j).unwrap_or(0);
+                    let mut cyc: Vec<usize> = path[start..].to_vec();
+                    // Start the cycle at its first plugin in file order, so it reads the same
+                    // whichever node the search entered it from.
+                    let min = cyc
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, k)| **k)
+                        .map_or(0, |(p, _)| p);
+                    cyc.rotate_left(min);
+                    let names: Vec<&str> = cyc.iter().map(|&k| plugins[k].name.as_str()).collect();
+                    if !found.contains(&names) {
+                        found.push(names);
+                    }
+                }
+                _ => {}
+            }
+        }
+        path.pop();
+        mark[i] = 2;
+    }
+    for i in 0..plugins.len() {
+        if mark[i] == 0 {
+            visit(i, plugins, &index, &mut mark, &mut Vec::new(), &mut found);
+        }
+    }
+    found
+}
+
+/// Names in start order: a plugin after everything it depends on, otherwise in file order.
+pub(super) fn start_order(plugins: &[PluginConfig]) -> Vec<String> {
+    let mut done: HashSet<&str> = HashSet::new();
+    let mut order = Vec::with_capacity(plugins.len());
+    while order.len() < plugins.len() {
+        let before = order.len();
+        for p in plugins {
+            if done.contains(p.name.as_str()) {
+                continue;
+            }
+            let ready = p
+                .depends_on
+                .iter()
+                .all(|d| done.contains(d.as_str()) || !plugins.iter().any(|q| &q.name == d));
+            if ready {
+                done.insert(p.name.as_str());
+                order.push(p.name.clone());
+            }
+        }
+        if order.len() == before {
+            // A cycle (refused by validation): keep file order for the rest.
+            for p in plugins {
+                if done.insert(p.name.as_str()) {
+                    order.push(p.name.clone());
+                }
+            }
+        }
+    }
+    order
+}
