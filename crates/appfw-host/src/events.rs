@@ -91,6 +91,22 @@ pub enum EventKind {
         /// The configured timeout, milliseconds.
         timeout_ms: u64,
     },
+    /// A new config was applied.
+    ConfigReloaded {
+        /// What asked (`file change`, `SIGHUP`, `API`).
+        source: String,
+        /// Generation now running.
+        generation: u64,
+        /// What changed.
+        summary: String,
+    },
+    /// A new config was refused; the running one stays.
+    ConfigRejected {
+        /// What asked.
+        source: String,
+        /// Every problem, located.
+        errors: Vec<String>,
+    },
     /// A stop had to escalate to a signal.
     StopEscalated {
         /// The signal sent to the process group.
@@ -114,6 +130,8 @@ impl EventKind {
             Self::HandshakeRefused { .. } => "handshake_refused",
             Self::HeartbeatMissed { .. } => "heartbeat_missed",
             Self::StopEscalated { .. } => "stop_escalated",
+            Self::ConfigReloaded { .. } => "config_reloaded",
+            Self::ConfigRejected { .. } => "config_rejected",
         }
     }
 }
@@ -281,6 +299,16 @@ fn log(ev: &Event) {
         }
         EventKind::StopEscalated { signal } => {
             tracing::warn!(plugin, event = kind, signal = %signal, "plugin {plugin}: did not stop in time, sent {signal}")
+        }
+        EventKind::ConfigReloaded {
+            source,
+            generation,
+            summary,
+        } => {
+            tracing::info!(event = kind, source = %source, generation, "config reloaded ({source}), generation {generation}: {summary}")
+        }
+        EventKind::ConfigRejected { source, errors } => {
+            tracing::error!(event = kind, source = %source, "config reload ({source}) refused; the running config stays:\n{}", errors.join("\n"))
         }
         EventKind::HostStarted { version, pid } => {
             tracing::info!(event = kind, version = %version, pid, "appfw host {version} started (pid {pid})")

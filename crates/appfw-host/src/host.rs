@@ -11,9 +11,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState, HostInfo};
 use crate::bus::Bus;
-use crate::config::{Config, ConfigError};
+use crate::config::{ConfigError, Layers, load};
 use crate::datadir::{self, DataDir, DataDirError, Layout};
 use crate::events::{EventKind, Events};
+use crate::reload::{ReloadHandle, ReloadSource, Reloader};
 use crate::supervisor::{Ctx, Spawner, Supervisor};
 
 /// Why the host could not start.
@@ -48,8 +49,8 @@ pub enum HostError {
 /// How to start a host.
 #[derive(Clone, Debug, Default)]
 pub struct HostOptions {
-    /// The configuration (validated again at start).
-    pub config: Config,
+    /// Where the configuration comes from (file, environment, flags); reloads read them again.
+    pub layers: Layers,
     /// Data directory given on the command line (wins over everything else).
     pub data_dir: Option<PathBuf>,
 }
@@ -62,7 +63,7 @@ pub struct Host {
     events: Events,
     api_addr: Option<SocketAddr>,
     layout: Layout,
-    shutdown_timeout: std::time::Duration,
+    reload: ReloadHandle,
     spawner: Option<(Spawner, std::thread::JoinHandle<()>)>,
     _data_dir: DataDir,
 }
@@ -71,8 +72,8 @@ impl Host {
     /// Validates the config, locks the data directory, starts the reaper, the bus, the API and
     /// every autostart plugin. Returns once the plugins were asked to start.
     pub async fn start(opts: HostOptions) -> Result<Self, HostError> {
-        let config = opts.config;
-        config.validate()?;
+        let loaded = load(&opts.layers)?;
+        let config = loaded.config.clone();
         let root = datadir::resolve(
             opts.data_dir.as_deref(),
             config.data_dir_resolved().as_deref(),
@@ -97,10 +98,28 @@ impl Host {
             spawner: spawner.clone(),
             logs_dir: layout.logs_dir(),
             base_dir: config.base_dir(),
-            supervisor: config.supervisor.clone(),
+            supervisor: arc_swap::ArcSwap::from_pointee(config.supervisor.clone()),
+            generation: std::sync::atomic::AtomicU64::new(1),
             cancel: cancel.child_token(),
         });
-        let supervisor = Arc::new(Supervisor::new(ctx, &config.plugins));
+        let supervisor = Arc::new(Supervisor::new(Arc::clone(&ctx), &config.plugins));
+        let order = config.start_order();
+        supervisor.set_order(&order);
+        let (reloader, reload) = Reloader::new(
+            opts.layers.clone(),
+            loaded,
+            Arc::clone(&supervisor),
+            ctx,
+            events.clone(),
+        );
+        if config.source.is_some() {
+            tasks.spawn(crate::reload::watch(
+                reloader.watch_dirs(),
+                reload.clone(),
+                cancel.child_token(),
+            ));
+        }
+        tasks.spawn(reloader.run(cancel.child_token()));
 
         let info = HostInfo {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -117,12 +136,7 @@ impl Host {
             bus,
             token: Arc::from(data_dir.token()),
             info: Arc::new(info),
-            required: config
-                .plugins
-                .iter()
-                .filter(|p| p.autostart)
-                .map(|p| p.name.clone())
-                .collect(),
+            reload: reload.clone(),
             started: Instant::now(),
         };
         let mut api_addr = None;
@@ -179,7 +193,19 @@ impl Host {
             });
         }
 
-        supervisor.start_all(&config.plugins).await;
+        {
+            // Dependencies are waited for, so starting runs beside the API rather than before.
+            let sup = Arc::clone(&supervisor);
+            let plugins = config.plugins.clone();
+            let wait = config.supervisor.handshake_timeout + std::time::Duration::from_secs(5);
+            let stop = cancel.child_token();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = sup.start_all(&plugins, &order, wait) => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
         events.emit(
             None,
             EventKind::HostStarted {
@@ -197,10 +223,15 @@ impl Host {
             events,
             api_addr,
             layout,
-            shutdown_timeout: config.supervisor.shutdown_timeout,
+            reload,
             spawner: Some((spawner, spawner_thread)),
             _data_dir: data_dir,
         })
+    }
+
+    /// Asks for config reloads.
+    pub fn reload_handle(&self) -> &ReloadHandle {
+        &self.reload
     }
 
     /// The event hub.
@@ -232,7 +263,8 @@ impl Host {
                 reason: reason.into(),
             },
         );
-        let forced = self.supervisor.shutdown(self.shutdown_timeout).await;
+        let timeout = self.reload.state().current().supervisor.shutdown_timeout;
+        let forced = self.supervisor.shutdown(timeout).await;
         self.events.emit(None, EventKind::HostStopped { forced });
         self.cancel.cancel();
         self.tasks.close();
@@ -246,7 +278,13 @@ impl Host {
             drop(spawner);
             // The thread ends once the last handle (in the supervisor context) is dropped.
             drop(self.supervisor);
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            let join = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout(std::time::Duration::from_secs(5), join)
+                .await
+                .is_err()
+            {
+                tracing::error!("the spawner thread did not end within 5 s; exiting without it");
+            }
         }
     }
 
@@ -264,8 +302,19 @@ where
     G: Future<Output = ()>,
 {
     let host = Host::start(opts).await?;
-    let reason = stop.await;
-    let supervisor = Arc::clone(host.supervisor());
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    tokio::pin!(stop);
+    let reason = loop {
+        tokio::select! {
+            r = &mut stop => break r,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: reloading the config");
+                host.reload_handle().trigger(ReloadSource::Signal);
+            }
+        }
+    };
+    // Weak: a strong handle would keep the spawner alive and the shutdown waiting for it.
+    let supervisor = Arc::downgrade(host.supervisor());
     let shutdown = host.shutdown(reason);
     tokio::pin!(shutdown);
     tokio::pin!(force);
@@ -273,7 +322,9 @@ where
         () = &mut shutdown => return Ok(()),
         () = &mut force => {
             tracing::warn!("second signal: killing every plugin now");
-            supervisor.kill_all().await;
+            if let Some(s) = supervisor.upgrade() {
+                s.kill_all().await;
+            }
         }
     }
     drop(supervisor);

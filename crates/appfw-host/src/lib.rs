@@ -13,6 +13,7 @@ pub mod config;
 pub mod datadir;
 pub mod events;
 mod host;
+pub mod reload;
 pub mod supervisor;
 
 pub use host::{Host, HostError, HostOptions, run, signal};

@@ -43,6 +43,8 @@ pub enum ClientError {
         code: String,
         /// Message.
         message: String,
+        /// Every problem, for a refused config.
+        issues: Vec<String>,
     },
     /// The answer was not what the API promises.
     #[error("unexpected answer from the host: {0}")]
@@ -85,7 +87,17 @@ impl Client {
     }
 
     async fn call(&self, method: &str, path: &str) -> Result<Value, ClientError> {
-        tokio::time::timeout(self.timeout, self.call_inner(method, path))
+        self.call_with_body(method, path, String::new()).await
+    }
+
+    /// A request with a text body.
+    pub async fn call_with_body(
+        &self,
+        method: &str,
+        path: &str,
+        body: String,
+    ) -> Result<Value, ClientError> {
+        tokio::time::timeout(self.timeout, self.call_inner(method, path, body))
             .await
             .map_err(|_| ClientError::Unreachable {
                 endpoint: self.describe(),
@@ -93,7 +105,12 @@ impl Client {
             })?
     }
 
-    async fn call_inner(&self, method: &str, path: &str) -> Result<Value, ClientError> {
+    async fn call_inner(
+        &self,
+        method: &str,
+        path: &str,
+        body: String,
+    ) -> Result<Value, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             endpoint: self.describe(),
             reason,
@@ -106,7 +123,7 @@ impl Client {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let req = req
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let (resp, driver) = match &self.endpoint {
             Endpoint::Unix(p) => {
@@ -139,6 +156,14 @@ impl Client {
                 status,
                 code: err["code"].as_str().unwrap_or("unknown").to_string(),
                 message: err["message"].as_str().unwrap_or("no message").to_string(),
+                issues: err["issues"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|i| i.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
         Ok(value)

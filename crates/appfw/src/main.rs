@@ -34,6 +34,10 @@ pub(crate) struct Cli {
     /// [default: $APPFW_CONFIG, else ./appfw.toml for `run` if present].
     #[arg(long, short, global = true, env = "APPFW_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Set a config key, over the file and the environment: `--set api.listen=127.0.0.1:9000`,
+    /// `--set plugins.echo.restart=never` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    sets: Vec<String>,
     /// Talk to the host's TCP API (e.g. 127.0.0.1:7070) instead of its Unix socket.
     #[arg(long, global = true, env = "APPFW_API", value_name = "HOST:PORT")]
     api: Option<String>,
@@ -58,6 +62,9 @@ enum Command {
     Restart(cmd::action::ActionArgs),
     /// Print the version of this binary and of the running host.
     Version(cmd::version::VersionArgs),
+    /// Inspect, validate and change the configuration.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCmd),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +89,7 @@ fn main() -> ExitCode {
             Command::Stop(a) => cmd::action::run(&cli, "stop", a).await,
             Command::Restart(a) => cmd::action::run(&cli, "restart", a).await,
             Command::Version(a) => cmd::version::run(&cli, a).await,
+            Command::Config(c) => cmd::config::run(&cli, c).await,
         }
     });
     ExitCode::from(code)

@@ -10,6 +10,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    issues: Option<Vec<String>>,
 }
 
 impl ApiError {
@@ -18,7 +19,31 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            issues: None,
         }
+    }
+    /// 400 with every problem of a refused config, one string each.
+    pub fn invalid_config(e: &crate::config::ConfigError) -> Self {
+        let issues: Vec<String> = match e {
+            crate::config::ConfigError::Invalid(list) => {
+                list.iter().map(ToString::to_string).collect()
+            }
+            other => vec![other.to_string()],
+        };
+        let mut err = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_config",
+            format!(
+                "config refused, the running config stays: {}",
+                issues.join("; ")
+            ),
+        );
+        err.issues = Some(issues);
+        err
+    }
+    /// 500.
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
     }
     /// 401.
     pub fn unauthorized(m: impl Into<String>) -> Self {
@@ -48,7 +73,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut body =
+            serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        if let Some(issues) = self.issues {
+            body["error"]["issues"] = issues.into();
+        }
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

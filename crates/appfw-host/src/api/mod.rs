@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::Bus;
 use crate::events::Events;
+use crate::reload::{ReloadError, ReloadHandle, ReloadSource};
 use crate::supervisor::{Action, PluginState, Supervisor, SupervisorError};
 pub use error::ApiError;
 
@@ -52,8 +53,8 @@ pub struct ApiState {
     pub token: Arc<str>,
     /// Host facts.
     pub info: Arc<HostInfo>,
-    /// Plugins that must be up for `/readyz`.
-    pub required: Arc<[String]>,
+    /// The running config and its reloads.
+    pub reload: ReloadHandle,
     /// Start instant, for uptime.
     pub started: Instant,
 }
@@ -66,6 +67,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/plugins/{name}", get(get_plugin))
         .route("/plugins/{name}/{action}", post(act))
         .route("/events", get(events))
+        .route("/config", get(get_config).put(put_config))
+        .route("/config/reload", post(reload_config))
+        .route("/config/plan", post(plan_config))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/livez", get(livez))
@@ -103,9 +107,11 @@ async fn livez() -> Json<serde_json::Value> {
 
 async fn readyz(State(s): State<ApiState>) -> Response {
     let list = s.supervisor.list().await;
+    let cfg = s.reload.state().current();
+    let required = |name: &str| cfg.plugin(name).is_some_and(|p| p.autostart);
     let not_ready: Vec<String> = list
         .iter()
-        .filter(|p| s.required.contains(&p.name))
+        .filter(|p| required(&p.name))
         // A plugin an operator stopped on purpose does not hold readiness hostage.
         .filter(|p| {
             !matches!(
@@ -156,6 +162,25 @@ async fn healthz(State(s): State<ApiState>) -> Response {
             since: p.since,
         });
     }
+    let config = s.reload.state();
+    checks.push(match config.last_error() {
+        None => Check {
+            name: "config".into(),
+            status: "healthy",
+            message: format!("generation {} loaded", config.generation()),
+            since: String::new(),
+        },
+        Some((e, at)) => Check {
+            name: "config".into(),
+            status: "degraded",
+            message: format!(
+                "last reload refused, generation {} still running: {}",
+                config.generation(),
+                e.lines().next().unwrap_or_default()
+            ),
+            since: humantime::format_rfc3339_millis(at).to_string(),
+        },
+    });
     let worst = if checks.iter().any(|c| c.status == "unhealthy") {
         "unhealthy"
     } else if checks.iter().any(|c| c.status == "degraded") {
@@ -255,4 +280,74 @@ async fn events(
         .events
         .since(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(4096));
     Ok(Json(serde_json::json!({ "events": list })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigQuery {
+    /// Include the origin of every value.
+    origins: Option<bool>,
+}
+
+async fn get_config(
+    State(s): State<ApiState>,
+    query: Result<Query<ConfigQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let state = s.reload.state();
+    let cfg = state.current();
+    let mut body = serde_json::json!({
+        "source": cfg.source.as_ref().map(|p| p.display().to_string()),
+        "generation": state.generation(),
+        "last_error": state.last_error().map(|(e, _)| e),
+        "config": cfg.redacted(),
+    });
+    if q.origins == Some(true) {
+        body["origins"] = serde_json::to_value(&cfg.origins).unwrap_or_default();
+    }
+    Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutQuery {
+    /// Validate and compute the diff only.
+    dry_run: Option<bool>,
+}
+
+fn reload_result(
+    r: Result<crate::reload::ReloadReport, ReloadError>,
+) -> Result<Response, ApiError> {
+    match r {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(ReloadError::Invalid(e)) => Err(ApiError::invalid_config(&e)),
+        Err(e @ ReloadError::Write { .. }) => Err(ApiError::internal(e.to_string())),
+        Err(e @ ReloadError::ShuttingDown) => Err(ApiError::unavailable(e.to_string())),
+    }
+}
+
+/// Replaces the config file's content with the body (TOML), validated and applied as a diff.
+async fn put_config(
+    State(s): State<ApiState>,
+    query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
+    body: String,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    reload_result(
+        s.reload
+            .reload(ReloadSource::Api, Some(body), q.dry_run.unwrap_or(false))
+            .await,
+    )
+}
+
+/// Reloads from the config files (like SIGHUP) and reports the outcome.
+async fn reload_config(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    reload_result(s.reload.reload(ReloadSource::Api, None, false).await)
+}
+
+/// The diff a config (the body, or the files when the body is empty) would apply, without
+/// applying it.
+async fn plan_config(State(s): State<ApiState>, body: String) -> Result<Response, ApiError> {
+    let text = (!body.trim().is_empty()).then_some(body);
+    reload_result(s.reload.reload(ReloadSource::Api, text, true).await)
 }

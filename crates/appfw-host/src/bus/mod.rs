@@ -89,7 +89,7 @@ struct Inner {
     pending: Mutex<Pending>,
     next_id: AtomicU64,
     round_robin: AtomicUsize,
-    default_timeout: Duration,
+    default_timeout_ms: AtomicU64,
     stats: BusStats,
     /// Wakes the expiry task when a request's deadline is earlier than every pending one.
     earlier_deadline: tokio::sync::Notify,
@@ -117,11 +117,19 @@ impl Bus {
                 pending: Mutex::new(Pending::default()),
                 next_id: AtomicU64::new(1),
                 round_robin: AtomicUsize::new(0),
-                default_timeout,
+                default_timeout_ms: AtomicU64::new(
+                    u64::try_from(default_timeout.as_millis()).unwrap_or(u64::MAX),
+                ),
                 stats: BusStats::default(),
                 earlier_deadline: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// Changes the deadline given to requests that carry none (a config reload).
+    pub fn set_default_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.inner.default_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The counters.
@@ -321,7 +329,7 @@ impl Bus {
         }
         let now = now_unix_ms();
         let deadline_ms = match frame.header.deadline_unix_ms {
-            0 => now + u64::try_from(self.inner.default_timeout.as_millis()).unwrap_or(u64::MAX),
+            0 => now.saturating_add(self.inner.default_timeout_ms.load(Ordering::Relaxed)),
             d => d,
         };
         if deadline_ms <= now {

@@ -8,11 +8,13 @@
 
 mod diff;
 pub mod load;
+mod render;
 mod secret;
 mod validate;
 
 pub use diff::{ConfigDiff, HostChange};
 pub use load::{Layers, Loaded, Origin, Origins, load};
+pub use render::render_toml;
 pub use secret::{REDACTED, is_secret_name, resolve_refs};
 
 use std::collections::BTreeMap;
@@ -90,7 +92,7 @@ pub enum ConfigError {
 }
 
 /// The whole host configuration.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the host keeps its state (lock, token, API socket, logs); relative to the config
@@ -101,6 +103,7 @@ pub struct Config {
     /// Directories of plugin files: every `*.toml` in them (sorted by name) may hold
     /// `[[plugins]]` tables, appended after the ones of this file. Relative to this file.
     #[serde(default, deserialize_with = "one_or_many")]
+    #[schemars(with = "Vec<PathBuf>")]
     pub include: Vec<PathBuf>,
     /// HTTP API settings.
     #[serde(default)]
@@ -133,7 +136,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error
 }
 
 /// `[api]`
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// TCP address of the HTTP API; empty string disables TCP. Default `127.0.0.1:7070`.
@@ -152,26 +155,32 @@ impl Default for ApiConfig {
 }
 
 /// `[supervisor]`
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
     /// Upper bound for stopping every plugin when the host stops. Default `30s`.
     #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
     pub shutdown_timeout: Duration,
     /// Time a protocol plugin has to send HELLO after start. Default `10s`.
     #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
     pub handshake_timeout: Duration,
     /// Interval of the host's heartbeat pings. Default `1s`.
     #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
     pub heartbeat_interval: Duration,
     /// A plugin that answers no ping for this long is hung and gets restarted. Default `5s`.
     #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
     pub heartbeat_timeout: Duration,
     /// Largest frame either side may send, e.g. `4MiB`. Default `4MiB`.
     #[serde(with = "human_size")]
+    #[schemars(with = "String")]
     pub max_frame_size: u64,
     /// Deadline of a request that carries none. Default `30s`.
     #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
 }
 
@@ -189,7 +198,9 @@ impl Default for SupervisorConfig {
 }
 
 /// Whether a plugin speaks the appfw wire protocol.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     /// Speaks the protocol (handshake, heartbeats, bus).
@@ -200,7 +211,9 @@ pub enum Protocol {
 }
 
 /// When to restart a plugin that exited.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Whatever the exit status.
@@ -213,21 +226,24 @@ pub enum RestartPolicy {
 }
 
 /// `[plugins.backoff]`: delay between restarts after consecutive failures.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackoffConfig {
     /// Delay before the second consecutive restart (the first is immediate). Default `100ms`.
     #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
     pub initial: Duration,
     /// Growth factor per further consecutive failure. Default `2.0`.
     pub multiplier: f64,
     /// Cap of the delay. Default `30s`.
     #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
     pub max: Duration,
     /// Random spread, a fraction of the delay (0.0-1.0). Default `0.2`.
     pub jitter: f64,
     /// Uptime after which the failure count starts over. Default `30s`.
     #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
     pub reset_after: Duration,
 }
 
@@ -244,7 +260,7 @@ impl Default for BackoffConfig {
 }
 
 /// One `[[plugins]]` entry.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Unique name: letters, digits, `_` and `-`, at most 64 characters.
@@ -282,19 +298,24 @@ pub struct PluginConfig {
     /// Time granted after the SHUTDOWN frame (protocol plugins) or after SIGTERM
     /// (`protocol = "none"`) before escalating. Default `5s`.
     #[serde(default = "default_stop_grace", with = "human_duration")]
+    #[schemars(with = "String")]
     pub stop_grace: Duration,
     /// For protocol plugins: time granted after SIGTERM to the process group (sent once the
     /// stop grace ran out, or at once before the handshake) before SIGKILL. Default `5s`.
     #[serde(default = "default_stop_grace", with = "human_duration")]
+    #[schemars(with = "String")]
     pub kill_after: Duration,
     /// Overrides `supervisor.heartbeat_interval` for this plugin.
     #[serde(default, with = "opt_human_duration")]
+    #[schemars(with = "Option<String>")]
     pub heartbeat_interval: Option<Duration>,
     /// Overrides `supervisor.heartbeat_timeout` for this plugin.
     #[serde(default, with = "opt_human_duration")]
+    #[schemars(with = "Option<String>")]
     pub heartbeat_timeout: Option<Duration>,
     /// Plugin-specific settings, passed to the plugin as JSON in the handshake.
     #[serde(default)]
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub settings: toml::Table,
 }
 
@@ -329,6 +350,11 @@ impl PluginConfig {
 }
 
 impl Config {
+    /// The JSON Schema of the config file, for editors.
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
+    }
+
     /// Reads and validates `path` alone (no environment or flag layers).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         load(&Layers::file(path)).map(|l| l.config)

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::capture::{self, OutputFile, Stream};
 use super::conn::{self, ConnEvent, ConnHandle, ConnParams};
 use super::process::{Child, ProcessSpec, describe};
-use super::{Action, Ctx, LastExit, PluginState, PluginStatus, backoff_delay};
+use super::{Action, Ctx, LastExit, PluginState, PluginStatus, Reconfigured, backoff_delay};
 use crate::config::{PluginConfig, Protocol, RestartPolicy};
 use crate::events::EventKind;
 
@@ -34,6 +34,8 @@ pub(crate) enum Command {
     Quit(oneshot::Sender<PluginStatus>),
     /// SIGKILL the process group now (shutdown deadline passed).
     Kill,
+    /// A new config for this plugin; `true` when only its settings changed.
+    Reconfigure(Box<PluginConfig>, bool, oneshot::Sender<Reconfigured>),
 }
 
 /// What to do when the current process exits.
@@ -61,6 +63,8 @@ struct Proc {
     phase: StopPhase,
     /// Set when the host kills the process for a fault: the exit then counts as a failure.
     kill_reason: Option<String>,
+    /// Capabilities negotiated in the handshake.
+    caps: Vec<String>,
     /// The connection closed while the process was not being stopped: it gets a moment to
     /// exit by itself before it is terminated.
     conn_lost: Option<String>,
@@ -73,6 +77,9 @@ enum Input {
     Conn(Option<ConnEvent>),
     Timer,
 }
+
+/// How long a plugin may take to accept live settings before it is restarted instead.
+const LIVE_UPDATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a process whose connection closed may take to exit by itself.
 const CONN_LOST_GRACE: Duration = Duration::from_millis(500);
@@ -253,8 +260,51 @@ impl Actor {
                 self.begin_stop("host shutting down");
             }
             Command::Act(action, reply) => self.on_action(action, reply).await,
+            Command::Reconfigure(cfg, live, reply) => {
+                let outcome = self.reconfigure(*cfg, live).await;
+                let _ = reply.send(outcome);
+            }
         }
         false
+    }
+
+    /// Takes a new config: live settings delivery when possible, else a restart if running.
+    async fn reconfigure(&mut self, cfg: PluginConfig, live: bool) -> Reconfigured {
+        self.cfg = cfg;
+        let Some(p) = self.proc.as_ref().filter(|p| p.phase == StopPhase::None) else {
+            return Reconfigured::Stored;
+        };
+        if live {
+            let accepts = p.ready && p.caps.iter().any(|c| c == appfw_proto::caps::CONFIG);
+            match (&p.conn, accepts) {
+                (Some(conn), true) => {
+                    let json =
+                        Bytes::from(serde_json::to_vec(&self.cfg.settings).unwrap_or_default());
+                    let generation = self
+                        .ctx
+                        .generation
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    match conn
+                        .config_update(json, generation, LIVE_UPDATE_TIMEOUT)
+                        .await
+                    {
+                        Ok(()) => {
+                            tracing::info!(plugin = %self.name, "settings updated live");
+                            return Reconfigured::UpdatedLive;
+                        }
+                        Err(e) => {
+                            tracing::warn!(plugin = %self.name, "live settings update failed ({e}); restarting instead")
+                        }
+                    }
+                }
+                _ => {
+                    tracing::info!(plugin = %self.name, "plugin does not take live settings; restarting to apply them")
+                }
+            }
+        }
+        self.after_exit = AfterExit::Restart;
+        self.begin_stop("config changed");
+        Reconfigured::Restarted
     }
 
     async fn on_action(&mut self, action: Action, reply: oneshot::Sender<PluginStatus>) {
@@ -411,13 +461,14 @@ impl Actor {
             capture,
             phase: StopPhase::None,
             kill_reason: None,
+            caps: Vec::new(),
             conn_lost: None,
             ready: false,
             child,
         };
         if let Some(sock) = proc.child.socket.take() {
             let (tx, rx) = mpsc::channel(16);
-            let sup = &self.ctx.supervisor;
+            let sup = self.ctx.supervisor.load();
             let params = ConnParams {
                 plugin: Arc::clone(&self.name),
                 handshake_timeout: sup.handshake_timeout,
@@ -452,8 +503,12 @@ impl Actor {
     fn on_conn_event(&mut self, ev: ConnEvent) {
         let Some(p) = self.proc.as_mut() else { return };
         match ev {
-            ConnEvent::Ready { version } => {
+            ConnEvent::Ready {
+                version,
+                capabilities,
+            } => {
                 p.ready = true;
+                p.caps = capabilities;
                 if p.phase == StopPhase::None {
                     self.set_state(
                         PluginState::Running,

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,8 @@ pub enum ConnEvent {
     Ready {
         /// Negotiated version.
         version: u32,
+        /// Negotiated capabilities.
+        capabilities: Vec<String>,
     },
     /// Handshake refused (version mismatch).
     Refused {
@@ -83,15 +85,68 @@ pub struct ConnParams {
     pub settings_json: Bytes,
 }
 
+/// Requests the host itself sent to the plugin, waiting for their REPLY.
+type HostPending = Arc<std::sync::Mutex<std::collections::HashMap<u64, oneshot::Sender<Frame>>>>;
+
+/// Ids of host-originated requests: the upper half of the id space, so they never collide with
+/// the ids the bus assigns to relayed requests.
+static NEXT_HOST_REQUEST: AtomicU64 = AtomicU64::new(1 << 63);
+
 /// A running connection. Dropping it does not stop it: call [`ConnHandle::close`].
 pub struct ConnHandle {
     /// The bus endpoint.
     pub link: Arc<Link>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    pending: HostPending,
 }
 
 impl ConnHandle {
+    /// Delivers new settings (CONFIG_UPDATE) and waits up to `timeout` for the plugin to accept.
+    pub async fn config_update(
+        &self,
+        settings_json: Bytes,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let id = NEXT_HOST_REQUEST.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, tx);
+        let mut f = Frame::control(
+            FrameType::ConfigUpdate,
+            &pb::ConfigUpdate {
+                settings_json,
+                generation,
+            },
+        );
+        f.header.request_id = id;
+        f.header.sender = "$host".into();
+        let outcome = async {
+            self.link
+                .outbox
+                .send(f)
+                .await
+                .map_err(|_| "the connection is closed".to_string())?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => match reply.header.error {
+                    None => Ok(()),
+                    Some(e) => Err(format!("{}: {}", e.code, e.message)),
+                },
+                Ok(Err(_)) => Err("the connection closed before the plugin answered".into()),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            }
+        }
+        .await;
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        outcome
+    }
+
     /// Stops both tasks, removes the plugin from the bus, and waits for them.
     pub async fn close(self, bus: &Bus) {
         self.cancel.cancel();
@@ -121,6 +176,7 @@ pub fn start(
     });
     let cancel = parent.child_token();
     let peer_seq = Arc::new(AtomicU64::new(0));
+    let pending = HostPending::default();
 
     let writer = {
         let cancel = cancel.clone();
@@ -146,6 +202,7 @@ pub fn start(
             events,
             cancel: cancel.clone(),
             peer_seq,
+            pending: Arc::clone(&pending),
         };
         let frames = FramedRead::new(read_half, FrameCodec::new(reader.params.max_frame_size));
         tokio::spawn(reader.run(frames))
@@ -154,6 +211,7 @@ pub fn start(
         link,
         cancel,
         tasks: vec![reader, writer],
+        pending,
     })
 }
 
@@ -164,6 +222,7 @@ struct Reader {
     events: mpsc::Sender<ConnEvent>,
     cancel: CancellationToken,
     peer_seq: Arc<AtomicU64>,
+    pending: HostPending,
 }
 
 type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
@@ -282,7 +341,13 @@ impl Reader {
         };
         self.send(Frame::control(FrameType::Welcome, &welcome))
             .await;
-        let _ = self.events.send(ConnEvent::Ready { version }).await;
+        let _ = self
+            .events
+            .send(ConnEvent::Ready {
+                version,
+                capabilities: welcome.capabilities.clone(),
+            })
+            .await;
         Ok(())
     }
 
@@ -341,7 +406,19 @@ impl Reader {
                 }
             }
             FrameType::Request => self.bus.request(&self.link, frame).await,
-            FrameType::Reply => self.bus.reply(&self.link, frame).await,
+            FrameType::Reply => {
+                let waiter = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&frame.header.request_id);
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(frame);
+                    }
+                    None => self.bus.reply(&self.link, frame).await,
+                }
+            }
             FrameType::Subscribe | FrameType::Unsubscribe => {
                 let id = frame.header.request_id;
                 let result = if ty == FrameType::Subscribe {

@@ -9,7 +9,7 @@ pub mod process;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -189,45 +189,134 @@ pub(crate) struct Ctx {
     pub spawner: Spawner,
     pub logs_dir: PathBuf,
     pub base_dir: PathBuf,
-    pub supervisor: SupervisorConfig,
+    /// Swapped by a reload; read at each plugin start.
+    pub supervisor: arc_swap::ArcSwap<SupervisorConfig>,
+    /// Generation of the loaded config, sent with live settings updates.
+    pub generation: std::sync::atomic::AtomicU64,
     pub cancel: CancellationToken,
 }
 
-/// Handle to every plugin's owner task.
-pub struct Supervisor {
+/// What a plugin's owner task did with a new config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reconfigured {
+    /// Settings delivered live; the process kept running.
+    UpdatedLive,
+    /// Restarted with the new config.
+    Restarted,
+    /// Stored; it applies at the next start (the plugin is not running).
+    Stored,
+}
+
+#[derive(Default)]
+struct Members {
     order: Vec<Arc<str>>,
     actors: HashMap<Arc<str>, mpsc::Sender<Command>>,
+}
+
+/// Handle to every plugin's owner task. Plugins can be added and removed while it runs
+/// (config reloads); the membership lock is never held across an await.
+pub struct Supervisor {
+    ctx: Arc<Ctx>,
+    members: RwLock<Members>,
     tasks: TaskTracker,
 }
 
 impl Supervisor {
     pub(crate) fn new(ctx: Arc<Ctx>, plugins: &[PluginConfig]) -> Self {
-        let tasks = TaskTracker::new();
-        let mut order = Vec::new();
-        let mut actors = HashMap::new();
+        let sup = Self {
+            ctx,
+            members: RwLock::new(Members::default()),
+            tasks: TaskTracker::new(),
+        };
         for cfg in plugins {
-            let (tx, rx) = mpsc::channel(64);
-            let name: Arc<str> = Arc::from(cfg.name.as_str());
-            tasks.spawn(Actor::new(cfg.clone(), Arc::clone(&ctx), rx).run());
-            order.push(Arc::clone(&name));
-            actors.insert(name, tx);
+            sup.add(cfg.clone());
         }
-        tasks.close();
-        Self {
-            order,
-            actors,
-            tasks,
+        sup
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Members> {
+        self.members.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Members> {
+        self.members.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates the owner task of a new plugin (not started). Returns false if the name exists.
+    pub(crate) fn add(&self, cfg: PluginConfig) -> bool {
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let mut m = self.write();
+        if m.actors.contains_key(&name) {
+            return false;
         }
+        let (tx, rx) = mpsc::channel(64);
+        self.tasks
+            .spawn(Actor::new(cfg, Arc::clone(&self.ctx), rx).run());
+        m.order.push(Arc::clone(&name));
+        m.actors.insert(name, tx);
+        true
+    }
+
+    /// Sets the start order (names not known are ignored; unknown members keep their place at
+    /// the end).
+    pub(crate) fn set_order(&self, names: &[String]) {
+        let mut m = self.write();
+        let mut order: Vec<Arc<str>> = names
+            .iter()
+            .filter_map(|n| {
+                m.actors
+                    .get_key_value(n.as_str())
+                    .map(|(k, _)| Arc::clone(k))
+            })
+            .collect();
+        for n in &m.order {
+            if !order.contains(n) {
+                order.push(Arc::clone(n));
+            }
+        }
+        m.order = order;
+    }
+
+    /// Stops a plugin for good and forgets it.
+    pub(crate) async fn remove(&self, name: &str) -> Result<PluginStatus, SupervisorError> {
+        let a = self.actor(name)?;
+        let (tx, rx) = oneshot::channel();
+        a.send(Command::Quit(tx))
+            .await
+            .map_err(|_| SupervisorError::ShuttingDown)?;
+        let st = rx.await.map_err(|_| SupervisorError::ShuttingDown)?;
+        let mut m = self.write();
+        m.actors.remove(name);
+        m.order.retain(|n| &**n != name);
+        Ok(st)
+    }
+
+    /// Hands a plugin its new config; `live` says that only its settings changed.
+    pub(crate) async fn reconfigure(
+        &self,
+        name: &str,
+        cfg: PluginConfig,
+        live: bool,
+    ) -> Result<Reconfigured, SupervisorError> {
+        let (tx, rx) = oneshot::channel();
+        self.actor(name)?
+            .send(Command::Reconfigure(Box::new(cfg), live, tx))
+            .await
+            .map_err(|_| SupervisorError::ShuttingDown)?;
+        rx.await.map_err(|_| SupervisorError::ShuttingDown)
     }
 
     /// Plugin names in start order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.order.iter().map(|n| &**n)
+    pub fn names(&self) -> Vec<String> {
+        self.read().order.iter().map(|n| n.to_string()).collect()
     }
 
-    fn actor(&self, name: &str) -> Result<&mpsc::Sender<Command>, SupervisorError> {
-        self.actors
+    fn actor(&self, name: &str) -> Result<mpsc::Sender<Command>, SupervisorError> {
+        self.read()
+            .actors
             .get(name)
+            .cloned()
             .ok_or_else(|| SupervisorError::UnknownPlugin(name.to_string()))
     }
 
@@ -243,8 +332,9 @@ impl Supervisor {
 
     /// The status of every plugin, in start order.
     pub async fn list(&self) -> Vec<PluginStatus> {
-        let mut out = Vec::with_capacity(self.order.len());
-        for name in &self.order {
+        let names = self.names();
+        let mut out = Vec::with_capacity(names.len());
+        for name in &names {
             if let Ok(s) = self.status(name).await {
                 out.push(s);
             }
@@ -272,19 +362,48 @@ impl Supervisor {
         }
     }
 
-    /// Starts every plugin marked `autostart`, without waiting for them.
-    pub(crate) async fn start_all(&self, plugins: &[PluginConfig]) {
-        for cfg in plugins.iter().filter(|p| p.autostart) {
-            if let Some(a) = self.actors.get(cfg.name.as_str()) {
-                let (tx, _rx) = oneshot::channel();
-                let _ = a.send(Command::Act(Action::Start, tx)).await;
+    /// Starts `plugins` (the `autostart` ones) in dependency order: a plugin that others depend
+    /// on is waited for (until it settles, at most `wait`) before they start.
+    pub(crate) async fn start_all(
+        &self,
+        plugins: &[PluginConfig],
+        order: &[String],
+        wait: Duration,
+    ) {
+        for name in order {
+            let Some(cfg) = plugins.iter().find(|p| &p.name == name) else {
+                continue;
+            };
+            if !cfg.autostart {
+                continue;
+            }
+            let needed = plugins.iter().any(|p| p.depends_on.contains(name));
+            let Ok(a) = self.actor(name) else { continue };
+            let (tx, rx) = oneshot::channel();
+            if a.send(Command::Act(Action::Start, tx)).await.is_err() {
+                continue;
+            }
+            if needed {
+                match tokio::time::timeout(wait, rx).await {
+                    Ok(Ok(st)) if st.state == PluginState::Running => {}
+                    Ok(Ok(st)) => tracing::warn!(
+                        plugin = name,
+                        "dependency is {} after start; starting its dependants anyway",
+                        st.state
+                    ),
+                    _ => tracing::warn!(
+                        plugin = name,
+                        "dependency not running within {wait:?}; starting its dependants anyway"
+                    ),
+                }
             }
         }
     }
 
     /// SIGKILLs every plugin's process group now.
     pub async fn kill_all(&self) {
-        for a in self.actors.values() {
+        let actors: Vec<_> = self.read().actors.values().cloned().collect();
+        for a in actors {
             let _ = a.send(Command::Kill).await;
         }
     }
@@ -294,23 +413,22 @@ impl Supervisor {
     pub async fn shutdown(&self, timeout: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut forced = Vec::new();
-        for name in self.order.iter().rev() {
-            let Some(a) = self.actors.get(name) else {
-                continue;
-            };
+        for name in self.names().iter().rev() {
+            let Ok(a) = self.actor(name) else { continue };
             let (tx, rx) = oneshot::channel();
             if a.send(Command::Quit(tx)).await.is_err() {
                 continue;
             }
             if tokio::time::timeout_at(deadline, rx).await.is_err() {
-                forced.push(name.to_string());
+                forced.push(name.clone());
             }
         }
         for name in &forced {
-            if let Some(a) = self.actors.get(&**name) {
+            if let Ok(a) = self.actor(name) {
                 let _ = a.send(Command::Kill).await;
             }
         }
+        self.tasks.close();
         if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
             .await
             .is_err()

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod action;
+pub mod config;
 pub mod run;
 pub mod status;
 pub mod version;
@@ -13,8 +14,8 @@ use crate::exit;
 pub(crate) fn client(cli: &Cli) -> Result<Client, u8> {
     let from_config = match &cli.config {
         None => None,
-        Some(path) => match appfw_host::config::Config::load(path) {
-            Ok(c) => c.data_dir_resolved(),
+        Some(_) => match appfw_host::config::load(&layers(cli, None)) {
+            Ok(l) => l.config.data_dir_resolved(),
             Err(e) => {
                 eprintln!("appfw: invalid configuration:\n{e}");
                 return Err(exit::CONFIG);
@@ -50,6 +51,28 @@ pub(crate) fn client(cli: &Cli) -> Result<Client, u8> {
         None => Endpoint::Unix(layout.api_socket()),
     };
     Ok(Client::new(endpoint, token))
+}
+
+/// The config layers named by the global flags: `file` (or `--config`, or `./appfw.toml` if it
+/// exists), the `APPFW_*` environment and `--set` flags (and `--data-dir` as a flag).
+pub(crate) fn layers(cli: &Cli, file: Option<&std::path::Path>) -> appfw_host::config::Layers {
+    let path = file
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| cli.config.clone())
+        .or_else(|| {
+            let p = std::path::PathBuf::from("appfw.toml");
+            p.exists().then_some(p)
+        });
+    let mut layers = match path {
+        Some(p) => appfw_host::config::Layers::file(&p),
+        None => appfw_host::config::Layers::default(),
+    };
+    layers = layers.with_process_env().with_sets(&cli.sets);
+    if let Some(d) = &cli.data_dir {
+        // Not valid TOML, so the loader takes it as a string.
+        layers.sets.push(format!("data_dir={}", d.display()));
+    }
+    layers
 }
 
 /// Prints a client error in one line and maps it to an exit code.

@@ -1,8 +1,5 @@
 //! `appfw run`
 
-use std::path::PathBuf;
-
-use appfw_host::config::Config;
 use appfw_host::{HostError, HostOptions};
 use clap::Args;
 use tracing_subscriber::EnvFilter;
@@ -41,27 +38,14 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> u8 {
         LogFormat::Text => fmt.with_target(false).init(),
         LogFormat::Json => fmt.json().flatten_event(true).init(),
     }
-    let path = cli.config.clone().or_else(|| {
-        let p = PathBuf::from("appfw.toml");
-        p.exists().then_some(p)
-    });
-    let config = match &path {
-        Some(p) => match Config::load(p) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("appfw: invalid configuration:\n{e}");
-                return exit::CONFIG;
-            }
-        },
-        None => {
-            tracing::warn!(
-                "no config file (--config, APPFW_CONFIG or ./appfw.toml): running with no plugins"
-            );
-            Config::default()
-        }
-    };
+    let layers = super::layers(cli, None);
+    if layers.file.is_none() {
+        tracing::warn!(
+            "no config file (--config, APPFW_CONFIG or ./appfw.toml): running with no plugins"
+        );
+    }
     let opts = HostOptions {
-        config,
+        layers,
         data_dir: cli.data_dir.clone(),
     };
     // Polled only once the first signal stopped the host, so it waits for the next one.
