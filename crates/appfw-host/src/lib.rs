@@ -9,7 +9,8 @@
 
 pub mod api;
 pub mod bus;
-pub mod config;
+/// The configuration (its own crate, so that tools and fuzzers can use it alone).
+pub use appfw_config as config;
 pub mod datadir;
 pub mod events;
 mod host;
@@ -22,3 +23,14 @@ pub use host::{Host, HostError, HostOptions, run, signal};
 pub const PROTOCOL_MIN: u32 = appfw_proto::MIN_VERSION;
 /// Highest wire protocol version the host speaks.
 pub const PROTOCOL_MAX: u32 = appfw_proto::MAX_VERSION;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn config_and_protocol_agree_on_the_default_frame_size() {
+        assert_eq!(
+            crate::config::DEFAULT_MAX_FRAME_SIZE,
+            appfw_proto::DEFAULT_MAX_FRAME_SIZE as u64
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! The host configuration: one TOML file (plus an optional directory of plugin files) with host
+//! The appfw host configuration: one TOML file (plus an optional directory of plugin files) with host
 //! settings and `[[plugins]]`, layered under `APPFW_*` environment variables and command-line
 //! `--set` flags (see [`load`]).
 //!
@@ -90,6 +90,10 @@ pub enum ConfigError {
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<ConfigIssue>),
 }
+
+/// Default `supervisor.max_frame_size`: the wire protocol's default maximum frame, 4 MiB (a
+/// host test checks the two agree).
+pub const DEFAULT_MAX_FRAME_SIZE: u64 = 4 * 1024 * 1024;
 
 /// The whole host configuration.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
@@ -191,7 +195,7 @@ impl Default for SupervisorConfig {
             handshake_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(5),
-            max_frame_size: appfw_proto::DEFAULT_MAX_FRAME_SIZE as u64,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             request_timeout: Duration::from_secs(30),
         }
     }
