@@ -93,7 +93,12 @@ pub struct PluginBuilder {
     sdk: String,
     versions: (u32, u32),
     handle_sigterm: bool,
+    on_config: Option<ConfigHandler>,
 }
+
+/// Called with new settings (a JSON object) sent by the host; `Err` refuses them, and the host
+/// then restarts the plugin to apply them.
+type ConfigHandler = Arc<dyn Fn(&[u8]) -> Result<(), RequestError> + Send + Sync>;
 
 impl Default for PluginBuilder {
     fn default() -> Self {
@@ -109,6 +114,7 @@ impl Default for PluginBuilder {
             sdk: format!("appfw-sdk-rust/{}", env!("CARGO_PKG_VERSION")),
             versions: (appfw_proto::MIN_VERSION, appfw_proto::MAX_VERSION),
             handle_sigterm: true,
+            on_config: None,
         }
     }
 }
@@ -136,6 +142,21 @@ impl PluginBuilder {
     /// The protocol versions to offer (for testing version negotiation).
     pub fn protocol_versions(mut self, min: u32, max: u32) -> Self {
         self.versions = (min, max);
+        self
+    }
+
+    /// Accept settings changes live: `handler` gets the new settings (a JSON object, as
+    /// [`Plugin::settings_json`] will then return); returning `Err` refuses them, and the host
+    /// restarts the plugin instead. Without a handler the host restarts the plugin on every
+    /// settings change.
+    pub fn on_config<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&[u8]) -> Result<(), RequestError> + Send + Sync + 'static,
+    {
+        self.on_config = Some(Arc::new(handler));
+        if !self.capabilities.iter().any(|c| c == caps::CONFIG) {
+            self.capabilities.push(caps::CONFIG.to_string());
+        }
         self
     }
 
@@ -174,6 +195,8 @@ impl PluginBuilder {
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
         let inner = Arc::new(Inner {
             name: welcome.plugin_name.clone(),
+            settings: Mutex::new(welcome.settings_json.clone()),
+            on_config: self.on_config,
             welcome,
             outbox: tx,
             next_id: AtomicU64::new(1),
@@ -223,6 +246,8 @@ pub struct Plugin {
 struct Inner {
     name: String,
     welcome: pb::Welcome,
+    settings: Mutex<Bytes>,
+    on_config: Option<ConfigHandler>,
     outbox: mpsc::Sender<Frame>,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -260,9 +285,10 @@ impl Plugin {
         &self.inner.name
     }
 
-    /// The plugin settings from the host config, a JSON object (empty if none).
-    pub fn settings_json(&self) -> &[u8] {
-        &self.inner.welcome.settings_json
+    /// The plugin settings from the host config, a JSON object (empty if none): those of the
+    /// handshake, or the last ones accepted live.
+    pub fn settings_json(&self) -> Bytes {
+        lock(&self.inner.settings).clone()
     }
 
     /// What the host answered in the handshake.
@@ -662,11 +688,30 @@ async fn dispatch(inner: &Arc<Inner>, frame: Frame) {
             inner.shutdown.cancel();
         }
         Some(FrameType::ConfigUpdate) => {
-            let err = RequestError::permanent(
-                "unsupported",
-                "this plugin does not accept live settings updates",
-            );
-            reply(inner, frame.header.request_id, Err(err)).await;
+            let result = match (&inner.on_config, frame.decode_payload::<pb::ConfigUpdate>()) {
+                (None, _) => Err(RequestError::permanent(
+                    "unsupported",
+                    "this plugin does not accept live settings updates",
+                )),
+                (Some(_), Err(e)) => Err(RequestError::permanent("bad_request", e.to_string())),
+                (Some(handler), Ok(update)) => {
+                    let handler = Arc::clone(handler);
+                    let json = update.settings_json.clone();
+                    // A panicking handler refuses the settings; the plugin keeps running.
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| handler(&json))) {
+                        Ok(Ok(())) => {
+                            *lock(&inner.settings) = update.settings_json;
+                            Ok(Bytes::new())
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(p) => Err(RequestError::critical(
+                            "handler_panicked",
+                            panic_message(&p),
+                        )),
+                    }
+                }
+            };
+            reply(inner, frame.header.request_id, result).await;
         }
         Some(FrameType::ProtocolError) => {
             if let Ok(e) = frame.decode_payload::<pb::ProtocolError>() {

@@ -39,6 +39,17 @@ pub fn build_appfw(bin_dir: &Path) -> PathBuf {
     bin_dir.join("appfw")
 }
 
+/// The API section every test host gets (Unix socket only: no ports to clash), then `config`
+/// with `{bin}` and `{mark}` replaced.
+fn expand(config: &str, bin_dir: &Path, dir: &Path) -> String {
+    format!(
+        "[api]\nlisten = \"\"\n\n{}",
+        config
+            .replace("{bin}", &bin_dir.display().to_string())
+            .replace("{mark}", &dir.display().to_string())
+    )
+}
+
 /// Polls `f` until it returns `Some`, or panics naming `what` after `timeout`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -56,13 +67,29 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 
 /// Minimal HTTP/1.1 over a Unix socket: (status, JSON body).
 pub fn http(sock: &Path, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    http_body(sock, method, path, token, "")
+}
+
+/// Like [`http`], with a request body.
+pub fn http_body(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
     let mut s =
         UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw);
@@ -76,6 +103,8 @@ pub fn http(sock: &Path, method: &str, path: &str, token: Option<&str>) -> (u16,
 pub struct TestHost {
     /// The `appfw` binary it runs.
     pub appfw: PathBuf,
+    /// What `{bin}` stands for in configs.
+    pub bin_dir: PathBuf,
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub token: String,
@@ -86,13 +115,11 @@ impl TestHost {
     /// this host) and starts `appfw` on it; returns once its API answers.
     pub fn start(appfw: &Path, bin_dir: &Path, config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = format!(
-            "[api]\nlisten = \"\"\n\n{}",
-            config
-                .replace("{bin}", &bin_dir.display().to_string())
-                .replace("{mark}", &dir.path().display().to_string())
-        );
-        std::fs::write(dir.path().join("appfw.toml"), cfg).unwrap();
+        std::fs::write(
+            dir.path().join("appfw.toml"),
+            expand(config, bin_dir, dir.path()),
+        )
+        .unwrap();
         let log = std::fs::File::create(dir.path().join("host.log")).unwrap();
         let child = Command::new(appfw)
             .arg("run")
@@ -109,6 +136,7 @@ impl TestHost {
             .spawn()
             .unwrap();
         let mut host = Self {
+            bin_dir: bin_dir.to_path_buf(),
             appfw: appfw.to_path_buf(),
             dir,
             child: Some(child),
@@ -145,6 +173,35 @@ impl TestHost {
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("appfw.toml")
+    }
+
+    /// Replaces the config file the way editors do (write a temp file, rename it over), with the
+    /// same placeholders as [`TestHost::start`].
+    pub fn write_config(&self, config: &str) {
+        let tmp = self.dir.path().join(".appfw.toml.edit");
+        std::fs::write(&tmp, expand(config, &self.bin_dir, self.dir.path())).unwrap();
+        std::fs::rename(tmp, self.config_path()).unwrap();
+    }
+
+    /// `config` as it would be written by [`TestHost::write_config`].
+    pub fn expand(&self, config: &str) -> String {
+        expand(config, &self.bin_dir, self.dir.path())
+    }
+
+    /// An API call with a body.
+    pub fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        http_body(
+            &self.data().join("api.sock"),
+            method,
+            path,
+            Some(&self.token),
+            body,
         )
     }
 
@@ -204,7 +261,8 @@ impl TestHost {
             .clone()
     }
 
-    /// Waits until an event of `kind` about `plugin` matching `pred` was emitted.
+    /// Waits until an event of `kind` about `plugin` (`""` for host events) matching `pred` was
+    /// emitted.
     pub fn wait_event(
         &self,
         kind: &str,
@@ -213,9 +271,14 @@ impl TestHost {
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
         wait_for(timeout, &format!("event {kind} of {plugin}"), || {
-            self.events()
-                .into_iter()
-                .find(|e| e["kind"] == kind && e["plugin"] == plugin && pred(e))
+            self.events().into_iter().find(|e| {
+                let about = if plugin.is_empty() {
+                    e["plugin"].is_null()
+                } else {
+                    e["plugin"] == plugin
+                };
+                e["kind"] == kind && about && pred(e)
+            })
         })
     }
 
