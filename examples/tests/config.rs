@@ -366,3 +366,42 @@ fn sighup_reloads_and_the_cli_plans_applies_and_explains() {
     assert!(line("heartbeat_interval = ").ends_with("# default"));
     assert!(line("listen = ").contains("appfw.toml:2:1"));
 }
+
+#[test]
+fn secret_references_resolve_at_each_start_and_are_never_shown() {
+    let secret_dir = tempfile::tempdir().unwrap();
+    let pw = secret_dir.path().join("pw");
+    std::fs::write(&pw, "hunter2\n").unwrap();
+    let cfg = format!(
+        "[[plugins]]\nname = \"db\"\ncommand = \"sh\"\nargs = [\"-c\", \"test \\\"${{#DB_PASSWORD}}\\\" = 7 && test \\\"${{DB_PASSWORD#hun}}\\\" = ter2 && echo secret-ok; exec sleep 1000\"]\nprotocol = \"none\"\nenv = {{ DB_PASSWORD = \"${{file:{}}}\" }}\n",
+        pw.display()
+    );
+    let host = start(&cfg);
+    host.wait_all_running(T);
+    wait_for(T, "the plugin to see the resolved secret", || {
+        host.plugin_log("db").contains("secret-ok").then_some(())
+    });
+    let (_, shown) = host.get("/api/v1/config");
+    assert_eq!(
+        shown["config"]["plugins"][0]["env"]["DB_PASSWORD"],
+        "<redacted>"
+    );
+    let (_, out, _) = host.cli(&["config", "show"]);
+    assert!(
+        !out.contains("hunter2") && !out.contains(&pw.display().to_string()),
+        "{out}"
+    );
+    // A secret that disappeared fails the next start, naming the reference only.
+    std::fs::remove_file(&pw).unwrap();
+    let (code, st) = host.post("/api/v1/plugins/db/restart?wait=5s");
+    assert_eq!(code, 200);
+    assert_eq!(st["state"], "backoff", "{st}");
+    let ev = host.wait_event("spawn_failed", "db", T, |_| true);
+    let err = ev["error"].as_str().unwrap();
+    assert!(err.starts_with("env DB_PASSWORD: ${file:"), "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+    assert!(
+        !host.log().contains("hunter2"),
+        "the secret never reaches the host log"
+    );
+}

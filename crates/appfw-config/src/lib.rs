@@ -293,6 +293,11 @@ pub struct PluginConfig {
     /// Restart delays.
     #[serde(default)]
     pub backoff: BackoffConfig,
+    /// Names of env variables and settings keys whose values are secret: shown as
+    /// `<redacted>` by the API and `config show`, like names that look secret (`*PASSWORD*`,
+    /// `*TOKEN*`, `*SECRET*`, `*API_KEY*`, ...) and values with `${...}` references.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// Plugins that must be started before this one (and stopped after it).
     #[serde(default)]
     pub depends_on: Vec<String>,
@@ -340,6 +345,7 @@ impl PluginConfig {
             env: BTreeMap::new(),
             working_dir: None,
             depends_on: Vec::new(),
+            secrets: Vec::new(),
             protocol: Protocol::Appfw,
             restart: RestartPolicy::Always,
             backoff: BackoffConfig::default(),
@@ -414,9 +420,15 @@ impl Config {
     pub fn redacted(&self) -> Self {
         let mut c = self.clone();
         for p in &mut c.plugins {
+            let marked = |k: &str| p.secrets.iter().any(|s| s == k);
             for (k, v) in &mut p.env {
-                if is_secret_name(k) || v.contains("${") {
+                if is_secret_name(k) || v.contains("${") || marked(k) {
                     *v = REDACTED.to_string();
+                }
+            }
+            for (k, v) in &mut p.settings {
+                if marked(k) {
+                    *v = toml::Value::String(REDACTED.into());
                 }
             }
             secret::redact_table(&mut p.settings);

@@ -355,7 +355,7 @@ fn start_order_puts_dependencies_first() {
 #[test]
 fn redaction_hides_references_and_secret_names() {
     let c = ok(
-        "[[plugins]]\nname = \"a\"\ncommand = \"x\"\nenv = { DB_PASSWORD = \"plain\", URL = \"postgres://u:${env:HOME}@h\", LEVEL = \"debug\" }\n[plugins.settings]\napi_token = \"t\"\nmode = \"fast\"\n",
+        "[[plugins]]\nname = \"a\"\ncommand = \"x\"\nsecrets = [\"DSN\", \"region\"]\nenv = { DB_PASSWORD = \"plain\", URL = \"postgres://u:${env:HOME}@h\", LEVEL = \"debug\", DSN = \"x\" }\n[plugins.settings]\napi_token = \"t\"\nmode = \"fast\"\nregion = \"eu\"\n",
     );
     let r = c.redacted();
     let p = &r.plugins[0];
@@ -364,4 +364,16 @@ fn redaction_hides_references_and_secret_names() {
     assert_eq!(p.env["LEVEL"], "debug");
     assert_eq!(p.settings["api_token"].as_str(), Some(REDACTED));
     assert_eq!(p.settings["mode"].as_str(), Some("fast"));
+    assert_eq!(p.env["DSN"], REDACTED, "marked secret");
+    assert_eq!(
+        p.settings["region"].as_str(),
+        Some(REDACTED),
+        "marked secret"
+    );
+    assert_eq!(
+        errors("[[plugins]]\nname = \"a\"\ncommand = \"x\"\nsecrets = [\"NOPE\"]\n"),
+        [
+            "/etc/appfw.toml:4:1: plugins[0].secrets[0]: \"NOPE\" names neither an env variable nor a setting of this plugin"
+        ]
+    );
 }

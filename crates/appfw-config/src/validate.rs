@@ -100,6 +100,14 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
                 "only plugins with protocol = \"appfw\" receive settings".into(),
             );
         }
+        for (j, name) in p.secrets.iter().enumerate() {
+            if !p.env.contains_key(name) && !p.settings.contains_key(name) {
+                push(
+                    key(&format!("secrets[{j}]")),
+                    format!("{name:?} names neither an env variable nor a setting of this plugin"),
+                );
+            }
+        }
         for (j, dep) in p.depends_on.iter().enumerate() {
             let at = key(&format!("depends_on[{j}]"));
             if dep == &p.name {

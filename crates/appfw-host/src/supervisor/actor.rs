@@ -353,19 +353,20 @@ impl Actor {
         }
     }
 
-    fn spec(&self) -> ProcessSpec {
+    /// What to run. Secret references in env values are resolved here, at each start, so the
+    /// resolved values exist only in the child's environment.
+    fn spec(&self) -> Result<ProcessSpec, String> {
         let base = &self.ctx.base_dir;
         let program = if self.cfg.command.contains('/') {
             base.join(&self.cfg.command)
         } else {
             PathBuf::from(&self.cfg.command)
         };
-        let mut env: Vec<(OsString, OsString)> = self
-            .cfg
-            .env
-            .iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let mut env: Vec<(OsString, OsString)> = Vec::with_capacity(self.cfg.env.len() + 2);
+        for (k, v) in &self.cfg.env {
+            let value = crate::config::resolve_refs(v).map_err(|e| format!("env {k}: {e}"))?;
+            env.push((k.into(), value.into()));
+        }
         env.push((
             appfw_proto::ENV_PLUGIN_NAME.into(),
             self.name.to_string().into(),
@@ -377,14 +378,14 @@ impl Actor {
                 format!("{}-{}", appfw_proto::MIN_VERSION, appfw_proto::MAX_VERSION).into(),
             ));
         }
-        ProcessSpec {
+        Ok(ProcessSpec {
             name: self.name.to_string(),
             program,
             args: self.cfg.args.clone(),
             env,
             working_dir: self.cfg.working_dir.as_ref().map(|d| base.join(d)),
             connect,
-        }
+        })
     }
 
     async fn spawn(&mut self, why: &str) {
@@ -392,10 +393,19 @@ impl Actor {
         self.after_exit = AfterExit::Policy;
         self.health = None;
         self.set_state(PluginState::Starting, why);
-        let child = match self.ctx.spawner.spawn(self.spec()).await {
+        let spawned = match self.spec() {
+            Ok(spec) => self
+                .ctx
+                .spawner
+                .spawn(spec)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                let error = e.to_string();
+                let error = e;
                 self.ctx.events.emit(
                     Some(&self.name),
                     EventKind::SpawnFailed {
