@@ -208,6 +208,21 @@ fn the_api_validates_applies_and_writes_back_without_storing_placeholders() {
     assert_eq!(plan["summary"], "start [other]; stop [echo]");
     assert_eq!(pid(&host, "echo"), echo_pid);
 
+    // An invalid plan is reported but is not a refused reload: health stays as it is.
+    let (code, _) = host.send("PUT", "/api/v1/config?dry_run=true", "[api]\nlisten = 7\n");
+    assert_eq!(code, 400);
+    assert_eq!(host.get("/healthz").1["status"], "healthy");
+    // An empty body would stop everything: refused.
+    let (code, err) = host.send("PUT", "/api/v1/config", "  \n");
+    assert_eq!(code, 400);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("empty config"),
+        "{err}"
+    );
+
     // An invalid body is refused with every problem; the file is untouched.
     let (code, err) = host.send(
         "PUT",

@@ -64,7 +64,11 @@ impl ConfigDiff {
             match old.plugin(&p.name) {
                 None => d.start.push(p.name.clone()),
                 Some(o) => {
-                    let keys = changed_keys(&plugin_keys(o), &plugin_keys(p));
+                    // `secrets` only changes what is shown: nothing to restart for.
+                    let keys: Vec<String> = changed_keys(&plugin_keys(o), &plugin_keys(p))
+                        .into_iter()
+                        .filter(|k| k != "secrets")
+                        .collect();
                     if keys == ["settings"] {
                         d.update.push(p.name.clone());
                     } else if !keys.is_empty() {
@@ -103,6 +107,13 @@ impl ConfigDiff {
         if old.api.unix_socket != new.api.unix_socket {
             d.host.push(host(
                 "api.unix_socket",
+                false,
+                "takes effect when the host restarts",
+            ));
+        }
+        if old.metrics != new.metrics {
+            d.host.push(host(
+                "metrics.max_series_per_plugin",
                 false,
                 "takes effect when the host restarts",
             ));

@@ -115,6 +115,9 @@ pub struct Config {
     /// Supervision defaults for every plugin.
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    /// Metrics settings.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The plugins, started in this order and stopped in reverse.
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
@@ -197,6 +200,23 @@ impl Default for SupervisorConfig {
             heartbeat_timeout: Duration::from_secs(5),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Series a plugin may send; more are dropped and counted (protects the host and Prometheus
+    /// from a runaway label). Default 1000.
+    pub max_series_per_plugin: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            max_series_per_plugin: 1000,
         }
     }
 }

@@ -22,7 +22,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
 
-use super::{ApiConfig, Config, ConfigError, ConfigIssue, PluginConfig, SupervisorConfig};
+use super::{
+    ApiConfig, Config, ConfigError, ConfigIssue, MetricsConfig, PluginConfig, SupervisorConfig,
+};
 
 /// Where a value came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -162,7 +164,9 @@ pub fn load(layers: &Layers) -> Result<Loaded, ConfigError> {
         return Err(ConfigError::Invalid(issues));
     }
     for (var, value) in &layers.env {
-        if let Some(path) = env_path(var) {
+        if let Some(path) = env_path(var)
+            .filter(|p| !only_in_file(p, &mut issues, Origin::Env { var: var.clone() }))
+        {
             let origin = Origin::Env { var: var.clone() };
             if let Err(m) = set(
                 &mut root,
@@ -194,6 +198,9 @@ pub fn load(layers: &Layers) -> Result<Loaded, ConfigError> {
             continue;
         };
         let path: Vec<String> = key.trim().split('.').map(str::to_string).collect();
+        if only_in_file(&path, &mut issues, origin.clone()) {
+            continue;
+        }
         if let Err(m) = set(
             &mut root,
             &mut origins,
@@ -213,7 +220,11 @@ pub fn load(layers: &Layers) -> Result<Loaded, ConfigError> {
         return Err(ConfigError::Invalid(issues));
     }
     let config = build(root, origins, source, &mut issues);
-    issues.extend(super::validate::check(&config));
+    // Semantic checks on a config with unparsed parts would blame the wrong entries (a dropped
+    // plugin shifts the indexes of the next ones): they run once the parts parse.
+    if issues.is_empty() {
+        issues.extend(super::validate::check(&config));
+    }
     if issues.is_empty() {
         Ok(Loaded {
             config,
@@ -223,6 +234,20 @@ pub fn load(layers: &Layers) -> Result<Loaded, ConfigError> {
     } else {
         Err(ConfigError::Invalid(issues))
     }
+}
+
+/// `include` is read before the other layers apply, so only the file may set it.
+fn only_in_file(path: &[String], issues: &mut Vec<ConfigIssue>, origin: Origin) -> bool {
+    let is_include = path.first().is_some_and(|k| k == "include");
+    if is_include {
+        issues.push(ConfigIssue {
+            origin: Some(origin),
+            file: None,
+            key: "include".into(),
+            message: "can only be set in the config file".into(),
+        });
+    }
+    is_include
 }
 
 /// 1-based line and column of a byte offset.
@@ -588,7 +613,14 @@ fn part<T: DeserializeOwned>(
     }
 }
 
-const TOP_KEYS: &[&str] = &["data_dir", "include", "api", "supervisor", "plugins"];
+const TOP_KEYS: &[&str] = &[
+    "data_dir",
+    "include",
+    "api",
+    "supervisor",
+    "metrics",
+    "plugins",
+];
 
 fn build(
     mut root: toml::Table,
@@ -625,6 +657,9 @@ fn build(
     let supervisor = take("supervisor").map_or_else(SupervisorConfig::default, |v| {
         part::<SupervisorConfig>(v, "supervisor", &origins, source, issues).unwrap_or_default()
     });
+    let metrics = take("metrics").map_or_else(MetricsConfig::default, |v| {
+        part::<MetricsConfig>(v, "metrics", &origins, source, issues).unwrap_or_default()
+    });
     let plugins = match take("plugins") {
         None => Vec::new(),
         Some(toml::Value::Array(items)) => items
@@ -649,6 +684,7 @@ fn build(
         include,
         api,
         supervisor,
+        metrics,
         plugins,
         source: source.map(Path::to_path_buf),
         origins,

@@ -69,8 +69,9 @@ pub struct Host {
 }
 
 impl Host {
-    /// Validates the config, locks the data directory, starts the reaper, the bus, the API and
-    /// every autostart plugin. Returns once the plugins were asked to start.
+    /// Loads and validates the config, locks the data directory, starts the reaper, the bus,
+    /// the reloader and the API, and starts the autostart plugins in dependency order in the
+    /// background (so the API answers while dependencies are being waited for).
     pub async fn start(opts: HostOptions) -> Result<Self, HostError> {
         let loaded = load(&opts.layers)?;
         let config = loaded.config.clone();
@@ -89,7 +90,10 @@ impl Host {
             source,
         })?;
         tasks.spawn(spawner.clone().reap(cancel.child_token()));
-        let bus = Bus::new(config.supervisor.request_timeout);
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            config.metrics.max_series_per_plugin,
+        ));
+        let bus = Bus::new(config.supervisor.request_timeout, Arc::clone(&metrics));
         tasks.spawn(bus.clone().run_expiry(cancel.child_token()));
 
         let ctx = Arc::new(Ctx {
@@ -100,6 +104,7 @@ impl Host {
             base_dir: config.base_dir(),
             supervisor: arc_swap::ArcSwap::from_pointee(config.supervisor.clone()),
             generation: std::sync::atomic::AtomicU64::new(1),
+            metrics: Arc::clone(&metrics),
             cancel: cancel.child_token(),
         });
         let supervisor = Arc::new(Supervisor::new(Arc::clone(&ctx), &config.plugins));
@@ -137,6 +142,7 @@ impl Host {
             token: Arc::from(data_dir.token()),
             info: Arc::new(info),
             reload: reload.clone(),
+            metrics,
             started: Instant::now(),
         };
         let mut api_addr = None;

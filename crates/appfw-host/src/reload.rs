@@ -240,10 +240,31 @@ impl Reloader {
         dry_run: bool,
     ) -> Result<ReloadReport, ReloadError> {
         let from_api = text.is_some();
+        if text.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            let issue = crate::config::ConfigIssue {
+                origin: None,
+                file: None,
+                key: String::new(),
+                message: "empty config: send the whole file (an empty one would stop every plugin)"
+                    .into(),
+            };
+            return Err(self.refuse(source, dry_run, ConfigError::Invalid(vec![issue])));
+        }
+        if text.is_none() && self.layers.file.is_none() {
+            // Started without a config file: there is nothing to read again.
+            return Ok(ReloadReport {
+                generation: self.state.generation(),
+                source,
+                applied: false,
+                diff: ConfigDiff::default(),
+                summary: "no config file to reload".into(),
+                written: None,
+            });
+        }
         let layers = match &text {
             Some(t) => {
                 let restored = restore_redacted(t, &self.current.config)
-                    .map_err(|m| self.refuse(source, ConfigError::Invalid(vec![m])))?;
+                    .map_err(|m| self.refuse(source, dry_run, ConfigError::Invalid(vec![m])))?;
                 self.layers.clone().with_text(&restored)
             }
             None => {
@@ -252,7 +273,7 @@ impl Reloader {
                 l
             }
         };
-        let new = load(&layers).map_err(|e| self.refuse(source, e))?;
+        let new = load(&layers).map_err(|e| self.refuse(source, dry_run, e))?;
         let diff = ConfigDiff::between(&self.current.config, &new.config);
         let mut report = ReloadReport {
             generation: self.state.generation(),
@@ -277,9 +298,11 @@ impl Reloader {
             })?;
             report.written = Some(path.clone());
         }
-        self.apply(&report.diff, &new.config).await;
-        let generation = self.state.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        // Plugins taking settings live get the number of the config being applied.
+        let generation = self.state.generation() + 1;
         self.ctx.generation.store(generation, Ordering::Relaxed);
+        self.apply(&report.diff, &new.config).await;
+        self.state.generation.store(generation, Ordering::Relaxed);
         self.state.current.store(Arc::new(new.config.clone()));
         self.state.set_error(None);
         self.current = new;
@@ -296,7 +319,11 @@ impl Reloader {
         Ok(report)
     }
 
-    fn refuse(&self, source: ReloadSource, e: ConfigError) -> ReloadError {
+    /// A refused config. A dry run only reports it: the running config's health is unchanged.
+    fn refuse(&self, source: ReloadSource, dry_run: bool, e: ConfigError) -> ReloadError {
+        if dry_run {
+            return ReloadError::Invalid(e);
+        }
         let errors: Vec<String> = match &e {
             ConfigError::Invalid(issues) => issues.iter().map(ToString::to_string).collect(),
             other => vec![other.to_string()],

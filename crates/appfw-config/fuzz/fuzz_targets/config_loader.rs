@@ -1,6 +1,7 @@
 //! Arbitrary text as a config file, plus arbitrary `APPFW_*` variables and `--set` flags: the
-//! loader returns a config or located errors, never panics; an accepted config renders to TOML
-//! that loads again.
+//! loader returns a config or located errors and never panics; an accepted config renders to
+//! TOML, and loading that rendering (secrets redacted, so it may be refused) does not panic
+//! either.
 #![no_main]
 
 use appfw_config::{Layers, load, render_toml};
@@ -27,7 +28,6 @@ fuzz_target!(|data: &[u8]| {
     layers.text = Some(body);
     if let Ok(loaded) = load(&layers) {
         let rendered = render_toml(&loaded.config, true);
-        // Secrets are redacted in the rendering, so it may not validate again; it must parse.
         let _ = load(&Layers::text(&rendered));
     }
 });

@@ -55,6 +55,8 @@ pub struct ApiState {
     pub info: Arc<HostInfo>,
     /// The running config and its reloads.
     pub reload: ReloadHandle,
+    /// Counters and plugin series.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Start instant, for uptime.
     pub started: Instant,
 }

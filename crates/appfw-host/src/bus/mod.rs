@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};
 
+use crate::metrics::{Metrics, TopicStat};
+
 /// How long a publisher waits for a full subscriber queue before the message is dropped for
 /// that subscriber (and counted).
 const DELIVERY_WAIT: Duration = Duration::from_secs(1);
@@ -56,6 +58,8 @@ struct PendingReq {
     origin_id: u64,
     server_conn: u64,
     deadline_ms: u64,
+    started: std::time::Instant,
+    topic: Arc<TopicStat>,
 }
 
 #[derive(Default)]
@@ -91,6 +95,7 @@ struct Inner {
     round_robin: AtomicUsize,
     default_timeout_ms: AtomicU64,
     stats: BusStats,
+    metrics: Arc<Metrics>,
     /// Wakes the expiry task when a request's deadline is earlier than every pending one.
     earlier_deadline: tokio::sync::Notify,
 }
@@ -109,7 +114,7 @@ fn error(kind: ErrorKind, code: &str, message: impl Into<String>) -> pb::Error {
 
 impl Bus {
     /// A bus whose requests without a deadline get `default_timeout`.
-    pub fn new(default_timeout: Duration) -> Self {
+    pub fn new(default_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(Table::default()),
@@ -121,6 +126,7 @@ impl Bus {
                     u64::try_from(default_timeout.as_millis()).unwrap_or(u64::MAX),
                 ),
                 stats: BusStats::default(),
+                metrics,
                 earlier_deadline: tokio::sync::Notify::new(),
             }),
         }
@@ -238,6 +244,11 @@ impl Bus {
     pub async fn publish(&self, from: &Link, frame: Frame) -> Result<(), pb::Error> {
         validate_topic(&frame.header.topic)
             .map_err(|m| error(ErrorKind::Permanent, "invalid_topic", m))?;
+        let len = frame.payload.len() as u64;
+        self.inner.metrics.with_topic(&frame.header.topic, |t| {
+            t.messages.fetch_add(1, Ordering::Relaxed);
+            t.bytes.fetch_add(len, Ordering::Relaxed);
+        });
         let table = self.inner.table.load_full();
         let mut groups_done: Vec<&str> = Vec::new();
         for (i, sub) in table.subs.iter().enumerate() {
@@ -357,6 +368,12 @@ impl Bus {
         let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
         let server = servers[n % servers.len()];
         let host_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let len = frame.payload.len() as u64;
+        let topic_stat = self.inner.metrics.with_topic(topic, |t| {
+            t.messages.fetch_add(1, Ordering::Relaxed);
+            t.bytes.fetch_add(len, Ordering::Relaxed);
+            Arc::clone(t)
+        });
         {
             let mut p = lock(&self.inner.pending);
             p.by_id.insert(
@@ -366,6 +383,8 @@ impl Bus {
                     origin_id,
                     server_conn: server.link.conn_id,
                     deadline_ms,
+                    started: std::time::Instant::now(),
+                    topic: topic_stat,
                 },
             );
             let earliest = p.by_deadline.first().is_none_or(|&(d, _)| deadline_ms < d);
@@ -404,6 +423,7 @@ impl Bus {
             tracing::debug!(plugin = %from.plugin, host_id, "late or foreign reply dropped");
             return;
         };
+        req.topic.latency.observe(req.started.elapsed());
         let mut out = frame;
         out.header.sender = from.plugin.to_string();
         out.header.request_id = req.origin_id;
@@ -486,7 +506,7 @@ mod tests {
 
     #[tokio::test]
     async fn publish_reaches_matching_subscribers_with_the_sender_stamped() {
-        let bus = Bus::new(Duration::from_secs(1));
+        let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
         let (a, _ra) = link("a", 1);
         let (b, mut rb) = link("b", 2);
         let (c, mut rc) = link("c", 3);
@@ -509,7 +529,7 @@ mod tests {
 
     #[tokio::test]
     async fn queue_group_delivers_each_message_once() {
-        let bus = Bus::new(Duration::from_secs(1));
+        let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
         let (a, _ra) = link("a", 1);
         let (b, mut rb) = link("b", 2);
         let (c, mut rc) = link("c", 3);
@@ -538,7 +558,7 @@ mod tests {
 
     #[tokio::test]
     async fn request_without_server_is_answered_at_once() {
-        let bus = Bus::new(Duration::from_secs(1));
+        let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
         let (a, mut ra) = link("a", 1);
         let mut f = Frame::new(FrameType::Request, Bytes::new());
         f.header.topic = "nobody".into();
@@ -551,7 +571,7 @@ mod tests {
 
     #[tokio::test]
     async fn request_reply_round_trip_and_foreign_replies_are_dropped() {
-        let bus = Bus::new(Duration::from_secs(5));
+        let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
         let (a, mut ra) = link("a", 1);
         let (b, mut rb) = link("b", 2);
         let (m, _rm) = link("mallory", 3);
@@ -586,7 +606,7 @@ mod tests {
 
     #[tokio::test]
     async fn server_disconnect_fails_outstanding_requests() {
-        let bus = Bus::new(Duration::from_secs(5));
+        let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
         let (a, mut ra) = link("a", 1);
         let (b, _rb) = link("b", 2);
         let serve = pb::Subscribe {
@@ -606,7 +626,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_requests_get_deadline_exceeded() {
-        let bus = Bus::new(Duration::from_secs(5));
+        let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
         let (a, mut ra) = link("a", 1);
         let (b, _rb) = link("b", 2);
         let serve = pb::Subscribe {

@@ -23,6 +23,7 @@ use super::process::{Child, ProcessSpec, describe};
 use super::{Action, Ctx, LastExit, PluginState, PluginStatus, Reconfigured, backoff_delay};
 use crate::config::{PluginConfig, Protocol, RestartPolicy};
 use crate::events::EventKind;
+use crate::metrics::RestartReason;
 
 /// Messages to a plugin's owner task.
 pub(crate) enum Command {
@@ -31,7 +32,7 @@ pub(crate) enum Command {
     /// The current status, at once.
     Status(oneshot::Sender<PluginStatus>),
     /// Stop for good (host shutdown); the task ends after the process exited.
-    Quit(oneshot::Sender<PluginStatus>),
+    Quit(&'static str, oneshot::Sender<PluginStatus>),
     /// SIGKILL the process group now (shutdown deadline passed).
     Kill,
     /// A new config for this plugin; `true` when only its settings changed.
@@ -63,6 +64,8 @@ struct Proc {
     phase: StopPhase,
     /// Set when the host kills the process for a fault: the exit then counts as a failure.
     kill_reason: Option<String>,
+    /// The restart reason that goes with `kill_reason`.
+    kill_cause: Option<RestartReason>,
     /// Capabilities negotiated in the handshake.
     caps: Vec<String>,
     /// The connection closed while the process was not being stopped: it gets a moment to
@@ -101,6 +104,10 @@ pub(crate) struct Actor {
     health: Option<pb::HealthReport>,
     output: Option<OutputFile>,
     warned_root: bool,
+    /// Why the next restart happens (the `reason` label of the restart counter).
+    restart_cause: RestartReason,
+    /// Why the task is ending (host shutdown, removed from the config).
+    quit_reason: &'static str,
 }
 
 impl Actor {
@@ -122,6 +129,8 @@ impl Actor {
             health: None,
             output: None,
             warned_root: false,
+            restart_cause: RestartReason::Crash,
+            quit_reason: "host shutting down",
         }
     }
 
@@ -244,9 +253,10 @@ impl Actor {
                     let _ = p.child.signal_group(Signal::KILL);
                 }
             }
-            Command::Quit(reply) => {
+            Command::Quit(why, reply) => {
                 self.waiters.push(reply);
                 self.after_exit = AfterExit::Quit;
+                self.quit_reason = why;
                 if self.proc.is_none() {
                     self.timer = None;
                     let to = if self.state.is_settled() && self.state != PluginState::Backoff {
@@ -254,10 +264,10 @@ impl Actor {
                     } else {
                         PluginState::Stopped
                     };
-                    self.set_state(to, "host shutting down");
+                    self.set_state(to, why);
                     return true;
                 }
-                self.begin_stop("host shutting down");
+                self.begin_stop(why);
             }
             Command::Act(action, reply) => self.on_action(action, reply).await,
             Command::Reconfigure(cfg, live, reply) => {
@@ -303,6 +313,7 @@ impl Actor {
             }
         }
         self.after_exit = AfterExit::Restart;
+        self.restart_cause = RestartReason::Config;
         self.begin_stop("config changed");
         Reconfigured::Restarted
     }
@@ -319,6 +330,7 @@ impl Actor {
             (Action::Start, Some(true)) | (Action::Restart, Some(true)) => {
                 self.waiters.push(reply);
                 self.after_exit = AfterExit::Restart;
+                self.restart_cause = RestartReason::Requested;
             }
             (Action::Start, None) => {
                 self.waiters.push(reply);
@@ -341,12 +353,14 @@ impl Actor {
             (Action::Restart, Some(false)) => {
                 self.waiters.push(reply);
                 self.after_exit = AfterExit::Restart;
+                self.restart_cause = RestartReason::Requested;
                 self.begin_stop("restart requested");
             }
             (Action::Restart, None) => {
                 self.waiters.push(reply);
                 if self.last_exit.is_some() {
-                    self.restarts += 1;
+                    self.restart_cause = RestartReason::Requested;
+                    self.count_restart();
                 }
                 self.spawn("restart requested").await;
             }
@@ -418,6 +432,7 @@ impl Actor {
                     failure: true,
                     at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                 });
+                self.restart_cause = RestartReason::SpawnFailed;
                 self.after_failure(true, Duration::ZERO, &error);
                 if self.state == PluginState::Backoff && self.timer.is_none() {
                     // Never retry a failing spawn in a hot loop, even on the first failure.
@@ -461,6 +476,7 @@ impl Actor {
                     stream,
                     r,
                     out,
+                    self.ctx.metrics.log_counters(&self.name),
                 ))),
                 Err(e) => tracing::error!(plugin = %self.name, "cannot capture output: {e}"),
             }
@@ -471,6 +487,7 @@ impl Actor {
             capture,
             phase: StopPhase::None,
             kill_reason: None,
+            kill_cause: None,
             caps: Vec::new(),
             conn_lost: None,
             ready: false,
@@ -491,6 +508,7 @@ impl Actor {
                 settings_json: Bytes::from(
                     serde_json::to_vec(&self.cfg.settings).unwrap_or_default(),
                 ),
+                metrics: Arc::clone(&self.ctx.metrics),
             };
             match conn::start(params, sock, self.ctx.bus.clone(), tx, &self.ctx.cancel) {
                 Ok(c) => {
@@ -535,6 +553,7 @@ impl Actor {
                 );
                 // The plugin got the refusal and should exit by itself; it is terminated if not.
                 p.kill_reason = Some(format!("handshake refused: {reason}"));
+                p.kill_cause = Some(RestartReason::Protocol);
                 p.conn_lost = Some(reason);
                 self.timer = Some(Instant::now() + CONN_LOST_GRACE);
             }
@@ -546,7 +565,11 @@ impl Actor {
                         message: message.clone(),
                     },
                 );
-                self.terminate(format!("protocol fault: {code}: {message}"), Signal::TERM);
+                self.terminate(
+                    format!("protocol fault: {code}: {message}"),
+                    RestartReason::Protocol,
+                    Signal::TERM,
+                );
             }
             ConnEvent::HeartbeatMissed { silent, timeout } => {
                 self.ctx.events.emit(
@@ -560,6 +583,7 @@ impl Actor {
                 // A hung event loop cannot run a SIGTERM handler: kill it.
                 self.terminate(
                     format!("hung: no heartbeat answer for {} ms", silent.as_millis()),
+                    RestartReason::Hang,
                     Signal::KILL,
                 );
             }
@@ -593,11 +617,12 @@ impl Actor {
     }
 
     /// Ends the process because of a fault: the exit counts as a failure.
-    fn terminate(&mut self, reason: String, sig: Signal) {
+    fn terminate(&mut self, reason: String, cause: RestartReason, sig: Signal) {
         let kill_after = self.cfg.kill_after;
         let Some(p) = self.proc.as_mut() else { return };
         if p.kill_reason.is_none() {
             p.kill_reason = Some(reason);
+            p.kill_cause = Some(cause);
         }
         if matches!(p.phase, StopPhase::Kill) || (p.phase == StopPhase::Term && sig == Signal::TERM)
         {
@@ -671,13 +696,17 @@ impl Actor {
         match self.proc.as_mut() {
             None => {
                 if self.state == PluginState::Backoff {
-                    self.restarts += 1;
+                    self.count_restart();
                     self.spawn("backoff elapsed").await;
                 }
             }
             Some(p) if p.phase == StopPhase::None => {
                 if let Some(reason) = p.conn_lost.take() {
-                    self.terminate(format!("connection lost: {reason}"), Signal::TERM);
+                    self.terminate(
+                        format!("connection lost: {reason}"),
+                        RestartReason::ConnectionLost,
+                        Signal::TERM,
+                    );
                 }
             }
             Some(p) => {
@@ -743,7 +772,7 @@ impl Actor {
             (Some(r), _) => r.clone(),
             (None, true) => match self.after_exit {
                 AfterExit::Restart => "restart requested".into(),
-                AfterExit::Quit => "host shutting down".into(),
+                AfterExit::Quit => self.quit_reason.into(),
                 _ => "stop requested".into(),
             },
             (None, false) => match status
@@ -774,23 +803,33 @@ impl Actor {
         });
         match std::mem::replace(&mut self.after_exit, AfterExit::Policy) {
             AfterExit::Quit => {
-                self.set_state(PluginState::Stopped, "host shutting down");
+                self.set_state(PluginState::Stopped, self.quit_reason);
                 return true;
             }
             AfterExit::Stop => self.set_state(PluginState::Stopped, "stopped by request"),
             AfterExit::Restart => {
-                self.restarts += 1;
+                self.count_restart();
                 self.spawn("restart requested").await;
             }
             AfterExit::Policy => {
+                self.restart_cause = p.kill_cause.unwrap_or(if success {
+                    RestartReason::Exit
+                } else {
+                    RestartReason::Crash
+                });
                 self.after_failure(failure, uptime, &reason);
                 if self.timer.is_none() && self.state == PluginState::Backoff {
-                    self.restarts += 1;
+                    self.count_restart();
                     self.spawn(&format!("restarting after {reason}")).await;
                 }
             }
         }
         false
+    }
+
+    fn count_restart(&mut self) {
+        self.restarts += 1;
+        self.ctx.metrics.restarted(&self.name, self.restart_cause);
     }
 
     /// Applies the restart policy after the process ended (or could not start).

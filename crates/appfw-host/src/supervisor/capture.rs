@@ -9,7 +9,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use appfw_proto::pb::Level;
 use tokio::io::AsyncReadExt;
+
+use crate::metrics::LogCounters;
 
 /// Longest line kept whole; longer ones are split with a `[continued]` marker.
 const MAX_LINE: usize = 64 * 1024;
@@ -78,7 +81,12 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     stream: Stream,
     mut pipe: R,
     out: OutputFile,
+    counters: Arc<LogCounters>,
 ) {
+    let level = match stream {
+        Stream::Stdout => Level::Info,
+        Stream::Stderr => Level::Warn,
+    };
     // Not zero-filled: pages are only touched as data arrives, which keeps idle plugins cheap.
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut line: Vec<u8> = Vec::with_capacity(1024);
@@ -128,9 +136,13 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
                 batch.push(part);
             }
         }
+        for _ in &batch {
+            counters.inc(level);
+        }
         emit(&plugin, stream, &batch, &out, &mut rate);
     }
     if !line.is_empty() {
+        counters.inc(level);
         emit(&plugin, stream, &[line], &out, &mut rate);
     }
     rate.roll(&plugin, stream);

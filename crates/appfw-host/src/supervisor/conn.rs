@@ -83,6 +83,8 @@ pub struct ConnParams {
     pub max_frame_size: usize,
     /// Settings JSON sent in WELCOME.
     pub settings_json: Bytes,
+    /// Where LOG and METRICS frames are counted and kept.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Requests the host itself sent to the plugin, waiting for their REPLY.
@@ -196,13 +198,14 @@ pub fn start(
     };
     let reader = {
         let reader = Reader {
-            params,
             link: Arc::clone(&link),
             bus,
             events,
             cancel: cancel.clone(),
             peer_seq,
             pending: Arc::clone(&pending),
+            log_counters: params.metrics.log_counters(&params.plugin),
+            params,
         };
         let frames = FramedRead::new(read_half, FrameCodec::new(reader.params.max_frame_size));
         tokio::spawn(reader.run(frames))
@@ -223,6 +226,7 @@ struct Reader {
     cancel: CancellationToken,
     peer_seq: Arc<AtomicU64>,
     pending: HostPending,
+    log_counters: Arc<crate::metrics::LogCounters>,
 }
 
 type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
@@ -443,7 +447,11 @@ impl Reader {
                 self.send(pong).await;
             }
             FrameType::Log => match frame.decode_payload::<pb::LogRecord>() {
-                Ok(rec) => log_record(&self.params.plugin, &rec),
+                Ok(rec) => {
+                    self.log_counters
+                        .inc(pb::Level::try_from(rec.level).unwrap_or(pb::Level::Info));
+                    log_record(&self.params.plugin, &rec);
+                }
                 Err(e) => return Some(self.protocol_error(e.code(), e.to_string()).await),
             },
             FrameType::Health => match frame.decode_payload::<pb::HealthReport>() {
@@ -452,12 +460,10 @@ impl Reader {
                 }
                 Err(e) => return Some(self.protocol_error(e.code(), e.to_string()).await),
             },
-            FrameType::Metrics => {
-                // Validated now; the metrics subsystem consumes them.
-                if let Err(e) = frame.decode_payload::<pb::MetricBatch>() {
-                    return Some(self.protocol_error(e.code(), e.to_string()).await);
-                }
-            }
+            FrameType::Metrics => match frame.decode_payload::<pb::MetricBatch>() {
+                Ok(batch) => self.params.metrics.ingest(&self.params.plugin, batch),
+                Err(e) => return Some(self.protocol_error(e.code(), e.to_string()).await),
+            },
             FrameType::Goodbye => {
                 let reason = frame
                     .decode_payload::<pb::Goodbye>()

@@ -193,6 +193,7 @@ pub(crate) struct Ctx {
     pub supervisor: arc_swap::ArcSwap<SupervisorConfig>,
     /// Generation of the loaded config, sent with live settings updates.
     pub generation: std::sync::atomic::AtomicU64,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub cancel: CancellationToken,
 }
 
@@ -282,13 +283,14 @@ impl Supervisor {
     pub(crate) async fn remove(&self, name: &str) -> Result<PluginStatus, SupervisorError> {
         let a = self.actor(name)?;
         let (tx, rx) = oneshot::channel();
-        a.send(Command::Quit(tx))
+        a.send(Command::Quit("removed from the config", tx))
             .await
             .map_err(|_| SupervisorError::ShuttingDown)?;
         let st = rx.await.map_err(|_| SupervisorError::ShuttingDown)?;
         let mut m = self.write();
         m.actors.remove(name);
         m.order.retain(|n| &**n != name);
+        self.ctx.metrics.forget_series(name);
         Ok(st)
     }
 
@@ -416,7 +418,10 @@ impl Supervisor {
         for name in self.names().iter().rev() {
             let Ok(a) = self.actor(name) else { continue };
             let (tx, rx) = oneshot::channel();
-            if a.send(Command::Quit(tx)).await.is_err() {
+            if a.send(Command::Quit("host shutting down", tx))
+                .await
+                .is_err()
+            {
                 continue;
             }
             if tokio::time::timeout_at(deadline, rx).await.is_err() {
