@@ -72,6 +72,7 @@
 
 mod connection;
 mod error;
+pub mod metrics;
 mod plugin;
 
 use std::future::Future;
@@ -79,6 +80,7 @@ use std::future::Future;
 pub use appfw_proto::pb;
 pub use bytes::Bytes;
 pub use error::{RequestError, SdkError};
+pub use metrics::{Counter, Gauge, Histogram, Metrics};
 pub use plugin::{Message, Plugin, PluginBuilder, SubscriptionId};
 
 /// Connects with the defaults, runs `setup` (register handlers, start timers), then serves until

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{handshake, stream_from_env};
+use crate::metrics::Metrics;
 use crate::{RequestError, SdkError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -94,6 +95,7 @@ pub struct PluginBuilder {
     versions: (u32, u32),
     handle_sigterm: bool,
     on_config: Option<ConfigHandler>,
+    metrics_interval: Duration,
 }
 
 /// Called with new settings (a JSON object) sent by the host; `Err` refuses them, and the host
@@ -115,6 +117,7 @@ impl Default for PluginBuilder {
             versions: (appfw_proto::MIN_VERSION, appfw_proto::MAX_VERSION),
             handle_sigterm: true,
             on_config: None,
+            metrics_interval: Duration::from_secs(5),
         }
     }
 }
@@ -160,6 +163,13 @@ impl PluginBuilder {
         self
     }
 
+    /// How often the plugin's metrics are sent to the host (default 5 s; Prometheus usually
+    /// scrapes every 15 s or more).
+    pub fn metrics_interval(mut self, every: Duration) -> Self {
+        self.metrics_interval = every.max(Duration::from_millis(100));
+        self
+    }
+
     /// Whether SIGTERM starts a graceful shutdown (default: yes).
     pub fn handle_sigterm(mut self, yes: bool) -> Self {
         self.handle_sigterm = yes;
@@ -197,6 +207,7 @@ impl PluginBuilder {
             name: welcome.plugin_name.clone(),
             settings: Mutex::new(welcome.settings_json.clone()),
             on_config: self.on_config,
+            metrics: Metrics::default(),
             welcome,
             outbox: tx,
             next_id: AtomicU64::new(1),
@@ -227,6 +238,25 @@ impl PluginBuilder {
                 }
             }));
         }
+        if inner
+            .welcome
+            .capabilities
+            .iter()
+            .any(|c| c == caps::METRICS)
+        {
+            let inner2 = Arc::clone(&inner);
+            let every = self.metrics_interval;
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => send_metrics(&inner2).await,
+                        () = inner2.shutdown.cancelled() => break,
+                    }
+                }
+            }));
+        }
         *lock(&inner.tasks) = tasks;
         Ok(Plugin { inner })
     }
@@ -248,6 +278,7 @@ struct Inner {
     welcome: pb::Welcome,
     settings: Mutex<Bytes>,
     on_config: Option<ConfigHandler>,
+    metrics: Metrics,
     outbox: mpsc::Sender<Frame>,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -289,6 +320,12 @@ impl Plugin {
     /// handshake, or the last ones accepted live.
     pub fn settings_json(&self) -> Bytes {
         lock(&self.inner.settings).clone()
+    }
+
+    /// The plugin's metrics: create counters, gauges and histograms here; they are sent to the
+    /// host every [`PluginBuilder::metrics_interval`] and on shutdown.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// What the host answered in the handshake.
@@ -546,6 +583,7 @@ impl Plugin {
         self.inner.handlers.close();
         // Keep some of the grace for the goodbye and the flush.
         let _ = tokio::time::timeout(grace.mul_f32(0.8), self.inner.handlers.wait()).await;
+        send_metrics(&self.inner).await;
         let _ = self
             .send(Frame::control(
                 FrameType::Goodbye,
@@ -582,6 +620,18 @@ impl Plugin {
     pub fn in_flight(&self) -> usize {
         self.inner.max_in_flight - self.inner.in_flight.available_permits()
     }
+}
+
+/// Sends every series, if there are any and the connection is up.
+async fn send_metrics(inner: &Inner) {
+    if inner.metrics.is_empty() || inner.closed.is_cancelled() {
+        return;
+    }
+    let batch = inner.metrics.snapshot();
+    let _ = inner
+        .outbox
+        .send(Frame::control(FrameType::Metrics, &batch))
+        .await;
 }
 
 fn closed_error() -> RequestError {
