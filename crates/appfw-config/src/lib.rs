@@ -204,6 +204,88 @@ impl Default for SupervisorConfig {
     }
 }
 
+/// `[[plugins.probes]]`: one health probe. Exactly one of `exec`, `http` and `tcp`.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Name in `/healthz` (default: `exec`, `http` or `tcp`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Command and arguments; exit code 0 passes.
+    #[serde(default)]
+    pub exec: Option<Vec<String>>,
+    /// `http://host:port/path`; a 2xx or 3xx answer passes.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// `host:port`; a connection passes.
+    #[serde(default)]
+    pub tcp: Option<String>,
+    /// Time between probes. Default `10s`.
+    #[serde(default = "default_probe_interval", with = "human_duration")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// Time one probe may take. Default `2s`.
+    #[serde(default = "default_probe_timeout", with = "human_duration")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Consecutive passes that make a failing probe pass. Default 1.
+    #[serde(default = "one")]
+    pub success_threshold: u32,
+    /// Consecutive failures that make a passing probe fail. Default 3.
+    #[serde(default = "three")]
+    pub failure_threshold: u32,
+    /// Time after the start before the first probe. Default `0s`.
+    #[serde(default, with = "human_duration")]
+    #[schemars(with = "String")]
+    pub start_grace: Duration,
+    /// Restart the plugin when the probe fails (a liveness probe); otherwise it is only marked
+    /// `unhealthy` (a readiness probe). Default false.
+    #[serde(default)]
+    pub restart: bool,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn one() -> u32 {
+    1
+}
+fn three() -> u32 {
+    3
+}
+
+impl ProbeConfig {
+    /// The name shown for it.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            if self.exec.is_some() {
+                "exec".into()
+            } else if self.http.is_some() {
+                "http".into()
+            } else {
+                "tcp".into()
+            }
+        })
+    }
+
+    /// The `host:port` it checks, for HTTP and TCP probes.
+    pub fn target(&self) -> Option<String> {
+        if let Some(t) = &self.tcp {
+            return Some(t.clone());
+        }
+        let rest = self.http.as_deref()?.strip_prefix("http://")?;
+        let authority = rest.split('/').next().unwrap_or(rest);
+        Some(if authority.contains(':') {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        })
+    }
+}
+
 /// `[metrics]`
 #[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -342,6 +424,10 @@ pub struct PluginConfig {
     #[serde(default, with = "opt_human_duration")]
     #[schemars(with = "Option<String>")]
     pub heartbeat_timeout: Option<Duration>,
+    /// Health probes of the plugin's service (`[[plugins.probes]]`), beside what the plugin
+    /// reports itself.
+    #[serde(default)]
+    pub probes: Vec<ProbeConfig>,
     /// Plugin-specific settings, passed to the plugin as JSON in the handshake.
     #[serde(default)]
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
@@ -366,6 +452,7 @@ impl PluginConfig {
             working_dir: None,
             depends_on: Vec::new(),
             secrets: Vec::new(),
+            probes: Vec::new(),
             protocol: Protocol::Appfw,
             restart: RestartPolicy::Always,
             backoff: BackoffConfig::default(),

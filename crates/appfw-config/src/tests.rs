@@ -129,6 +129,30 @@ fn every_error_class_has_an_exact_located_message() {
             ],
         ),
     ];
+    let probes = "[api]\nlisten = \"127.0.0.1:7070\"\n[[plugins]]\nname = \"a\"\ncommand = \"x\"\n[[plugins.probes]]\nhttp = \"https://a\"\n[[plugins.probes]]\ntcp = \"127.0.0.1:7070\"\ntimeout = \"20s\"\nfailure_threshold = 0\n[[plugins]]\nname = \"b\"\ncommand = \"x\"\n[[plugins.probes]]\ntcp = \"localhost:5432\"\n[[plugins.probes]]\nexec = []\ntcp = \"nope\"\n[[plugins]]\nname = \"c\"\ncommand = \"x\"\n[[plugins.probes]]\nhttp = \"http://127.0.0.1:5432/health\"\n";
+    let got = errors(probes);
+    assert_eq!(
+        got,
+        [
+            "/etc/appfw.toml:7:1: plugins[0].probes[0].http: \"https://a\" must start with http:// (https is not probed)",
+            "/etc/appfw.toml:10:1: plugins[0].probes[1].timeout: must be greater than 0 and at most the interval",
+            "/etc/appfw.toml:11:1: plugins[0].probes[1].failure_threshold: must be at least 1",
+            "/etc/appfw.toml:17:1: plugins[1].probes[1]: set exactly one of exec, http and tcp",
+            "/etc/appfw.toml:18:1: plugins[1].probes[1].exec: must name a command, e.g. [\"pg_isready\", \"-q\"]",
+            "/etc/appfw.toml:19:1: plugins[1].probes[1].tcp: \"nope\" is not host:port",
+            "/etc/appfw.toml:8:1: plugins[0].probes[1]: port 7070 is the appfw API's own (api.listen)",
+            "/etc/appfw.toml:23:1: plugins[2].probes[0]: port 5432 is also probed for plugin \"b\": two services cannot listen on one port",
+        ],
+        "{got:#?}"
+    );
+    assert_eq!(
+        errors(
+            "[[plugins]]\nname = \"a\"\ncommand = \"x\"\n[[plugins.probes]]\ntcp = \"h:1\"\n[[plugins.probes]]\ntcp = \"h:2\"\n"
+        ),
+        [
+            "/etc/appfw.toml:6:1: plugins[0].probes[1].name: duplicate probe name \"tcp\"; name each probe"
+        ]
+    );
     for (text, want) in cases {
         assert_eq!(errors(text), *want, "for config:\n{text}");
     }

@@ -100,6 +100,70 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
                 "only plugins with protocol = \"appfw\" receive settings".into(),
             );
         }
+        let mut probe_names = HashSet::new();
+        for (j, probe) in p.probes.iter().enumerate() {
+            let at = |k: &str| key(&format!("probes[{j}].{k}"));
+            let kinds = [
+                probe.exec.is_some(),
+                probe.http.is_some(),
+                probe.tcp.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                push(
+                    key(&format!("probes[{j}]")),
+                    "set exactly one of exec, http and tcp".into(),
+                );
+            }
+            if probe
+                .exec
+                .as_ref()
+                .is_some_and(|c| c.is_empty() || c[0].trim().is_empty())
+            {
+                push(
+                    at("exec"),
+                    "must name a command, e.g. [\"pg_isready\", \"-q\"]".into(),
+                );
+            }
+            if let Some(url) = &probe.http {
+                if !url.starts_with("http://") {
+                    push(
+                        at("http"),
+                        format!("{url:?} must start with http:// (https is not probed)"),
+                    );
+                } else if probe.target().is_some_and(|t| port_of(&t).is_none()) {
+                    push(at("http"), format!("{url:?} has no valid host:port"));
+                }
+            }
+            if let Some(t) = &probe.tcp
+                && port_of(t).is_none()
+            {
+                push(at("tcp"), format!("{t:?} is not host:port"));
+            }
+            if probe.interval.is_zero() {
+                push(at("interval"), "must be greater than 0".into());
+            }
+            if probe.timeout.is_zero() || probe.timeout > probe.interval {
+                push(
+                    at("timeout"),
+                    "must be greater than 0 and at most the interval".into(),
+                );
+            }
+            if probe.success_threshold == 0 {
+                push(at("success_threshold"), "must be at least 1".into());
+            }
+            if probe.failure_threshold == 0 {
+                push(at("failure_threshold"), "must be at least 1".into());
+            }
+            if !probe_names.insert(probe.display_name()) {
+                push(
+                    at("name"),
+                    format!(
+                        "duplicate probe name {:?}; name each probe",
+                        probe.display_name()
+                    ),
+                );
+            }
+        }
         for (j, name) in p.secrets.iter().enumerate() {
             if !p.env.contains_key(name) && !p.settings.contains_key(name) {
                 push(
@@ -121,6 +185,37 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
             }
         }
     }
+    // Port clashes: the API's port, and one port probed for two plugins, cannot both be right
+    // (two services cannot listen on one port).
+    let api_port = port_of(&c.api.listen);
+    let mut probed: HashMap<u16, &str> = HashMap::new();
+    for (i, p) in c.plugins.iter().enumerate() {
+        for (j, probe) in p.probes.iter().enumerate() {
+            let Some(port) = probe.target().and_then(|t| port_of(&t)) else {
+                continue;
+            };
+            let at = format!("plugins[{i}].probes[{j}]");
+            if api_port == Some(port) {
+                push(
+                    at.clone(),
+                    format!("port {port} is the appfw API's own (api.listen)"),
+                );
+            }
+            match probed.get(&port) {
+                Some(other) if *other != p.name => {
+                    push(
+                        at,
+                        format!(
+                            "port {port} is also probed for plugin {other:?}: two services cannot listen on one port"
+                        ),
+                    );
+                }
+                _ => {
+                    probed.insert(port, &p.name);
+                }
+            }
+        }
+    }
     for cycle in cycles(&c.plugins) {
         let first = cycle[0];
         let i = c.plugins.iter().position(|p| p.name == first).unwrap_or(0);
@@ -132,6 +227,15 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
         );
     }
     issues
+}
+
+/// The port of `host:port` (or `[v6]:port`).
+fn port_of(addr: &str) -> Option<u16> {
+    let (host, port) = addr.rsplit_once(':')?;
+    if host.is_empty() {
+        return None;
+    }
+    port.parse().ok().filter(|p| *p != 0)
 }
 
 /// Plugin names become file names and API paths, so they are kept to a safe alphabet.

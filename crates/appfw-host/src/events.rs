@@ -91,6 +91,15 @@ pub enum EventKind {
         /// The configured timeout, milliseconds.
         timeout_ms: u64,
     },
+    /// A health probe turned passing or failing.
+    ProbeChanged {
+        /// The probe's name.
+        probe: String,
+        /// Whether it passes now.
+        passing: bool,
+        /// What it saw.
+        message: String,
+    },
     /// A new config was applied.
     ConfigReloaded {
         /// What asked (`file change`, `SIGHUP`, `API`).
@@ -131,6 +140,7 @@ impl EventKind {
             Self::HeartbeatMissed { .. } => "heartbeat_missed",
             Self::StopEscalated { .. } => "stop_escalated",
             Self::ConfigReloaded { .. } => "config_reloaded",
+            Self::ProbeChanged { .. } => "probe_changed",
             Self::ConfigRejected { .. } => "config_rejected",
         }
     }
@@ -299,6 +309,17 @@ fn log(ev: &Event) {
         }
         EventKind::StopEscalated { signal } => {
             tracing::warn!(plugin, event = kind, signal = %signal, "plugin {plugin}: did not stop in time, sent {signal}")
+        }
+        EventKind::ProbeChanged {
+            probe,
+            passing,
+            message,
+        } => {
+            if *passing {
+                tracing::info!(plugin, event = kind, probe = %probe, "plugin {plugin}: probe {probe} passing ({message})")
+            } else {
+                tracing::warn!(plugin, event = kind, probe = %probe, "plugin {plugin}: probe {probe} failing ({message})")
+            }
         }
         EventKind::ConfigReloaded {
             source,

@@ -208,6 +208,7 @@ impl PluginBuilder {
             settings: Mutex::new(welcome.settings_json.clone()),
             on_config: self.on_config,
             metrics: Metrics::default(),
+            health: Mutex::new(HealthState::default()),
             welcome,
             outbox: tx,
             next_id: AtomicU64::new(1),
@@ -279,6 +280,7 @@ struct Inner {
     settings: Mutex<Bytes>,
     on_config: Option<ConfigHandler>,
     metrics: Metrics,
+    health: Mutex<HealthState>,
     outbox: mpsc::Sender<Frame>,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -292,6 +294,32 @@ struct Inner {
     last_seq_in: Arc<AtomicU64>,
     handlers: TaskTracker,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the plugin last said of its health; every report carries all of it.
+#[derive(Default)]
+struct HealthState {
+    status: HealthStatus,
+    message: String,
+    checks: std::collections::BTreeMap<String, (HealthStatus, String)>,
+}
+
+impl HealthState {
+    fn report(&self) -> pb::HealthReport {
+        pb::HealthReport {
+            status: self.status as i32,
+            message: self.message.clone(),
+            checks: self
+                .checks
+                .iter()
+                .map(|(name, (st, msg))| pb::HealthCheck {
+                    name: name.clone(),
+                    status: *st as i32,
+                    message: msg.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -522,20 +550,50 @@ impl Plugin {
         status: HealthStatus,
         message: impl Into<String>,
     ) -> Result<(), SdkError> {
-        self.report_health_checks(status, message, Vec::new()).await
+        let report = {
+            let mut h = lock(&self.inner.health);
+            h.status = status;
+            h.message = message.into();
+            h.report()
+        };
+        self.send(Frame::control(FrameType::Health, &report)).await
     }
 
-    /// Reports health with named sub-checks.
+    /// Sets one named check (a custom check: shown by the host in `/healthz` as
+    /// `service:PLUGIN/custom:NAME`) and reports health with every check.
+    pub async fn set_check(
+        &self,
+        name: &str,
+        status: HealthStatus,
+        message: impl Into<String>,
+    ) -> Result<(), SdkError> {
+        let report = {
+            let mut h = lock(&self.inner.health);
+            h.checks.insert(name.to_string(), (status, message.into()));
+            h.report()
+        };
+        self.send(Frame::control(FrameType::Health, &report)).await
+    }
+
+    /// Reports health with exactly these named checks (replacing those set before).
     pub async fn report_health_checks(
         &self,
         status: HealthStatus,
         message: impl Into<String>,
         checks: Vec<pb::HealthCheck>,
     ) -> Result<(), SdkError> {
-        let report = pb::HealthReport {
-            status: status as i32,
-            message: message.into(),
-            checks,
+        let report = {
+            let mut h = lock(&self.inner.health);
+            h.status = status;
+            h.message = message.into();
+            h.checks = checks
+                .into_iter()
+                .map(|c| {
+                    let st = HealthStatus::try_from(c.status).unwrap_or(HealthStatus::Unspecified);
+                    (c.name, (st, c.message))
+                })
+                .collect();
+            h.report()
         };
         self.send(Frame::control(FrameType::Health, &report)).await
     }

@@ -62,6 +62,8 @@ enum Command {
     Restart(cmd::action::ActionArgs),
     /// Print the version of this binary and of the running host.
     Version(cmd::version::VersionArgs),
+    /// Show the health checks as a tree; exit 0 healthy, 1 degraded, 2 unhealthy.
+    Health(cmd::health::HealthArgs),
     /// Inspect, validate and change the configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCmd),
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
             Command::Restart(a) => cmd::action::run(&cli, "restart", a).await,
             Command::Version(a) => cmd::version::run(&cli, a).await,
             Command::Config(c) => cmd::config::run(&cli, c).await,
+            Command::Health(a) => cmd::health::run(&cli, a).await,
         }
     });
     ExitCode::from(code)

@@ -43,9 +43,15 @@ async fn main() -> Result<(), appfw_sdk::SdkError> {
     *prefix.lock().unwrap_or_else(PoisonError::into_inner) =
         prefix_of(&plugin.settings_json()).unwrap_or_default();
     let p3 = Arc::clone(&prefix);
+    let served = plugin.metrics().counter(
+        "echo_requests_total",
+        "Requests echoed",
+        &[("topic", &topic)],
+    );
     plugin
         .serve(&topic, move |req| {
             let p = p3.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            served.inc();
             async move {
                 let mut out = p.into_bytes();
                 out.extend_from_slice(&req.payload);

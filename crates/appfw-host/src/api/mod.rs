@@ -2,6 +2,7 @@
 //! token. Served on the data directory's Unix socket (mode 0600) and on loopback TCP.
 
 mod error;
+mod health;
 mod metrics;
 
 use std::sync::Arc;
@@ -76,7 +77,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -132,74 +133,6 @@ async fn readyz(State(s): State<ApiState>) -> Response {
         )
             .into_response()
     }
-}
-
-#[derive(Serialize)]
-struct Check {
-    name: String,
-    status: &'static str,
-    message: String,
-    since: String,
-}
-
-async fn healthz(State(s): State<ApiState>) -> Response {
-    let mut checks = Vec::new();
-    for p in s.supervisor.list().await {
-        let status = match p.state {
-            PluginState::Running if p.health.as_deref() == Some("degraded") => "degraded",
-            PluginState::Running | PluginState::Completed | PluginState::Idle => "healthy",
-            PluginState::Stopped => "healthy",
-            PluginState::Starting | PluginState::Stopping | PluginState::Backoff => "degraded",
-            _ => "unhealthy",
-        };
-        let mut message = format!("{}", p.state);
-        if let Some(m) = &p.health_message {
-            message.push_str(": ");
-            message.push_str(m);
-        }
-        checks.push(Check {
-            name: format!("plugin:{}", p.name),
-            status,
-            message,
-            since: p.since,
-        });
-    }
-    let config = s.reload.state();
-    checks.push(match config.last_error() {
-        None => Check {
-            name: "config".into(),
-            status: "healthy",
-            message: format!("generation {} loaded", config.generation()),
-            since: String::new(),
-        },
-        Some((e, at)) => Check {
-            name: "config".into(),
-            status: "degraded",
-            message: format!(
-                "last reload refused, generation {} still running: {}",
-                config.generation(),
-                e.lines().next().unwrap_or_default()
-            ),
-            since: humantime::format_rfc3339_millis(at).to_string(),
-        },
-    });
-    let worst = if checks.iter().any(|c| c.status == "unhealthy") {
-        "unhealthy"
-    } else if checks.iter().any(|c| c.status == "degraded") {
-        "degraded"
-    } else {
-        "healthy"
-    };
-    let code = if worst == "unhealthy" {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    (
-        code,
-        Json(serde_json::json!({ "status": worst, "checks": checks })),
-    )
-        .into_response()
 }
 
 async fn host_info(State(s): State<ApiState>) -> Json<serde_json::Value> {

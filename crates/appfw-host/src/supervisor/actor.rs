@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::capture::{self, OutputFile, Stream};
 use super::conn::{self, ConnEvent, ConnHandle, ConnParams};
+use super::probe::{self, ProbeResult};
 use super::process::{Child, ProcessSpec, describe};
 use super::{Action, Ctx, LastExit, PluginState, PluginStatus, Reconfigured, backoff_delay};
 use crate::config::{PluginConfig, Protocol, RestartPolicy};
@@ -58,6 +59,9 @@ enum StopPhase {
 
 struct Proc {
     child: Child,
+    probe_tasks: Vec<JoinHandle<()>>,
+    probe_rx: Option<mpsc::Receiver<ProbeResult>>,
+    probe_cancel: tokio_util::sync::CancellationToken,
     conn: Option<ConnHandle>,
     conn_rx: Option<mpsc::Receiver<ConnEvent>>,
     capture: Vec<JoinHandle<()>>,
@@ -78,7 +82,20 @@ enum Input {
     Cmd(Option<Command>),
     Exit(Option<ExitStatus>),
     Conn(Option<ConnEvent>),
+    Probe(Option<ProbeResult>),
     Timer,
+}
+
+/// What the owner task knows of one probe.
+#[derive(Clone, Debug)]
+struct ProbeState {
+    name: String,
+    /// `None` until the thresholds decided.
+    passing: Option<bool>,
+    ok_streak: u32,
+    fail_streak: u32,
+    message: String,
+    since: SystemTime,
 }
 
 /// How long a plugin may take to accept live settings before it is restarted instead.
@@ -102,6 +119,7 @@ pub(crate) struct Actor {
     timer: Option<Instant>,
     waiters: Vec<oneshot::Sender<PluginStatus>>,
     health: Option<pb::HealthReport>,
+    probes: Vec<ProbeState>,
     output: Option<OutputFile>,
     warned_root: bool,
     /// Why the next restart happens (the `reason` label of the restart counter).
@@ -127,6 +145,7 @@ impl Actor {
             timer: None,
             waiters: Vec::new(),
             health: None,
+            probes: Vec::new(),
             output: None,
             warned_root: false,
             restart_cause: RestartReason::Crash,
@@ -161,6 +180,12 @@ impl Actor {
                         p.conn_rx = None;
                     }
                 }
+                Input::Probe(Some(r)) => self.on_probe(r),
+                Input::Probe(None) => {
+                    if let Some(p) = self.proc.as_mut() {
+                        p.probe_rx = None;
+                    }
+                }
                 Input::Timer => self.on_timer().await,
             }
         }
@@ -168,15 +193,20 @@ impl Actor {
     }
 
     async fn next_input(&mut self) -> Input {
-        let (exit, conn_rx) = match self.proc.as_mut() {
-            Some(p) => (Some(&mut p.child.exit), p.conn_rx.as_mut()),
-            None => (None, None),
+        let (exit, conn_rx, probe_rx) = match self.proc.as_mut() {
+            Some(p) => (
+                Some(&mut p.child.exit),
+                p.conn_rx.as_mut(),
+                p.probe_rx.as_mut(),
+            ),
+            None => (None, None, None),
         };
         let timer = self.timer;
         tokio::select! {
             cmd = self.rx.recv() => Input::Cmd(cmd),
             st = async move { match exit { Some(f) => f.await.ok(), None => pending().await } } => Input::Exit(st),
             ev = async move { match conn_rx { Some(r) => r.recv().await, None => pending().await } } => Input::Conn(ev),
+            r = async move { match probe_rx { Some(r) => r.recv().await, None => pending().await } } => Input::Probe(r),
             () = async move { match timer { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => Input::Timer,
         }
     }
@@ -212,7 +242,36 @@ impl Actor {
                         .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64)
                 })
                 .flatten(),
+            checks: self.checks(),
         }
+    }
+
+    fn checks(&self) -> Vec<super::CheckStatus> {
+        let mut out: Vec<super::CheckStatus> = self
+            .probes
+            .iter()
+            .map(|p| super::CheckStatus {
+                name: format!("probe:{}", p.name),
+                status: match p.passing {
+                    Some(true) => "healthy",
+                    Some(false) => "unhealthy",
+                    None => "unknown",
+                },
+                message: p.message.clone(),
+                since: Some(humantime::format_rfc3339_millis(p.since).to_string()),
+            })
+            .collect();
+        if let Some(h) = &self.health {
+            for c in &h.checks {
+                out.push(super::CheckStatus {
+                    name: format!("custom:{}", c.name),
+                    status: health_word(c.status),
+                    message: c.message.clone(),
+                    since: None,
+                });
+            }
+        }
+        out
     }
 
     fn set_state(&mut self, to: PluginState, reason: &str) {
@@ -399,6 +458,7 @@ impl Actor {
             env,
             working_dir: self.cfg.working_dir.as_ref().map(|d| base.join(d)),
             connect,
+            quiet: false,
         })
     }
 
@@ -482,6 +542,9 @@ impl Actor {
             }
         }
         let mut proc = Proc {
+            probe_tasks: Vec::new(),
+            probe_rx: None,
+            probe_cancel: self.ctx.cancel.child_token(),
             conn: None,
             conn_rx: None,
             capture,
@@ -524,6 +587,7 @@ impl Actor {
             self.proc = Some(proc);
         } else {
             self.proc = Some(proc);
+            self.start_probes();
             self.set_state(PluginState::Running, "process started");
         }
     }
@@ -538,6 +602,7 @@ impl Actor {
                 p.ready = true;
                 p.caps = capabilities;
                 if p.phase == StopPhase::None {
+                    self.start_probes();
                     self.set_state(
                         PluginState::Running,
                         &format!("handshake complete (protocol v{version})"),
@@ -607,13 +672,105 @@ impl Actor {
                         PluginState::Unhealthy,
                         &format!("plugin reports unhealthy: {msg}"),
                     ),
-                    (PluginState::Unhealthy, false) => {
+                    (PluginState::Unhealthy, false) if self.healthy_enough() => {
                         self.set_state(PluginState::Running, "plugin reports healthy")
                     }
                     _ => {}
                 }
             }
         }
+    }
+
+    /// Starts the probes of a process that just became running.
+    fn start_probes(&mut self) {
+        let Some(p) = self.proc.as_mut() else { return };
+        if self.cfg.probes.is_empty() || !p.probe_tasks.is_empty() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(16);
+        p.probe_tasks = probe::start(
+            &self.name,
+            &self.cfg.probes,
+            &self.ctx.spawner,
+            &self.ctx.base_dir,
+            &tx,
+            &p.probe_cancel,
+        );
+        p.probe_rx = Some(rx);
+        self.probes = self
+            .cfg
+            .probes
+            .iter()
+            .map(|c| ProbeState {
+                name: c.display_name(),
+                passing: None,
+                ok_streak: 0,
+                fail_streak: 0,
+                message: "not probed yet".into(),
+                since: SystemTime::now(),
+            })
+            .collect();
+    }
+
+    /// Applies a probe result to the thresholds; a probe that turns failing marks the plugin
+    /// unhealthy (or restarts it, for `restart = true`), one that turns passing clears that.
+    fn on_probe(&mut self, r: ProbeResult) {
+        let (Some(cfg), Some(st)) = (
+            self.cfg.probes.get(r.index).cloned(),
+            self.probes.get_mut(r.index),
+        ) else {
+            return;
+        };
+        st.message = r.message.clone();
+        let changed = if r.ok {
+            st.ok_streak += 1;
+            st.fail_streak = 0;
+            (st.passing != Some(true) && st.ok_streak >= cfg.success_threshold).then_some(true)
+        } else {
+            st.fail_streak += 1;
+            st.ok_streak = 0;
+            (st.passing != Some(false) && st.fail_streak >= cfg.failure_threshold).then_some(false)
+        };
+        let Some(passing) = changed else { return };
+        st.passing = Some(passing);
+        st.since = SystemTime::now();
+        let name = st.name.clone();
+        self.ctx.events.emit(
+            Some(&self.name),
+            EventKind::ProbeChanged {
+                probe: name.clone(),
+                passing,
+                message: r.message.clone(),
+            },
+        );
+        let stopping = self
+            .proc
+            .as_ref()
+            .is_none_or(|p| p.phase != StopPhase::None);
+        if stopping {
+            return;
+        }
+        if !passing && cfg.restart {
+            self.after_exit = AfterExit::Restart;
+            self.restart_cause = RestartReason::Probe;
+            self.begin_stop(&format!("probe {name} failed: {}", r.message));
+        } else if !passing && self.state == PluginState::Running {
+            self.set_state(
+                PluginState::Unhealthy,
+                &format!("probe {name} failing: {}", r.message),
+            );
+        } else if passing && self.state == PluginState::Unhealthy && self.healthy_enough() {
+            self.set_state(PluginState::Running, "probes passing");
+        }
+    }
+
+    /// No failing probe and no unhealthy self-report.
+    fn healthy_enough(&self) -> bool {
+        self.probes.iter().all(|p| p.passing != Some(false))
+            && self
+                .health
+                .as_ref()
+                .is_none_or(|h| h.status != HealthStatus::Unhealthy as i32)
     }
 
     /// Ends the process because of a fault: the exit counts as a failure.
@@ -746,6 +903,11 @@ impl Actor {
         self.timer = None;
         // Anything the plugin left behind in its process group goes with it.
         let _ = p.child.signal_group(Signal::KILL);
+        p.probe_cancel.cancel();
+        for t in p.probe_tasks {
+            t.abort();
+            let _ = t.await;
+        }
         if let Some(conn) = p.conn {
             conn.close(&self.ctx.bus).await;
         }
@@ -866,6 +1028,16 @@ impl Actor {
                 },
             );
         }
+    }
+}
+
+/// The word for a reported health status.
+fn health_word(status: i32) -> &'static str {
+    match HealthStatus::try_from(status) {
+        Ok(HealthStatus::Healthy) => "healthy",
+        Ok(HealthStatus::Degraded) => "degraded",
+        Ok(HealthStatus::Unhealthy) => "unhealthy",
+        _ => "unknown",
     }
 }
 

@@ -4,6 +4,7 @@
 mod actor;
 mod capture;
 pub(crate) mod conn;
+mod probe;
 pub mod process;
 
 use std::collections::HashMap;
@@ -128,6 +129,21 @@ pub struct PluginStatus {
     pub health_message: Option<String>,
     /// Time left before a scheduled restart.
     pub next_restart_in_ms: Option<u64>,
+    /// Probe results (`probe:NAME`) and the plugin's own named checks (`custom:NAME`).
+    pub checks: Vec<CheckStatus>,
+}
+
+/// One named health check of a plugin.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckStatus {
+    /// `probe:NAME` or `custom:NAME`.
+    pub name: String,
+    /// `healthy`, `degraded`, `unhealthy`, or `unknown` (not decided yet).
+    pub status: &'static str,
+    /// What was seen.
+    pub message: String,
+    /// Since when it has this status, RFC 3339.
+    pub since: Option<String>,
 }
 
 /// An operator action.

@@ -44,6 +44,8 @@ pub struct ProcessSpec {
     pub working_dir: Option<PathBuf>,
     /// Whether to pass a connected socket (`APPFW_PLUGIN_FD`).
     pub connect: bool,
+    /// Discard stdout and stderr instead of capturing them (probes).
+    pub quiet: bool,
 }
 
 /// A started child.
@@ -219,9 +221,12 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
+    if spec.quiet {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
     }
