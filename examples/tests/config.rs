@@ -94,7 +94,7 @@ fn a_reload_applies_only_the_diff_and_settings_go_live() {
     let s = host.wait_plugin("sleeper", "running", T, |p| {
         p["pid"].as_u64() != Some(sleeper_pid)
     });
-    assert_eq!(s["last_exit"]["reason"], "restart requested");
+    assert_eq!(s["last_exit"]["reason"], "config changed");
     host.wait_plugin("fresh", "running", T, |_| true);
     assert_eq!(host.get("/api/v1/plugins/gone").0, 404);
     let names: Vec<String> = host

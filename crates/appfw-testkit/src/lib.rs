@@ -114,6 +114,11 @@ impl TestHost {
     /// Writes `config` (with `{bin}` replaced by `bin_dir` and `{mark}` by a string unique to
     /// this host) and starts `appfw` on it; returns once its API answers.
     pub fn start(appfw: &Path, bin_dir: &Path, config: &str) -> Self {
+        Self::start_with_args(appfw, bin_dir, config, &[])
+    }
+
+    /// Like [`TestHost::start`], with extra arguments to `appfw run` (e.g. `--set` flags).
+    pub fn start_with_args(appfw: &Path, bin_dir: &Path, config: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("appfw.toml"),
@@ -129,6 +134,7 @@ impl TestHost {
             .arg(dir.path().join("data"))
             .arg("--log-level")
             .arg("debug")
+            .args(args)
             .env_remove("APPFW_DATA_DIR")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -325,6 +331,15 @@ impl Drop for TestHost {
             let _ = c.wait();
         }
     }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Whether a process is alive (not gone, not a zombie).

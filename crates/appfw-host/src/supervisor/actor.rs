@@ -68,6 +68,8 @@ struct Proc {
     phase: StopPhase,
     /// Set when the host kills the process for a fault: the exit then counts as a failure.
     kill_reason: Option<String>,
+    /// Why a stop was asked for (the exit reason of a requested stop).
+    stop_reason: Option<String>,
     /// The restart reason that goes with `kill_reason`.
     kill_cause: Option<RestartReason>,
     /// Capabilities negotiated in the handshake.
@@ -550,6 +552,7 @@ impl Actor {
             capture,
             phase: StopPhase::None,
             kill_reason: None,
+            stop_reason: None,
             kill_cause: None,
             caps: Vec::new(),
             conn_lost: None,
@@ -808,6 +811,7 @@ impl Actor {
         if p.phase != StopPhase::None {
             return;
         }
+        p.stop_reason = Some(reason.to_string());
         let by_frame = p.ready && p.conn.as_ref().is_some_and(|c| !c.link.outbox.is_closed());
         if by_frame {
             let mut f = Frame::control(
@@ -932,11 +936,14 @@ impl Actor {
         let failure = p.kill_reason.is_some() || (!requested && !success);
         let reason = match (&p.kill_reason, requested) {
             (Some(r), _) => r.clone(),
-            (None, true) => match self.after_exit {
-                AfterExit::Restart => "restart requested".into(),
-                AfterExit::Quit => self.quit_reason.into(),
-                _ => "stop requested".into(),
-            },
+            (None, true) => p
+                .stop_reason
+                .clone()
+                .unwrap_or_else(|| match self.after_exit {
+                    AfterExit::Restart => "restart requested".into(),
+                    AfterExit::Quit => self.quit_reason.into(),
+                    _ => "stop requested".into(),
+                }),
             (None, false) => match status
                 .as_ref()
                 .and_then(std::os::unix::process::ExitStatusExt::signal)
