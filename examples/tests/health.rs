@@ -162,3 +162,25 @@ fn custom_checks_dependencies_and_plugin_metrics() {
     );
     assert!(text.contains("process_resident_memory_bytes "), "{text}");
 }
+
+#[test]
+fn a_plugin_near_its_open_file_limit_degrades_the_resource_level() {
+    let cfg = "[[plugins]]\nname = \"leaky\"\ncommand = \"sh\"\nprotocol = \"none\"\n\
+               args = [\"-c\", \"ulimit -n 64; exec python3 -c 'import time; fs = [open(\\\"/dev/null\\\") for _ in range(55)]; print(\\\"held\\\", flush=True); time.sleep(1000)'\"]\n";
+    let host = start(cfg);
+    wait_for(T, "the files to be open", || {
+        host.plugin_log("leaky").contains("held").then_some(())
+    });
+    let (code, h) = healthz(&host);
+    assert_eq!(code, 200);
+    let c = check(&h, "resource:leaky/fds");
+    assert_eq!(c["status"], "degraded", "{c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains(" of 64 open files ("),
+        "{c}"
+    );
+    assert_eq!(check(&h, "resource:host/fds")["status"], "healthy");
+}

@@ -173,6 +173,37 @@ fn disk_check(dir: &str) -> Check {
     }
 }
 
+/// Open files against the process's limit: a process about to hit EMFILE is about to fail.
+fn fd_check(name: &str, pid: u32, sampler: &mut crate::metrics::proc::Sampler) -> Check {
+    let open = sampler.sample(pid).map_or(0, |s| s.open_fds);
+    match crate::metrics::proc::fd_limit_of(pid) {
+        Some(limit) if limit > 0 => {
+            let pct = open as f64 * 100.0 / limit as f64;
+            let status = if pct >= 95.0 {
+                "unhealthy"
+            } else if pct >= 80.0 {
+                "degraded"
+            } else {
+                "healthy"
+            };
+            check(
+                name.to_string(),
+                "resource",
+                status,
+                format!("{open} of {limit} open files ({pct:.0}%)"),
+                None,
+            )
+        }
+        _ => check(
+            name.to_string(),
+            "resource",
+            "healthy",
+            format!("{open} open files, no limit"),
+            None,
+        ),
+    }
+}
+
 pub(super) async fn healthz(State(s): State<ApiState>) -> Response {
     let plugins = s.supervisor.list().await;
     let cfg = s.reload.state().current();
@@ -194,6 +225,21 @@ pub(super) async fn healthz(State(s): State<ApiState>) -> Response {
         service_checks(p, &mut checks);
     }
     checks.push(disk_check(&s.info.data_dir));
+    let mut sampler = crate::metrics::proc::Sampler::default();
+    checks.push(fd_check(
+        "resource:host/fds",
+        std::process::id(),
+        &mut sampler,
+    ));
+    for p in &plugins {
+        if let Some(pid) = p.pid {
+            checks.push(fd_check(
+                &format!("resource:{}/fds", p.name),
+                pid,
+                &mut sampler,
+            ));
+        }
+    }
     for p in &plugins {
         let Some(pc) = cfg.plugin(&p.name) else {
             continue;

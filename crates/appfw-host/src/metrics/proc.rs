@@ -101,6 +101,17 @@ impl Sampler {
     }
 }
 
+/// The soft limit of open files of process `pid` (from /proc/PID/limits), if it has one.
+pub fn fd_limit_of(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The soft limit of open files of this process.
 pub fn max_fds() -> u64 {
     rustix::process::getrlimit(rustix::process::Resource::Nofile)
