@@ -116,12 +116,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
         .iter()
         .filter(|p| required(&p.name))
         // A plugin an operator stopped on purpose does not hold readiness hostage.
-        .filter(|p| {
-            !matches!(
-                p.state,
-                PluginState::Running | PluginState::Completed | PluginState::Stopped
-            )
-        })
+        .filter(|p| !matches!(p.state, PluginState::Running | PluginState::Completed) && !p.held)
         .map(|p| format!("{} is {}", p.name, p.state))
         .collect();
     if not_ready.is_empty() {

@@ -311,14 +311,20 @@ pub fn render(
     total(
         &mut s,
         "appfw_bus_deliveries",
-        "Messages delivered to subscribers",
+        "Frames the bus queued to plugins (messages, requests, replies)",
         bus.delivered.load(Ordering::Relaxed),
     );
     total(
         &mut s,
         "appfw_bus_dropped",
-        "Messages dropped because a subscriber queue stayed full",
+        "Frames dropped because a plugin's queue stayed full",
         bus.dropped.load(Ordering::Relaxed),
+    );
+    total(
+        &mut s,
+        "appfw_bus_requests",
+        "Requests routed to a server",
+        bus.requests.load(Ordering::Relaxed),
     );
     total(
         &mut s,

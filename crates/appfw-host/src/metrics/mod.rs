@@ -189,6 +189,20 @@ impl Metrics {
                     Some(format!("metric name {:?} uses a reserved prefix", s.name))
                 } else if kind == MetricKind::Unspecified {
                     Some(format!("metric {:?} has no kind", s.name))
+                } else if kind != MetricKind::Counter && s.name.ends_with("_total") {
+                    Some(format!("{:?}: the _total suffix is for counters", s.name))
+                } else if ["_bucket", "_count", "_sum", "_created"]
+                    .iter()
+                    .any(|x| s.name.ends_with(x))
+                {
+                    Some(format!(
+                        "{:?}: the suffix is reserved for histogram and counter series",
+                        s.name
+                    ))
+                } else if kind == MetricKind::Histogram && s.histogram.is_none() {
+                    Some(format!("histogram {:?} carries no buckets", s.name))
+                } else if kind == MetricKind::Histogram && s.labels.contains_key("le") {
+                    Some(format!("histogram {:?} uses the reserved label le", s.name))
                 } else if let Some(bad) = s.labels.keys().find(|k| !valid_label(k)) {
                     Some(format!("invalid label name {bad:?} on {:?}", s.name))
                 } else if kept.len() >= self.max_series {
@@ -234,9 +248,17 @@ impl Metrics {
         }
     }
 
-    /// Forgets a plugin's series (it was removed or stopped).
+    /// Forgets a plugin's series (it was removed from the config), and the kinds of metric names
+    /// no other plugin uses, so a new version may change them.
     pub fn forget_series(&self, plugin: &str) {
-        lock(&self.plugins).remove(plugin);
+        let mut plugins = lock(&self.plugins);
+        plugins.remove(plugin);
+        let mut kinds = lock(&self.kinds);
+        kinds.retain(|name, _| {
+            plugins
+                .values()
+                .any(|p| p.samples.iter().any(|s| &s.name == name))
+        });
     }
 }
 
@@ -298,6 +320,8 @@ mod tests {
                 sample("temp", MetricKind::Gauge, &[("plugin", "spoof")], 1.0),
                 sample("depth", MetricKind::Gauge, &[], 2.0),
                 sample("extra", MetricKind::Gauge, &[], 3.0),
+                sample("size_total", MetricKind::Gauge, &[], 1.0),
+                sample("size_bucket", MetricKind::Counter, &[], 1.0),
             ],
             time_unix_ms: 0,
         };
@@ -311,7 +335,7 @@ mod tests {
                 ["jobs", "jobs", "depth"],
                 "_total is stripped; cap of 3"
             );
-            assert_eq!(p.dropped, 4);
+            assert_eq!(p.dropped, 6);
         }
         // Another plugin cannot reuse a name with another kind.
         m.ingest(

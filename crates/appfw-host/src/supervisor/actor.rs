@@ -128,6 +128,8 @@ pub(crate) struct Actor {
     restart_cause: RestartReason,
     /// Why the task is ending (host shutdown, removed from the config).
     quit_reason: &'static str,
+    /// Stopped by an operator.
+    held: bool,
 }
 
 impl Actor {
@@ -152,6 +154,7 @@ impl Actor {
             warned_root: false,
             restart_cause: RestartReason::Crash,
             quit_reason: "host shutting down",
+            held: false,
         }
     }
 
@@ -245,6 +248,7 @@ impl Actor {
                 })
                 .flatten(),
             checks: self.checks(),
+            held: self.held,
         }
     }
 
@@ -380,6 +384,7 @@ impl Actor {
     }
 
     async fn on_action(&mut self, action: Action, reply: oneshot::Sender<PluginStatus>) {
+        self.held = action == Action::Stop;
         let stopping = self.proc.as_ref().map(|p| p.phase != StopPhase::None);
         match (action, stopping) {
             (Action::Start, Some(false)) => {
@@ -754,9 +759,12 @@ impl Actor {
             return;
         }
         if !passing && cfg.restart {
-            self.after_exit = AfterExit::Restart;
-            self.restart_cause = RestartReason::Probe;
-            self.begin_stop(&format!("probe {name} failed: {}", r.message));
+            // A failed liveness probe is a failure: the restart policy and backoff apply.
+            self.terminate(
+                format!("probe {name} failed: {}", r.message),
+                RestartReason::Probe,
+                Signal::TERM,
+            );
         } else if !passing && self.state == PluginState::Running {
             self.set_state(
                 PluginState::Unhealthy,

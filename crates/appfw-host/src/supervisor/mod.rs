@@ -131,6 +131,9 @@ pub struct PluginStatus {
     pub next_restart_in_ms: Option<u64>,
     /// Probe results (`probe:NAME`) and the plugin's own named checks (`custom:NAME`).
     pub checks: Vec<CheckStatus>,
+    /// Stopped on purpose by an operator (and not started since): readiness does not wait
+    /// for it.
+    pub held: bool,
 }
 
 /// One named health check of a plugin.

@@ -4,7 +4,7 @@
 use clap::Args;
 use serde_json::Value;
 
-use super::{client, fail};
+use super::{client_with, fail};
 use crate::Cli;
 
 #[derive(Args, Debug)]
@@ -15,7 +15,7 @@ pub(crate) struct HealthArgs {
 }
 
 pub(crate) async fn run(cli: &Cli, args: &HealthArgs) -> u8 {
-    let c = match client(cli) {
+    let c = match client_with(cli, false) {
         Ok(c) => c,
         Err(code) => return code,
     };

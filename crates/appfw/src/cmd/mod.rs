@@ -13,6 +13,11 @@ use crate::exit;
 
 /// A client for the host named by the global flags.
 pub(crate) fn client(cli: &Cli) -> Result<Client, u8> {
+    client_with(cli, true)
+}
+
+/// A client; without `need_token` a missing token file is fine (the probes need none).
+pub(crate) fn client_with(cli: &Cli, need_token: bool) -> Result<Client, u8> {
     let from_config = match &cli.config {
         None => None,
         Some(_) => match appfw_host::config::load(&layers(cli, None)) {
@@ -35,6 +40,7 @@ pub(crate) fn client(cli: &Cli) -> Result<Client, u8> {
         Some(t) => Some(t.clone()),
         None => match layout.read_token() {
             Ok(t) => Some(t),
+            Err(_) if !need_token => None,
             Err(e) => {
                 eprintln!(
                     "appfw: {e} (is a host running with this data directory? see --data-dir)"
