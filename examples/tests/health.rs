@@ -130,7 +130,11 @@ fn custom_checks_dependencies_and_plugin_metrics() {
     let (code, _) = host.post("/api/v1/plugins/echo/stop");
     assert_eq!(code, 200);
     let ready = common::http(&host.data().join("api.sock"), "GET", "/readyz", None);
-    assert_eq!(ready.0, 200, "a plugin stopped on purpose does not hold readiness: {}", ready.1);
+    assert_eq!(
+        ready.0, 200,
+        "a plugin stopped on purpose does not hold readiness: {}",
+        ready.1
+    );
     wait_for(T, "the degraded custom check", || {
         let (_, h) = healthz(&host);
         (check(&h, "service:ticker/custom:echo")["status"] == "degraded").then_some(())
