@@ -111,6 +111,10 @@ impl ConfigDiff {
                 "takes effect when the host restarts",
             ));
         }
+        if old.store != new.store {
+            d.host
+                .push(host("store", false, "takes effect when the host restarts"));
+        }
         if old.metrics != new.metrics {
             d.host.push(host(
                 "metrics.max_series_per_plugin",

@@ -118,6 +118,9 @@ pub struct Config {
     /// Metrics settings.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The embedded store (`<data_dir>/appfw.db`).
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The plugins, started in this order and stopped in reverse.
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
@@ -283,6 +286,27 @@ impl ProbeConfig {
         } else {
             format!("{authority}:80")
         })
+    }
+}
+
+/// `[store]`: retention of what the embedded store keeps.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Events kept at most. Default 100000.
+    pub events_max_rows: u64,
+    /// Oldest event kept, e.g. `30d`. Default `30d`.
+    #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
+    pub events_max_age: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            events_max_rows: 100_000,
+            events_max_age: Duration::from_secs(30 * 24 * 3600),
+        }
     }
 }
 

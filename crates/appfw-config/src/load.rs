@@ -23,7 +23,8 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    ApiConfig, Config, ConfigError, ConfigIssue, MetricsConfig, PluginConfig, SupervisorConfig,
+    ApiConfig, Config, ConfigError, ConfigIssue, MetricsConfig, PluginConfig, StoreConfig,
+    SupervisorConfig,
 };
 
 /// Where a value came from.
@@ -619,6 +620,7 @@ const TOP_KEYS: &[&str] = &[
     "api",
     "supervisor",
     "metrics",
+    "store",
     "plugins",
 ];
 
@@ -660,6 +662,9 @@ fn build(
     let metrics = take("metrics").map_or_else(MetricsConfig::default, |v| {
         part::<MetricsConfig>(v, "metrics", &origins, source, issues).unwrap_or_default()
     });
+    let store = take("store").map_or_else(StoreConfig::default, |v| {
+        part::<StoreConfig>(v, "store", &origins, source, issues).unwrap_or_default()
+    });
     let plugins = match take("plugins") {
         None => Vec::new(),
         Some(toml::Value::Array(items)) => items
@@ -685,6 +690,7 @@ fn build(
         api,
         supervisor,
         metrics,
+        store,
         plugins,
         source: source.map(Path::to_path_buf),
         origins,

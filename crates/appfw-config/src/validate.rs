@@ -44,6 +44,21 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
             format!("{:?} is not an address like 127.0.0.1:7070", c.api.listen),
         );
     }
+    if c.store.events_max_rows < 100 {
+        push(
+            "store.events_max_rows".into(),
+            "must be at least 100".into(),
+        );
+    }
+    if c.store.events_max_age < std::time::Duration::from_secs(3600) {
+        push("store.events_max_age".into(), "must be at least 1h".into());
+    }
+    if !(1..=1_000_000).contains(&c.metrics.max_series_per_plugin) {
+        push(
+            "metrics.max_series_per_plugin".into(),
+            "must be between 1 and 1000000".into(),
+        );
+    }
     let mut seen = HashSet::new();
     for (i, p) in c.plugins.iter().enumerate() {
         let key = |k: &str| format!("plugins[{i}].{k}");
@@ -187,32 +202,30 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
     }
     // Port clashes: the API's port, and one port probed for two plugins, cannot both be right
     // (two services cannot listen on one port).
-    let api_port = port_of(&c.api.listen);
-    let mut probed: HashMap<u16, &str> = HashMap::new();
+    let api = endpoint(&c.api.listen);
+    let mut probed: Vec<((String, u16), &str)> = Vec::new();
     for (i, p) in c.plugins.iter().enumerate() {
         for (j, probe) in p.probes.iter().enumerate() {
-            let Some(port) = probe.target().and_then(|t| port_of(&t)) else {
+            let Some(target) = probe.target().and_then(|t| endpoint(&t)) else {
                 continue;
             };
             let at = format!("plugins[{i}].probes[{j}]");
-            if api_port == Some(port) {
+            let port = target.1;
+            if api.as_ref().is_some_and(|a| same_endpoint(a, &target)) {
                 push(
                     at.clone(),
                     format!("port {port} is the appfw API's own (api.listen)"),
                 );
             }
-            match probed.get(&port) {
-                Some(other) if *other != p.name => {
-                    push(
-                        at,
-                        format!(
-                            "port {port} is also probed for plugin {other:?}: two services cannot listen on one port"
-                        ),
-                    );
-                }
-                _ => {
-                    probed.insert(port, &p.name);
-                }
+            match probed.iter().find(|(e, _)| same_endpoint(e, &target)) {
+                Some((_, other)) if *other != p.name => push(
+                    at,
+                    format!(
+                        "port {port} is also probed for plugin {other:?}: two services cannot listen on one port"
+                    ),
+                ),
+                Some(_) => {}
+                None => probed.push((target, &p.name)),
             }
         }
     }
@@ -227,6 +240,25 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
         );
     }
     issues
+}
+
+/// `host:port` with the host normalised (`localhost` is 127.0.0.1).
+fn endpoint(addr: &str) -> Option<(String, u16)> {
+    let port = port_of(addr)?;
+    let host = addr.rsplit_once(':')?.0.trim_matches(['[', ']']);
+    let host = if host.eq_ignore_ascii_case("localhost") {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    Some((host.to_string(), port))
+}
+
+/// Whether two endpoints are the same listening socket: same port, and the same host or one
+/// of them listening on every address.
+fn same_endpoint(a: &(String, u16), b: &(String, u16)) -> bool {
+    let any = |h: &str| h == "0.0.0.0" || h == "::" || h == "*";
+    a.1 == b.1 && (a.0 == b.0 || any(&a.0) || any(&b.0))
 }
 
 /// The port of `host:port` (or `[v6]:port`).

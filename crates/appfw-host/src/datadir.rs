@@ -99,6 +99,10 @@ impl Layout {
     pub fn api_socket(&self) -> PathBuf {
         self.root.join("api.sock")
     }
+    /// The embedded store.
+    pub fn store_file(&self) -> PathBuf {
+        self.root.join("appfw.db")
+    }
     /// Per-plugin output files.
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")

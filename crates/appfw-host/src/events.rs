@@ -179,6 +179,7 @@ struct Inner {
     seq: AtomicU64,
     ring: Mutex<VecDeque<Arc<Event>>>,
     tx: broadcast::Sender<Arc<Event>>,
+    store: Option<crate::store::EventSink>,
 }
 
 impl Default for Events {
@@ -188,37 +189,58 @@ impl Default for Events {
 }
 
 impl Events {
-    /// A new hub.
+    /// A new hub that keeps events in memory only.
     pub fn new() -> Self {
+        Self::build(1, None)
+    }
+
+    /// A hub that also writes every event to the store, numbering from `first_seq`.
+    pub fn with_store(first_seq: u64, sink: crate::store::EventSink) -> Self {
+        Self::build(first_seq, Some(sink))
+    }
+
+    fn build(first_seq: u64, store: Option<crate::store::EventSink>) -> Self {
         let (tx, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Inner {
-                seq: AtomicU64::new(1),
+                seq: AtomicU64::new(first_seq.max(1)),
                 ring: Mutex::new(VecDeque::with_capacity(256)),
                 tx,
+                store,
             }),
         }
     }
 
+    /// The seq the next event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.inner.seq.load(Ordering::Relaxed)
+    }
+
     /// Records and publishes an event, and writes it to the host log.
     pub fn emit(&self, plugin: Option<&str>, kind: EventKind) -> Arc<Event> {
-        let ev = Arc::new(Event {
-            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
-            time: SystemTime::now(),
-            plugin: plugin.map(str::to_string),
-            kind,
-        });
-        log(&ev);
-        {
+        let ev = {
+            // The number is taken under the ring's lock, so the ring is in seq order even when
+            // tasks emit at the same time.
             let mut ring = self
                 .inner
                 .ring
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            let ev = Arc::new(Event {
+                seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
+                time: SystemTime::now(),
+                plugin: plugin.map(str::to_string),
+                kind,
+            });
             if ring.len() == RING {
                 ring.pop_front();
             }
             ring.push_back(Arc::clone(&ev));
+            ev
+        };
+        log(&ev);
+        if let Some(store) = &self.inner.store {
+            store.write(&ev);
         }
         // No receiver is fine; a lagging one loses the oldest events and can re-read the ring.
         let _ = self.inner.tx.send(Arc::clone(&ev));

@@ -26,6 +26,9 @@ pub enum HostError {
     /// The data directory cannot be used.
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    /// The embedded store cannot be used.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A listener could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -64,6 +67,7 @@ pub struct Host {
     api_addr: Option<SocketAddr>,
     layout: Layout,
     reload: ReloadHandle,
+    store: Arc<crate::store::Store>,
     spawner: Option<(Spawner, std::thread::JoinHandle<()>)>,
     _data_dir: DataDir,
 }
@@ -83,7 +87,16 @@ impl Host {
         let layout = data_dir.layout().clone();
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let events = Events::new();
+        let retention = crate::store::Retention {
+            max_rows: config.store.events_max_rows,
+            max_age: config.store.events_max_age,
+        };
+        let store = Arc::new(crate::store::Store::open(&layout.store_file(), retention)?);
+        let first_seq = store.max_event_seq()? + 1;
+        let events = Events::with_store(first_seq, store.events());
+        if let Err(e) = store.record_run(std::process::id(), env!("CARGO_PKG_VERSION"), first_seq) {
+            tracing::warn!("cannot record this run in the store: {e}");
+        }
 
         let (spawner, spawner_thread) = Spawner::start().map_err(|source| HostError::Io {
             what: "cannot start the spawner thread",
@@ -143,6 +156,7 @@ impl Host {
             info: Arc::new(info),
             reload: reload.clone(),
             metrics,
+            store: Arc::clone(&store),
             started: Instant::now(),
         };
         let mut api_addr = None;
@@ -230,6 +244,7 @@ impl Host {
             api_addr,
             layout,
             reload,
+            store,
             spawner: Some((spawner, spawner_thread)),
             _data_dir: data_dir,
         })
@@ -291,6 +306,21 @@ impl Host {
             {
                 tracing::error!("the spawner thread did not end within 5 s; exiting without it");
             }
+        }
+        // Flush the store last, after the final events.
+        match Arc::try_unwrap(self.store) {
+            Ok(store) => {
+                let close = tokio::task::spawn_blocking(move || store.close());
+                if tokio::time::timeout(std::time::Duration::from_secs(10), close)
+                    .await
+                    .is_err()
+                {
+                    tracing::error!("the store did not flush within 10 s");
+                }
+            }
+            Err(_) => tracing::warn!(
+                "store still in use at shutdown; its writer flushes when the process exits"
+            ),
         }
     }
 

@@ -105,6 +105,8 @@ pub struct TestHost {
     pub appfw: PathBuf,
     /// What `{bin}` stands for in configs.
     pub bin_dir: PathBuf,
+    /// Extra arguments to `appfw run`.
+    args: Vec<String>,
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub token: String,
@@ -125,34 +127,48 @@ impl TestHost {
             expand(config, bin_dir, dir.path()),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("host.log")).unwrap();
-        let child = Command::new(appfw)
+        let mut host = Self {
+            bin_dir: bin_dir.to_path_buf(),
+            appfw: appfw.to_path_buf(),
+            dir,
+            child: None,
+            token: String::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        host.launch();
+        host
+    }
+
+    /// Starts `appfw run` in this host's directory and waits for its API.
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("host.log"))
+            .unwrap();
+        let child = Command::new(&self.appfw)
             .arg("run")
             .arg("--config")
-            .arg(dir.path().join("appfw.toml"))
+            .arg(self.dir.path().join("appfw.toml"))
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(self.dir.path().join("data"))
             .arg("--log-level")
             .arg("debug")
-            .args(args)
+            .args(&self.args)
             .env_remove("APPFW_DATA_DIR")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut host = Self {
-            bin_dir: bin_dir.to_path_buf(),
-            appfw: appfw.to_path_buf(),
-            dir,
-            child: Some(child),
-            token: String::new(),
-        };
-        let sock = host.data().join("api.sock");
-        let token_file = host.data().join("token");
-        host.token = wait_for(Duration::from_secs(20), "the host API", || {
-            if let Some(st) = host.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("host exited early with {st}:\n{}", host.log());
+        self.child = Some(child);
+        let sock = self.data().join("api.sock");
+        let token_file = self.data().join("token");
+        // A previous run's socket file may still be there: wait for one that answers.
+        let _ = std::fs::remove_file(&sock);
+        self.token = wait_for(Duration::from_secs(20), "the host API", || {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("host exited early with {st}:\n{}", self.log());
             }
             let token = std::fs::read_to_string(&token_file)
                 .ok()?
@@ -161,7 +177,20 @@ impl TestHost {
             UnixStream::connect(&sock).ok()?;
             Some(token)
         });
-        host
+    }
+
+    /// Stops the host with SIGTERM (waiting for a clean exit) and starts it again on the same
+    /// data directory and config.
+    pub fn restart(&mut self) {
+        self.signal(rustix::process::Signal::TERM);
+        let st = self.wait_exit(Duration::from_secs(30));
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "clean stop before the restart:\n{}",
+            self.log()
+        );
+        self.launch();
     }
 
     /// Runs the `appfw` CLI against this host; returns (exit code, stdout, stderr).

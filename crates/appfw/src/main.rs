@@ -62,6 +62,8 @@ enum Command {
     Restart(cmd::action::ActionArgs),
     /// Print the version of this binary and of the running host.
     Version(cmd::version::VersionArgs),
+    /// Show what happened (starts, exits, restarts, reloads...), from the host's store.
+    Events(cmd::events::EventsArgs),
     /// Show the health checks as a tree; exit 0 healthy, 1 degraded, 2 unhealthy.
     Health(cmd::health::HealthArgs),
     /// Inspect, validate and change the configuration.
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
             Command::Version(a) => cmd::version::run(&cli, a).await,
             Command::Config(c) => cmd::config::run(&cli, c).await,
             Command::Health(a) => cmd::health::run(&cli, a).await,
+            Command::Events(a) => cmd::events::run(&cli, a).await,
         }
     });
     ExitCode::from(code)

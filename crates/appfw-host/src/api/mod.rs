@@ -58,6 +58,8 @@ pub struct ApiState {
     pub reload: ReloadHandle,
     /// Counters and plugin series.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The embedded store.
+    pub store: Arc<crate::store::Store>,
     /// Start instant, for uptime.
     pub started: Instant,
 }
@@ -197,19 +199,103 @@ async fn act(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
+    /// Only events after this seq (for following).
     after: Option<u64>,
+    /// Only events before this seq (for paging back).
+    before: Option<u64>,
+    /// Only this plugin's.
+    plugin: Option<String>,
+    /// Only this kind (`exited`, `state_changed`, ...).
+    kind: Option<String>,
+    /// From this time: RFC 3339, or a duration ago (`1h`).
+    since: Option<String>,
+    /// Until this time: RFC 3339, or a duration ago.
+    until: Option<String>,
+    /// At most this many (default 1000, at most 10000).
     limit: Option<usize>,
+    /// `asc` (default) or `desc`.
+    order: Option<String>,
 }
 
+/// A point in time from RFC 3339 or a duration ago, as ms since the epoch.
+fn time_arg(name: &str, v: &str) -> Result<i64, ApiError> {
+    let t = humantime::parse_rfc3339_weak(v)
+        .or_else(|_| humantime::parse_duration(v).map(|d| SystemTime::now() - d))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "{name}={v:?}: expected RFC 3339 time or a duration like 1h"
+            ))
+        })?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+}
+
+/// Events from the store (they survive host restarts), filtered and paged.
 async fn events(
     State(s): State<ApiState>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let list = s
-        .events
-        .since(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(4096));
-    Ok(Json(serde_json::json!({ "events": list })).into_response())
+    let newest_first = match q.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(o) => {
+            return Err(ApiError::bad_request(format!(
+                "order={o:?}: expected asc or desc"
+            )));
+        }
+    };
+    let query = crate::store::EventQuery {
+        after: q.after,
+        before: q.before,
+        plugin: q.plugin,
+        kind: q.kind,
+        since_ms: q
+            .since
+            .as_deref()
+            .map(|v| time_arg("since", v))
+            .transpose()?,
+        until_ms: q
+            .until
+            .as_deref()
+            .map(|v| time_arg("until", v))
+            .transpose()?,
+        limit: q.limit.unwrap_or(1000).clamp(1, 10_000),
+        newest_first,
+    };
+    let store = Arc::clone(&s.store);
+    // Events still in the writer's batch are not in the database yet; the in-memory ring has
+    // them: merge so a client never misses one that was already emitted.
+    let recent = s.events.since(query.after.unwrap_or(0), 4096);
+    let found =
+        tokio::task::spawn_blocking(move || store.query_events(&query).map(|rows| (rows, query)))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (mut rows, query) = found;
+    let last = rows
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
+    if !newest_first && query.until_ms.is_none() && rows.len() < query.limit {
+        for ev in recent.iter().filter(|e| e.seq > last) {
+            let v = serde_json::to_value(&**ev).unwrap_or_default();
+            let keep = query
+                .plugin
+                .as_ref()
+                .is_none_or(|p| ev.plugin.as_deref() == Some(p.as_str()))
+                && query.kind.as_ref().is_none_or(|k| ev.kind.name() == k)
+                && query.before.is_none_or(|b| ev.seq < b);
+            if keep && rows.len() < query.limit {
+                rows.push(v);
+            }
+        }
+    }
+    if !newest_first {
+        rows.sort_by_key(|r| r["seq"].as_u64().unwrap_or(0));
+    }
+    Ok(Json(serde_json::json!({ "events": rows })).into_response())
 }
 
 #[derive(Deserialize)]

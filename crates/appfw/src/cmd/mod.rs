@@ -2,6 +2,7 @@
 
 pub mod action;
 pub mod config;
+pub mod events;
 pub mod health;
 pub mod run;
 pub mod status;

@@ -1,0 +1,103 @@
+//! Events are kept in the embedded store: they survive a host restart, filter and page, and
+//! `appfw events` shows them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(20);
+
+fn events(host: &TestHost, query: &str) -> Vec<Value> {
+    let (code, v) = host.get(&format!("/api/v1/events?{query}"));
+    assert_eq!(code, 200, "{v}");
+    v["events"].as_array().unwrap().clone()
+}
+
+#[test]
+fn events_survive_a_restart_and_filter() {
+    let cfg = "[[plugins]]\nname = \"echo\"\ncommand = \"{bin}/echo\"\n\n[[plugins]]\nname = \"plain\"\ncommand = \"sleep\"\nargs = [\"1000\"]\nprotocol = \"none\"\n";
+    let mut host = start(cfg);
+    host.wait_all_running(T);
+    let pid = host.plugin("echo")["pid"].as_u64().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let killed = host.wait_event("exited", "echo", T, |e| e["pid"] == pid);
+    host.wait_plugin("echo", "running", T, |p| p["pid"].as_u64() != Some(pid));
+    let before_restart = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+
+    host.restart();
+    host.wait_all_running(T);
+    // The kill of the previous run is still there, with its seq; new events number on.
+    let exited = events(&host, "plugin=echo&kind=exited");
+    let old = exited
+        .iter()
+        .find(|e| e["pid"] == pid)
+        .expect("the previous run's exit");
+    assert_eq!(old["seq"], killed["seq"]);
+    assert_eq!(old["status"], "signal 9 (SIGKILL)");
+    let all = events(&host, "limit=10000");
+    let stopped = all.iter().filter(|e| e["kind"] == "host_stopped").count();
+    assert_eq!(stopped, 1, "the clean stop's last event was flushed");
+    let started: Vec<u64> = all
+        .iter()
+        .filter(|e| e["kind"] == "host_started")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(started.len(), 2);
+    assert!(started[1] > killed["seq"].as_u64().unwrap());
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "one numbering across runs"
+    );
+
+    // Filters.
+    let plain = events(&host, "kind=exited&plugin=plain");
+    assert_eq!(
+        plain.len(),
+        1,
+        "plain only exited when the first run stopped: {plain:?}"
+    );
+    assert_eq!(plain[0]["reason"], "host shutting down");
+    assert!(events(&host, "since=1h").len() >= all.len().min(1000));
+    let early = events(&host, &format!("until={before_restart}"));
+    assert!(
+        early
+            .iter()
+            .all(|e| e["seq"].as_u64().unwrap() < started[1]),
+        "until excludes the new run"
+    );
+    let newest = events(&host, "order=desc&limit=2");
+    assert_eq!(newest.len(), 2);
+    assert!(newest[0]["seq"].as_u64() > newest[1]["seq"].as_u64());
+    let page = events(
+        &host,
+        &format!("before={}&order=desc&limit=3", newest[1]["seq"]),
+    );
+    assert!(
+        page.iter()
+            .all(|e| e["seq"].as_u64() < newest[1]["seq"].as_u64())
+    );
+    assert_eq!(host.get("/api/v1/events?since=yesterday-ish").0, 400);
+
+    let (code, out, err) = host.cli(&["events", "echo", "--kind", "exited", "-n", "5"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&format!("pid={pid}")))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains(" echo ")
+            && line.contains(" exited ")
+            && line.contains("status=signal 9 (SIGKILL)"),
+        "{line}"
+    );
+}
