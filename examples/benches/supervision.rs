@@ -59,7 +59,7 @@ fn respawn(host_bin: &Path, rounds: usize) {
         .unwrap();
     let pinger = bin_dir().join("pinger");
     let cfg = format!(
-        "[[plugins]]\nname = \"pinger\"\ncommand = \"{}\"\nprotocol = \"none\"\nenv = {{ PINGER_SOCK = \"{}\" }}\n[plugins.backoff]\ninitial = \"0s\"\njitter = 0.0\n",
+        "[[plugins]]\nname = \"pinger\"\ncommand = \"{}\"\nprotocol = \"none\"\nenv = {{ PINGER_SOCK = \"{}\" }}\n[plugins.backoff]\ninitial = \"0s\"\njitter = 0.0\nmax_restarts = 1000000\n",
         pinger.display(),
         sock_path.display()
     );

@@ -445,3 +445,37 @@ fn stop_escalates_from_shutdown_frame_to_sigterm_to_sigkill() {
     assert_eq!(body["last_exit"]["status"], "signal 9 (SIGKILL)");
     assert_eq!(body["last_exit"]["reason"], "stop requested");
 }
+
+#[test]
+fn restart_intensity_gives_up_and_an_operator_can_start_again() {
+    let cfg = plugin(
+        "crasher",
+        "crasher",
+        "args = [\"--after\", \"10ms\"]\nrestart = \"always\"\n[plugins.backoff]\ninitial = \"10ms\"\njitter = 0.0\nmax_restarts = 3\nwithin = \"1m\"",
+    );
+    let host = start(&cfg);
+    let p = host.wait_plugin("crasher", "failed", T, |_| true);
+    assert_eq!(p["restarts"], 3);
+    assert!(p["last_exit"]["status"] == "exit code 3", "{p}");
+    let ev = host.wait_event("gave_up", "crasher", T, |_| true);
+    assert_eq!(ev["restarts"], 3);
+    assert_eq!(ev["within_ms"], 60_000);
+    let changed = host.wait_event("state_changed", "crasher", T, |e| e["to"] == "failed");
+    assert!(
+        changed["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("gave up: 3 restarts within 1m"),
+        "{changed}"
+    );
+    // An operator's start is a fresh chance.
+    let (code, st) = host.post("/api/v1/plugins/crasher/start?wait=5s");
+    assert_eq!(code, 200);
+    assert!(
+        matches!(st["state"].as_str(), Some("running" | "backoff" | "failed")),
+        "{st}"
+    );
+    host.wait_plugin("crasher", "failed", T, |p| {
+        p["restarts"].as_u64().unwrap() >= 6
+    });
+}

@@ -375,6 +375,14 @@ pub struct BackoffConfig {
     #[serde(with = "human_duration")]
     #[schemars(with = "String")]
     pub reset_after: Duration,
+    /// Restart intensity: at most this many automatic restarts within `within`; one more and
+    /// the plugin goes to `failed` and stays down (a `gave_up` event) until an operator starts
+    /// it. Default 10.
+    pub max_restarts: u32,
+    /// The window of `max_restarts`. Default `5m`.
+    #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
+    pub within: Duration,
 }
 
 impl Default for BackoffConfig {
@@ -385,6 +393,8 @@ impl Default for BackoffConfig {
             max: Duration::from_secs(30),
             jitter: 0.2,
             reset_after: Duration::from_secs(30),
+            max_restarts: 10,
+            within: Duration::from_secs(300),
         }
     }
 }

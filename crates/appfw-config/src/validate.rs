@@ -77,6 +77,15 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
         if !(0.0..=1.0).contains(&b.jitter) {
             push(key("backoff.jitter"), "must be between 0.0 and 1.0".into());
         }
+        if b.max_restarts == 0 {
+            push(
+                key("backoff.max_restarts"),
+                "must be at least 1 (use restart = \"never\" for no restarts)".into(),
+            );
+        }
+        if b.within.is_zero() {
+            push(key("backoff.within"), "must be greater than 0".into());
+        }
         if b.initial > b.max {
             push(
                 key("backoff.initial"),

@@ -91,6 +91,15 @@ pub enum EventKind {
         /// The configured timeout, milliseconds.
         timeout_ms: u64,
     },
+    /// Too many restarts within the intensity window: the plugin stays `failed`.
+    GaveUp {
+        /// Restarts in the window.
+        restarts: u32,
+        /// The window, milliseconds.
+        within_ms: u64,
+        /// The last exit's reason.
+        reason: String,
+    },
     /// A health probe turned passing or failing.
     ProbeChanged {
         /// The probe's name.
@@ -141,6 +150,7 @@ impl EventKind {
             Self::StopEscalated { .. } => "stop_escalated",
             Self::ConfigReloaded { .. } => "config_reloaded",
             Self::ProbeChanged { .. } => "probe_changed",
+            Self::GaveUp { .. } => "gave_up",
             Self::ConfigRejected { .. } => "config_rejected",
         }
     }
@@ -331,6 +341,19 @@ fn log(ev: &Event) {
         }
         EventKind::StopEscalated { signal } => {
             tracing::warn!(plugin, event = kind, signal = %signal, "plugin {plugin}: did not stop in time, sent {signal}")
+        }
+        EventKind::GaveUp {
+            restarts,
+            within_ms,
+            reason,
+        } => {
+            tracing::error!(
+                plugin,
+                event = kind,
+                restarts,
+                within_ms,
+                "plugin {plugin}: gave up after {restarts} restarts within {within_ms} ms (last: {reason}); start it again with `appfw start {plugin}`"
+            )
         }
         EventKind::ProbeChanged {
             probe,

@@ -130,6 +130,8 @@ pub(crate) struct Actor {
     quit_reason: &'static str,
     /// Stopped by an operator.
     held: bool,
+    /// When the automatic restarts in the intensity window happened.
+    recent_restarts: std::collections::VecDeque<std::time::Instant>,
 }
 
 impl Actor {
@@ -155,6 +157,7 @@ impl Actor {
             restart_cause: RestartReason::Crash,
             quit_reason: "host shutting down",
             held: false,
+            recent_restarts: std::collections::VecDeque::new(),
         }
     }
 
@@ -1028,6 +1031,32 @@ impl Actor {
         if uptime >= self.cfg.backoff.reset_after {
             self.failures = 0;
         }
+        // Restart intensity: too many automatic restarts in the window and the plugin stays down.
+        let b = &self.cfg.backoff;
+        let now = std::time::Instant::now();
+        self.recent_restarts
+            .retain(|t| now.duration_since(*t) < b.within);
+        if self.recent_restarts.len() >= b.max_restarts as usize {
+            let (n, within) = (self.recent_restarts.len() as u32, b.within);
+            self.recent_restarts.clear();
+            self.ctx.events.emit(
+                Some(&self.name),
+                EventKind::GaveUp {
+                    restarts: n,
+                    within_ms: within.as_millis() as u64,
+                    reason: reason.to_string(),
+                },
+            );
+            self.set_state(
+                PluginState::Failed,
+                &format!(
+                    "gave up: {n} restarts within {} (last: {reason})",
+                    humantime::format_duration(within)
+                ),
+            );
+            return;
+        }
+        self.recent_restarts.push_back(now);
         self.failures = self.failures.saturating_add(1);
         let delay = backoff_delay(&self.cfg.backoff, self.failures, fastrand::f64());
         self.set_state(PluginState::Backoff, reason);
