@@ -475,6 +475,7 @@ mod tests {
             max: Duration::from_secs(1),
             jitter: 0.0,
             reset_after: Duration::from_secs(30),
+            ..BackoffConfig::default()
         };
         let d: Vec<u64> = (1..=7)
             .map(|n| backoff_delay(&b, n, 0.5).as_millis() as u64)
