@@ -29,7 +29,7 @@ pub fn open_output(logs: &Path, plugin: &str) -> std::io::Result<OutputFile> {
         .append(true)
         .open(logs.join(format!("{plugin}.log")))?;
     Ok(Arc::new(Mutex::new(std::io::BufWriter::with_capacity(
-        64 * 1024,
+        8 * 1024,
         file,
     ))))
 }
@@ -88,8 +88,10 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
         Stream::Stderr => Level::Warn,
     };
     // Not zero-filled: pages are only touched as data arrives, which keeps idle plugins cheap.
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut line: Vec<u8> = Vec::with_capacity(1024);
+    // Small until the plugin writes a lot: a read that fills the buffer grows it to 64 KiB, so
+    // a quiet plugin costs 4 KiB and a flooding one is read in big chunks.
+    let mut buf: Vec<u8> = Vec::with_capacity(4 * 1024);
+    let mut line: Vec<u8> = Vec::new();
     let mut rate = RateLimit {
         window: Instant::now(),
         used: 0,
@@ -98,6 +100,9 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     loop {
         // While lines are being suppressed, wake up when the window ends to report them even
         // if the plugin falls silent.
+        if buf.len() == buf.capacity() && buf.capacity() < 64 * 1024 {
+            buf.reserve_exact(64 * 1024 - buf.len());
+        }
         buf.clear();
         let read = pipe.read_buf(&mut buf);
         let n = if rate.suppressed > 0 {
