@@ -420,6 +420,33 @@ pub struct PluginConfig {
     /// Working directory (relative to the config file's directory). Default: the host's.
     #[serde(default)]
     pub working_dir: Option<PathBuf>,
+    /// Whether the plugin inherits the host's environment (default true); if false it gets
+    /// only `env` and the `APPFW_PLUGIN_*` variables.
+    #[serde(default = "yes")]
+    pub env_inherit: bool,
+    /// Run as this user (name or uid) when the host runs as root; the group defaults to the
+    /// user's. Default: the host's user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Run with this group (name or gid).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// File mode creation mask, octal, e.g. `"027"`. Default: the host's.
+    #[serde(default)]
+    pub umask: Option<String>,
+    /// Signal that asks the process to stop when it gets no SHUTDOWN frame (`protocol =
+    /// "none"`, or before the handshake): `SIGTERM` (default), `SIGINT`, `SIGQUIT`, `SIGHUP`,
+    /// `SIGUSR1`, `SIGUSR2`.
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: String,
+    /// Exit codes that count as success (default `[0]`).
+    #[serde(default = "default_success_codes")]
+    pub success_exit_codes: Vec<i32>,
+    /// A process that exits sooner than this after its start counts as a failed start,
+    /// whatever its exit code. Default `0s` (off: one-shot plugins may finish at once).
+    #[serde(default, with = "human_duration")]
+    #[schemars(with = "String")]
+    pub start_grace: Duration,
     /// `appfw` (speaks the protocol, default) or `none` (any executable).
     #[serde(default)]
     pub protocol: Protocol,
@@ -471,6 +498,46 @@ pub struct PluginConfig {
 fn yes() -> bool {
     true
 }
+fn default_stop_signal() -> String {
+    "SIGTERM".into()
+}
+fn default_success_codes() -> Vec<i32> {
+    vec![0]
+}
+
+/// The stop signals a plugin may name, with their numbers.
+pub const STOP_SIGNALS: &[(&str, i32)] = &[
+    ("SIGTERM", 15),
+    ("SIGINT", 2),
+    ("SIGQUIT", 3),
+    ("SIGHUP", 1),
+    ("SIGUSR1", 10),
+    ("SIGUSR2", 12),
+];
+
+impl PluginConfig {
+    /// The number of `stop_signal` (15 if unknown, which validation refuses).
+    pub fn stop_signal_number(&self) -> i32 {
+        let name = self.stop_signal.to_ascii_uppercase();
+        let name = if name.starts_with("SIG") {
+            name
+        } else {
+            format!("SIG{name}")
+        };
+        STOP_SIGNALS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(15, |(_, v)| *v)
+    }
+
+    /// `umask` parsed, if set and valid.
+    pub fn umask_bits(&self) -> Option<u32> {
+        self.umask
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8).ok())
+            .filter(|m| *m <= 0o777)
+    }
+}
 fn default_stop_grace() -> Duration {
     Duration::from_secs(5)
 }
@@ -484,6 +551,13 @@ impl PluginConfig {
             args: Vec::new(),
             env: BTreeMap::new(),
             working_dir: None,
+            env_inherit: true,
+            user: None,
+            group: None,
+            umask: None,
+            stop_signal: default_stop_signal(),
+            success_exit_codes: default_success_codes(),
+            start_grace: Duration::ZERO,
             depends_on: Vec::new(),
             secrets: Vec::new(),
             probes: Vec::new(),

@@ -153,6 +153,17 @@ fn every_error_class_has_an_exact_located_message() {
             "/etc/appfw.toml:6:1: plugins[0].probes[1].name: duplicate probe name \"tcp\"; name each probe"
         ]
     );
+    assert_eq!(
+        errors(
+            "[[plugins]]\nname = \"a\"\ncommand = \"x\"\nstop_signal = \"SIGSTOP\"\numask = \"999\"\nsuccess_exit_codes = [300]\nuser = \"a:b\"\n"
+        ),
+        [
+            "/etc/appfw.toml:4:1: plugins[0].stop_signal: \"SIGSTOP\" is not one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2",
+            "/etc/appfw.toml:5:1: plugins[0].umask: \"999\" is not an octal mask like \"027\"",
+            "/etc/appfw.toml:6:1: plugins[0].success_exit_codes: must list exit codes from 0 to 255",
+            "/etc/appfw.toml:7:1: plugins[0].user: \"a:b\" is not a user or group name or number",
+        ]
+    );
     for (text, want) in cases {
         assert_eq!(errors(text), *want, "for config:\n{text}");
     }

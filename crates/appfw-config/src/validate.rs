@@ -70,6 +70,48 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
         if p.command.trim().is_empty() {
             push(key("command"), "must not be empty".into());
         }
+        {
+            let name = p.stop_signal.to_ascii_uppercase();
+            let name = if name.starts_with("SIG") {
+                name
+            } else {
+                format!("SIG{name}")
+            };
+            if !super::STOP_SIGNALS.iter().any(|(n, _)| *n == name) {
+                let names: Vec<&str> = super::STOP_SIGNALS.iter().map(|(n, _)| *n).collect();
+                push(
+                    key("stop_signal"),
+                    format!("{:?} is not one of {}", p.stop_signal, names.join(", ")),
+                );
+            }
+        }
+        if p.umask.is_some() && p.umask_bits().is_none() {
+            push(
+                key("umask"),
+                format!(
+                    "{:?} is not an octal mask like \"027\"",
+                    p.umask.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        if p.success_exit_codes.is_empty()
+            || p.success_exit_codes.iter().any(|c| !(0..=255).contains(c))
+        {
+            push(
+                key("success_exit_codes"),
+                "must list exit codes from 0 to 255".into(),
+            );
+        }
+        for (k, v) in [("user", &p.user), ("group", &p.group)] {
+            if let Some(v) = v
+                && (v.is_empty() || v.contains(':') || v.contains('\0'))
+            {
+                push(
+                    key(k),
+                    format!("{v:?} is not a user or group name or number"),
+                );
+            }
+        }
         let b = &p.backoff;
         if !(b.multiplier >= 1.0 && b.multiplier.is_finite()) {
             push(key("backoff.multiplier"), "must be a number >= 1.0".into());

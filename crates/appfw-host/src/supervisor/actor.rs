@@ -469,6 +469,9 @@ impl Actor {
             working_dir: self.cfg.working_dir.as_ref().map(|d| base.join(d)),
             connect,
             quiet: false,
+            env_clear: !self.cfg.env_inherit,
+            ids: super::users::resolve(self.cfg.user.as_deref(), self.cfg.group.as_deref())?,
+            umask: self.cfg.umask_bits(),
         })
     }
 
@@ -520,7 +523,14 @@ impl Actor {
                 restarts: self.restarts,
             },
         );
-        if !self.warned_root && rustix::process::geteuid().is_root() {
+        if !self.warned_root
+            && rustix::process::geteuid().is_root()
+            && self
+                .cfg
+                .user
+                .as_deref()
+                .is_none_or(|u| u == "root" || u == "0")
+        {
             // Plugins inherit the host's user until per-plugin users are configured.
             tracing::warn!(plugin = %self.name, pid = child.pid, "plugin {} runs as root", self.name);
             self.warned_root = true;
@@ -692,6 +702,11 @@ impl Actor {
         }
     }
 
+    /// The configured stop signal.
+    fn stop_signal(&self) -> Signal {
+        Signal::from_named_raw(self.cfg.stop_signal_number()).unwrap_or(Signal::TERM)
+    }
+
     /// Starts the probes of a process that just became running.
     fn start_probes(&mut self) {
         let Some(p) = self.proc.as_mut() else { return };
@@ -818,6 +833,7 @@ impl Actor {
     /// Graceful stop: SHUTDOWN frame (protocol plugins) or SIGTERM, then escalation by timer.
     fn begin_stop(&mut self, reason: &str) {
         let (grace, kill_after) = (self.cfg.stop_grace, self.cfg.kill_after);
+        let stop_sig = self.stop_signal();
         let Some(p) = self.proc.as_mut() else { return };
         if p.phase != StopPhase::None {
             return;
@@ -843,7 +859,7 @@ impl Actor {
                 StopPhase::Term
             };
             if !sent {
-                let _ = p.child.signal_group(Signal::TERM);
+                let _ = p.child.signal_group(stop_sig);
             }
             self.timer = Some(Instant::now() + if sent { grace } else { kill_after });
         } else {
@@ -854,7 +870,7 @@ impl Actor {
             } else {
                 kill_after
             };
-            let _ = p.child.signal_group(Signal::TERM);
+            let _ = p.child.signal_group(stop_sig);
             p.phase = StopPhase::Term;
             self.timer = Some(Instant::now() + wait);
         }
@@ -863,6 +879,7 @@ impl Actor {
 
     async fn on_timer(&mut self) {
         self.timer = None;
+        let stop_sig = self.stop_signal();
         let kill_after = self.cfg.kill_after;
         let name = Arc::clone(&self.name);
         match self.proc.as_mut() {
@@ -883,7 +900,7 @@ impl Actor {
             }
             Some(p) => {
                 let (sig, next, wait) = match p.phase {
-                    StopPhase::Shutdown => (Signal::TERM, StopPhase::Term, kill_after),
+                    StopPhase::Shutdown => (stop_sig, StopPhase::Term, kill_after),
                     StopPhase::Term | StopPhase::None => {
                         (Signal::KILL, StopPhase::Kill, Duration::from_secs(5))
                     }
@@ -943,9 +960,19 @@ impl Actor {
             .as_ref()
             .map_or_else(|| "unknown".to_string(), describe);
         let requested = self.after_exit != AfterExit::Policy;
-        let success = status.is_some_and(|s| s.success());
-        let failure = p.kill_reason.is_some() || (!requested && !success);
+        let success = status.is_some_and(|s| {
+            s.code()
+                .is_some_and(|c| self.cfg.success_exit_codes.contains(&c))
+        });
+        // Dying before the start grace is a failed start, whatever the exit code.
+        let early = !requested && p.kill_reason.is_none() && uptime < self.cfg.start_grace;
+        let failure = p.kill_reason.is_some() || early || (!requested && !success);
         let reason = match (&p.kill_reason, requested) {
+            (None, false) if early => format!(
+                "failed start: exited after {} ms, before start_grace ({})",
+                uptime.as_millis(),
+                humantime::format_duration(self.cfg.start_grace)
+            ),
             (Some(r), _) => r.clone(),
             (None, true) => p
                 .stop_reason

@@ -6,6 +6,7 @@ mod capture;
 pub(crate) mod conn;
 mod probe;
 pub mod process;
+mod users;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -124,6 +124,9 @@ async fn exec(
         working_dir: None,
         connect: false,
         quiet: true,
+        env_clear: false,
+        ids: None,
+        umask: None,
     };
     let mut child = spawner.spawn(spec).await.map_err(|e| e.to_string())?;
     match tokio::time::timeout(timeout, &mut child.exit).await {

@@ -46,6 +46,12 @@ pub struct ProcessSpec {
     pub connect: bool,
     /// Discard stdout and stderr instead of capturing them (probes).
     pub quiet: bool,
+    /// Start from an empty environment (then `env`) instead of the host's.
+    pub env_clear: bool,
+    /// Switch to this user and group (uid, gid) before exec.
+    pub ids: Option<(u32, u32)>,
+    /// Set this umask before exec.
+    pub umask: Option<u32>,
 }
 
 /// A started child.
@@ -219,6 +225,9 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
         (None, None)
     };
     let mut cmd = Command::new(&spec.program);
+    if spec.env_clear {
+        cmd.env_clear();
+    }
     cmd.args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
@@ -235,6 +244,7 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
     }
     let host_pid = rustix::process::getpid();
     let child_fd = child_end.as_ref().map(AsRawFd::as_raw_fd);
+    let (ids, umask) = (spec.ids, spec.umask);
     // SAFETY: the closure runs between fork and exec and only makes raw syscalls through
     // rustix (no allocation, no locks).
     unsafe {
@@ -246,6 +256,18 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
             // The host may have died between fork and prctl; then nobody will supervise us.
             if rustix::process::getppid() != Some(host_pid) {
                 return Err(std::io::Error::other("the host exited during spawn"));
+            }
+            if let Some(mask) = umask {
+                rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask));
+            }
+            if let Some((uid, gid)) = ids {
+                // Groups first, then the group, then the user: afterwards there is no right
+                // left to change them. In the forked child (one thread) the per-thread calls
+                // change the whole process.
+                let gid = rustix::process::Gid::from_raw(gid);
+                rustix::thread::set_thread_groups(&[gid])?;
+                rustix::thread::set_thread_gid(gid)?;
+                rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid))?;
             }
             if let Some(fd) = child_fd {
                 // The inherited socket must survive exec (the host's end stays close-on-exec).

@@ -1,0 +1,102 @@
+//! Process settings a supervisord or systemd user expects: stop signal, success exit codes,
+//! start grace, clean environment, umask, user.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn sh(name: &str, script: &str, extra: &str) -> String {
+    format!(
+        "[[plugins]]\nname = \"{name}\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"{script}\"]\nprotocol = \"none\"\n{extra}\n"
+    )
+}
+
+#[test]
+fn stop_signal_success_codes_and_start_grace() {
+    let cfg = format!(
+        "{}{}{}",
+        sh(
+            "int",
+            "trap 'echo got-int; exit 0' INT; while true; do sleep 0.1; done",
+            "stop_signal = \"SIGINT\""
+        ),
+        sh(
+            "three",
+            "exit 3",
+            "restart = \"on-failure\"\nsuccess_exit_codes = [0, 3]"
+        ),
+        sh(
+            "quick",
+            "exit 0",
+            "restart = \"never\"\nstart_grace = \"2s\""
+        ),
+    );
+    let host = start(&cfg);
+    let three = host.wait_plugin("three", "completed", T, |_| true);
+    assert_eq!(three["last_exit"]["status"], "exit code 3");
+    assert_eq!(three["last_exit"]["failure"], false);
+    let quick = host.wait_plugin("quick", "failed", T, |_| true);
+    let reason = quick["last_exit"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("failed start: exited after ")
+            && reason.ends_with("before start_grace (2s)"),
+        "{reason}"
+    );
+    host.wait_plugin("int", "running", T, |_| true);
+    let (code, st) = host.post("/api/v1/plugins/int/stop");
+    assert_eq!(code, 200);
+    assert_eq!(st["state"], "stopped");
+    assert_eq!(
+        st["last_exit"]["status"], "exit code 0",
+        "the trap ran: {st}"
+    );
+    wait_for(T, "the trap's output", || {
+        host.plugin_log("int").contains("got-int").then_some(())
+    });
+}
+
+#[test]
+fn clean_environment_umask_and_user() {
+    let root = rustix::process::geteuid().is_root();
+    let user = if root { "user = \"nobody\"" } else { "" };
+    let cfg = format!(
+        "{}{}",
+        sh(
+            "envy",
+            "/usr/bin/env; exec sleep 1000",
+            "env_inherit = false\nenv = { ONLY = \"me\" }"
+        ),
+        sh(
+            "masked",
+            "umask; id -u; exec sleep 1000",
+            &format!("umask = \"077\"\n{user}")
+        ),
+    );
+    let host = start(&cfg);
+    host.wait_all_running(T);
+    let env = wait_for(T, "the environment", || {
+        let l = host.plugin_log("envy");
+        l.contains("APPFW_PLUGIN_NAME=envy").then_some(l)
+    });
+    assert!(env.contains(" stdout ONLY=me"), "{env}");
+    assert!(
+        !env.contains("HOME=") && !env.contains("PATH="),
+        "nothing inherited: {env}"
+    );
+    let out = wait_for(T, "umask and uid", || {
+        let l = host.plugin_log("masked");
+        (l.lines().count() >= 2).then_some(l)
+    });
+    let lines: Vec<&str> = out.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(lines[0], "0077", "{out}");
+    if root {
+        assert_eq!(lines[1], "65534", "dropped to nobody: {out}");
+        assert!(!host.log().contains("plugin masked runs as root"));
+    }
+}
