@@ -479,3 +479,39 @@ fn restart_intensity_gives_up_and_an_operator_can_start_again() {
         p["restarts"].as_u64().unwrap() >= 6
     });
 }
+
+#[test]
+fn a_restart_reaches_the_plugins_that_follow_it() {
+    let cfg = "[[plugins]]\nname = \"db\"\ncommand = \"sleep\"\nargs = [\"1000\"]\nprotocol = \"none\"\n\n\
+               [[plugins]]\nname = \"web\"\ncommand = \"sleep\"\nargs = [\"1000\"]\nprotocol = \"none\"\ndepends_on = [\"db\"]\nrestart_with_dependencies = true\n\n\
+               [[plugins]]\nname = \"cache\"\ncommand = \"sleep\"\nargs = [\"1000\"]\nprotocol = \"none\"\ndepends_on = [\"web\"]\nrestart_with_dependencies = true\n\n\
+               [[plugins]]\nname = \"other\"\ncommand = \"sleep\"\nargs = [\"1000\"]\nprotocol = \"none\"\ndepends_on = [\"db\"]\n";
+    let host = start(cfg);
+    host.wait_all_running(T);
+    let pid = |n: &str| host.plugin(n)["pid"].as_u64().unwrap();
+    let (db, web, cache, other) = (pid("db"), pid("web"), pid("cache"), pid("other"));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(db as i32).unwrap(),
+        Signal::KILL,
+    )
+    .unwrap();
+    let w = host.wait_plugin("web", "running", T, |p| p["pid"].as_u64() != Some(web));
+    assert_eq!(w["last_exit"]["reason"], "dependency db restarted");
+    let c = host.wait_plugin("cache", "running", T, |p| p["pid"].as_u64() != Some(cache));
+    assert_eq!(
+        c["last_exit"]["reason"], "dependency web restarted",
+        "transitive"
+    );
+    assert_eq!(
+        pid("other"),
+        other,
+        "a plugin that does not follow keeps its process"
+    );
+    assert_ne!(pid("db"), db);
+    let (_, m) = http(&host.data().join("api.sock"), "GET", "/metrics", None);
+    assert!(
+        m.as_str()
+            .unwrap()
+            .contains("appfw_plugin_restarts_total{plugin=\"web\",reason=\"dependency\"} 1")
+    );
+}

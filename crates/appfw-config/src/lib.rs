@@ -464,6 +464,10 @@ pub struct PluginConfig {
     /// Plugins that must be started before this one (and stopped after it).
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Restart this plugin whenever one of its `depends_on` restarts (OTP's rest_for_one):
+    /// for a plugin that keeps state tied to its dependency's process. Default false.
+    #[serde(default)]
+    pub restart_with_dependencies: bool,
     /// Whether the host starts it at start-up (default true); if false, `appfw start NAME`.
     #[serde(default = "yes")]
     pub autostart: bool,
@@ -559,6 +563,7 @@ impl PluginConfig {
             success_exit_codes: default_success_codes(),
             start_grace: Duration::ZERO,
             depends_on: Vec::new(),
+            restart_with_dependencies: false,
             secrets: Vec::new(),
             probes: Vec::new(),
             protocol: Protocol::Appfw,

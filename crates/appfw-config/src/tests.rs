@@ -164,6 +164,12 @@ fn every_error_class_has_an_exact_located_message() {
             "/etc/appfw.toml:7:1: plugins[0].user: \"a:b\" is not a user or group name or number",
         ]
     );
+    assert_eq!(
+        errors("[[plugins]]\nname = \"a\"\ncommand = \"x\"\nrestart_with_dependencies = true\n"),
+        [
+            "/etc/appfw.toml:4:1: plugins[0].restart_with_dependencies: needs depends_on: the plugins whose restarts this one follows"
+        ]
+    );
     for (text, want) in cases {
         assert_eq!(errors(text), *want, "for config:\n{text}");
     }

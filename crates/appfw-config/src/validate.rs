@@ -238,6 +238,12 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
                 );
             }
         }
+        if p.restart_with_dependencies && p.depends_on.is_empty() {
+            push(
+                key("restart_with_dependencies"),
+                "needs depends_on: the plugins whose restarts this one follows".into(),
+            );
+        }
         for (j, dep) in p.depends_on.iter().enumerate() {
             let at = key(&format!("depends_on[{j}]"));
             if dep == &p.name {

@@ -107,6 +107,7 @@ impl Host {
             config.metrics.max_series_per_plugin,
         ));
         let bus = Bus::new(config.supervisor.request_timeout, Arc::clone(&metrics));
+        let (restarted_tx, mut restarted_rx) = tokio::sync::mpsc::channel::<Arc<str>>(256);
         tasks.spawn(bus.clone().run_expiry(cancel.child_token()));
 
         let ctx = Arc::new(Ctx {
@@ -118,6 +119,7 @@ impl Host {
             supervisor: arc_swap::ArcSwap::from_pointee(config.supervisor.clone()),
             generation: std::sync::atomic::AtomicU64::new(1),
             metrics: Arc::clone(&metrics),
+            restarted: restarted_tx,
             cancel: cancel.child_token(),
         });
         let supervisor = Arc::new(Supervisor::new(Arc::clone(&ctx), &config.plugins));
@@ -138,6 +140,22 @@ impl Host {
             ));
         }
         tasks.spawn(reloader.run(cancel.child_token()));
+        {
+            // rest_for_one: a restart reaches the plugins that follow it, then theirs in turn.
+            let sup = Arc::clone(&supervisor);
+            let state = Arc::clone(reload.state());
+            let stop = cancel.child_token();
+            tasks.spawn(async move {
+                loop {
+                    let name = tokio::select! {
+                        n = restarted_rx.recv() => n,
+                        () = stop.cancelled() => None,
+                    };
+                    let Some(name) = name else { break };
+                    sup.propagate_restart(&name, &state.current()).await;
+                }
+            });
+        }
 
         let info = HostInfo {
             version: env!("CARGO_PKG_VERSION").into(),

@@ -44,6 +44,8 @@ pub enum RestartReason {
     Config,
     /// A health probe failed.
     Probe,
+    /// A dependency restarted (`restart_with_dependencies`).
+    Dependency,
 }
 
 impl RestartReason {
@@ -59,6 +61,7 @@ impl RestartReason {
             Self::Requested => "requested",
             Self::Config => "config",
             Self::Probe => "probe",
+            Self::Dependency => "dependency",
         }
     }
 }

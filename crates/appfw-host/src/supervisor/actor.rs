@@ -38,6 +38,8 @@ pub(crate) enum Command {
     Kill,
     /// A new config for this plugin; `true` when only its settings changed.
     Reconfigure(Box<PluginConfig>, bool, oneshot::Sender<Reconfigured>),
+    /// A plugin this one depends on restarted (sent only to `restart_with_dependencies` ones).
+    DependencyRestarted(Arc<str>),
 }
 
 /// What to do when the current process exits.
@@ -310,6 +312,17 @@ impl Actor {
         match cmd {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::DependencyRestarted(dep) => {
+                let running = self
+                    .proc
+                    .as_ref()
+                    .is_some_and(|p| p.phase == StopPhase::None);
+                if running && !self.held {
+                    self.after_exit = AfterExit::Restart;
+                    self.restart_cause = RestartReason::Dependency;
+                    self.begin_stop(&format!("dependency {dep} restarted"));
+                }
             }
             Command::Kill => {
                 // Killing is never followed by a restart: it is how a host stop is forced.
@@ -1037,6 +1050,9 @@ impl Actor {
     fn count_restart(&mut self) {
         self.restarts += 1;
         self.ctx.metrics.restarted(&self.name, self.restart_cause);
+        // Dependants that follow our restarts hear of it (never blocks; a full queue only
+        // happens in a restart storm, which the intensity limit stops anyway).
+        let _ = self.ctx.restarted.try_send(Arc::clone(&self.name));
     }
 
     /// Applies the restart policy after the process ended (or could not start).

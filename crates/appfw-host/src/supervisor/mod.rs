@@ -214,6 +214,8 @@ pub(crate) struct Ctx {
     /// Generation of the loaded config, sent with live settings updates.
     pub generation: std::sync::atomic::AtomicU64,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Names of plugins that just restarted, for `restart_with_dependencies`.
+    pub restarted: mpsc::Sender<Arc<str>>,
     pub cancel: CancellationToken,
 }
 
@@ -418,6 +420,18 @@ impl Supervisor {
                         "dependency not running within {wait:?}; starting its dependants anyway"
                     ),
                 }
+            }
+        }
+    }
+
+    /// Tells the plugins that follow `dep`'s restarts (per `config`) to restart.
+    pub(crate) async fn propagate_restart(&self, dep: &Arc<str>, config: &crate::config::Config) {
+        for p in &config.plugins {
+            if p.restart_with_dependencies
+                && p.depends_on.iter().any(|d| **d == **dep)
+                && let Ok(a) = self.actor(&p.name)
+            {
+                let _ = a.send(Command::DependencyRestarted(Arc::clone(dep))).await;
             }
         }
     }
