@@ -409,6 +409,20 @@ fn crash_loops_back_off_exponentially() {
     let p = host.plugin("crasher");
     assert!(p["restarts"].as_u64().unwrap() >= 3);
     assert_eq!(p["last_exit"]["status"], "exit code 3");
+    // The exit event carries what the process said last.
+    let ev = host.wait_event("exited", "crasher", T, |_| true);
+    let out: Vec<&str> = ev["last_output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        out.last().copied(),
+        Some("stderr: crasher: crashing by exit"),
+        "{out:?}"
+    );
+    assert!(out.contains(&"stdout: crasher: ready"), "{out:?}");
 }
 
 #[test]

@@ -64,6 +64,8 @@ pub enum EventKind {
         failure: bool,
         /// Why the process ended (e.g. killed after missing heartbeats).
         reason: String,
+        /// The last lines it printed (at most 20 and 4 KiB), `stdout: ...`/`stderr: ...`.
+        last_output: Vec<String>,
     },
     /// A restart was scheduled.
     RestartScheduled {
@@ -298,6 +300,7 @@ fn log(ev: &Event) {
             status,
             failure,
             reason,
+            ..
         } => {
             if *failure {
                 tracing::warn!(plugin, event = kind, pid, status = %status, reason = %reason, "plugin {plugin}: pid {pid} exited with {status} ({reason})")

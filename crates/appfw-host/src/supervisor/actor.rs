@@ -134,6 +134,8 @@ pub(crate) struct Actor {
     held: bool,
     /// When the automatic restarts in the intensity window happened.
     recent_restarts: std::collections::VecDeque<std::time::Instant>,
+    /// The last lines the current process printed.
+    tail: Arc<capture::OutputTail>,
 }
 
 impl Actor {
@@ -160,6 +162,7 @@ impl Actor {
             quit_reason: "host shutting down",
             held: false,
             recent_restarts: std::collections::VecDeque::new(),
+            tail: Arc::default(),
         }
     }
 
@@ -570,6 +573,7 @@ impl Actor {
                     r,
                     out,
                     self.ctx.metrics.log_counters(&self.name),
+                    Arc::clone(&self.tail),
                 ))),
                 Err(e) => tracing::error!(plugin = %self.name, "cannot capture output: {e}"),
             }
@@ -1013,6 +1017,7 @@ impl Actor {
                 status: status_text.clone(),
                 failure,
                 reason: reason.clone(),
+                last_output: self.tail.take(),
             },
         );
         self.last_exit = Some(LastExit {

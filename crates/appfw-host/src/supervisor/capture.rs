@@ -34,6 +34,45 @@ pub fn open_output(logs: &Path, plugin: &str) -> std::io::Result<OutputFile> {
     ))))
 }
 
+/// The last lines a plugin printed (at most 20, at most 4 KiB), kept for the exit event: what a
+/// crashing process said last is usually why it crashed.
+#[derive(Debug, Default)]
+pub struct OutputTail {
+    lines: Mutex<std::collections::VecDeque<String>>,
+}
+
+impl OutputTail {
+    const LINES: usize = 20;
+    const BYTES: usize = 4096;
+
+    fn push(&self, stream: Stream, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let mut entry = format!("{}: {}", stream.name(), text);
+        if entry.len() > 512 {
+            let mut cut = 512;
+            while !entry.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            entry.truncate(cut);
+            entry.push_str(" [...]");
+        }
+        let mut l = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        l.push_back(entry);
+        while l.len() > Self::LINES || l.iter().map(String::len).sum::<usize>() > Self::BYTES {
+            l.pop_front();
+        }
+    }
+
+    /// The lines, oldest first, and forgets them (the next process starts a new tail).
+    pub fn take(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect()
+    }
+}
+
 /// Which stream.
 #[derive(Clone, Copy, Debug)]
 pub enum Stream {
@@ -82,6 +121,7 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     mut pipe: R,
     out: OutputFile,
     counters: Arc<LogCounters>,
+    tail: Arc<OutputTail>,
 ) {
     let level = match stream {
         Stream::Stdout => Level::Info,
@@ -141,13 +181,15 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
                 batch.push(part);
             }
         }
-        for _ in &batch {
+        for l in &batch {
             counters.inc(level);
+            tail.push(stream, l);
         }
         emit(&plugin, stream, &batch, &out, &mut rate);
     }
     if !line.is_empty() {
         counters.inc(level);
+        tail.push(stream, &line);
         emit(&plugin, stream, &[line], &out, &mut rate);
     }
     rate.roll(&plugin, stream);
