@@ -118,18 +118,23 @@ fn a_second_host_on_the_same_data_dir_is_refused() {
     assert_eq!(h.cli(&["status"]).0, 0);
 }
 
+/// `appfw run` on `config` with its own data directory.
+fn run_config(config: &Path, data: &Path) -> (i32, String, String) {
+    run(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn invalid_config_exits_64_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[supervisor]\nheartbeat_timeout = \"soon\"\n").unwrap();
-    let (code, _, err) = run(&[
-        "run",
-        "--config",
-        path.to_str().unwrap(),
-        "--data-dir",
-        dir.path().join("d").to_str().unwrap(),
-    ]);
+    let (code, _, err) = run_config(&path, &dir.path().join("d"));
     assert_eq!(code, 64);
     assert!(
         err.contains(&format!(
@@ -144,13 +149,7 @@ fn invalid_config_exits_64_naming_file_line_and_key() {
         "[[plugins]]\nname = \"a\"\ncommand = \"x\"\n[[plugins]]\nname = \"a\"\ncommand = \"\"\n",
     )
     .unwrap();
-    let (code, _, err) = run(&[
-        "run",
-        "--config",
-        path.to_str().unwrap(),
-        "--data-dir",
-        dir.path().join("d").to_str().unwrap(),
-    ]);
+    let (code, _, err) = run_config(&path, &dir.path().join("d"));
     assert_eq!(code, 64);
     assert!(
         err.contains(":5:1: plugins[1].name: duplicate plugin name \"a\""),

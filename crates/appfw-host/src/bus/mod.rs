@@ -497,6 +497,20 @@ mod tests {
         )
     }
 
+    fn serving() -> pb::Subscribe {
+        pb::Subscribe {
+            kind: SubscriptionKind::Requests as i32,
+            queue_group: String::new(),
+        }
+    }
+
+    fn request(topic: &str, id: u64) -> Frame {
+        let mut f = Frame::new(FrameType::Request, Bytes::new());
+        f.header.topic = topic.into();
+        f.header.request_id = id;
+        f
+    }
+
     fn publish(topic: &str, sender: &str) -> Frame {
         let mut f = Frame::new(FrameType::Publish, Bytes::from_static(b"payload"));
         f.header.topic = topic.into();
@@ -560,10 +574,7 @@ mod tests {
     async fn request_without_server_is_answered_at_once() {
         let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
         let (a, mut ra) = link("a", 1);
-        let mut f = Frame::new(FrameType::Request, Bytes::new());
-        f.header.topic = "nobody".into();
-        f.header.request_id = 5;
-        bus.request(&a, f).await;
+        bus.request(&a, request("nobody", 5)).await;
         let r = ra.try_recv().unwrap();
         assert_eq!(r.header.request_id, 5);
         assert_eq!(r.header.error.unwrap().code, "no_responders");
@@ -575,10 +586,7 @@ mod tests {
         let (a, mut ra) = link("a", 1);
         let (b, mut rb) = link("b", 2);
         let (m, _rm) = link("mallory", 3);
-        let serve = pb::Subscribe {
-            kind: SubscriptionKind::Requests as i32,
-            queue_group: String::new(),
-        };
+        let serve = serving();
         bus.subscribe(&b, 4, "echo", &serve).unwrap();
         let mut f = Frame::new(FrameType::Request, Bytes::from_static(b"hi"));
         f.header.topic = "echo".into();
@@ -609,15 +617,9 @@ mod tests {
         let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
         let (a, mut ra) = link("a", 1);
         let (b, _rb) = link("b", 2);
-        let serve = pb::Subscribe {
-            kind: SubscriptionKind::Requests as i32,
-            queue_group: String::new(),
-        };
+        let serve = serving();
         bus.subscribe(&b, 1, "svc", &serve).unwrap();
-        let mut f = Frame::new(FrameType::Request, Bytes::new());
-        f.header.topic = "svc".into();
-        f.header.request_id = 3;
-        bus.request(&a, f).await;
+        bus.request(&a, request("svc", 3)).await;
         bus.disconnect(&b).await;
         let got = ra.try_recv().unwrap();
         assert_eq!(got.header.error.unwrap().code, "responder_gone");
@@ -629,14 +631,9 @@ mod tests {
         let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
         let (a, mut ra) = link("a", 1);
         let (b, _rb) = link("b", 2);
-        let serve = pb::Subscribe {
-            kind: SubscriptionKind::Requests as i32,
-            queue_group: String::new(),
-        };
+        let serve = serving();
         bus.subscribe(&b, 1, "slow", &serve).unwrap();
-        let mut f = Frame::new(FrameType::Request, Bytes::new());
-        f.header.topic = "slow".into();
-        f.header.request_id = 9;
+        let mut f = request("slow", 9);
         f.header.deadline_unix_ms = now_unix_ms() + 50;
         bus.request(&a, f).await;
         let cancel = CancellationToken::new();
