@@ -2,7 +2,9 @@
 
 use appfw_host::{HostError, HostOptions};
 use clap::Args;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::Cli;
 use crate::exit;
@@ -24,19 +26,32 @@ enum LogFormat {
 }
 
 pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> u8 {
-    let filter = match EnvFilter::try_new(&args.log_level) {
+    // `Targets` (levels per target, `info` or `appfw_host=debug,info`) rather than
+    // `EnvFilter`: the same syntax for what a host needs, without a regex engine in the binary.
+    let filter: Targets = match args.log_level.parse() {
         Ok(f) => f,
         Err(e) => {
             eprintln!("appfw: invalid --log-level {:?}: {e}", args.log_level);
             return exit::CONFIG;
         }
     };
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match args.log_format {
-        LogFormat::Text => fmt.with_target(false).init(),
-        LogFormat::Json => fmt.json().flatten_event(true).init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
     }
     let layers = super::layers(cli, None);
     if layers.file.is_none() {
