@@ -75,6 +75,11 @@ pub struct LogCounters {
 impl LogCounters {
     /// Counts one line.
     pub fn inc(&self, level: Level) {
+        self.inc_by(level, 1);
+    }
+
+    /// Counts `n` lines.
+    pub fn inc_by(&self, level: Level, n: u64) {
         let i = match level {
             Level::Trace => 0,
             Level::Debug => 1,
@@ -82,7 +87,7 @@ impl LogCounters {
             Level::Warn => 3,
             Level::Error => 4,
         };
-        self.by_level[i].fetch_add(1, Ordering::Relaxed);
+        self.by_level[i].fetch_add(n, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> [(&'static str, u64); 5] {

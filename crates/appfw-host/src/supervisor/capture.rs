@@ -181,8 +181,10 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
                 batch.push(part);
             }
         }
-        for l in &batch {
-            counters.inc(level);
+        counters.inc_by(level, batch.len() as u64);
+        // Only the last lines of a batch can stay in the tail: skip formatting the rest (a
+        // flood reads thousands of lines per chunk).
+        for l in &batch[batch.len().saturating_sub(OutputTail::LINES)..] {
             tail.push(stream, l);
         }
         emit(&plugin, stream, &batch, &out, &mut rate);
