@@ -2,8 +2,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,9 @@ use rusqlite::{Connection, params_from_iter};
 use super::{BATCH, BATCH_DELAY, Retention, Store, StoreError, connect, now_ms};
 use crate::events::Event;
 
-/// Events queued for the writer before new ones are dropped (and counted).
+/// Events queued for the writer before new ones are dropped (and counted). The bound is kept by a
+/// counter over a lazily allocated channel: `sync_channel(N)` would preallocate and touch all N
+/// slots (~860 KiB here) for a queue that is almost always empty.
 const QUEUE: usize = 10_000;
 /// How often old events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -34,7 +36,9 @@ struct Row {
 /// Hands events to the writer without ever blocking the emitter.
 #[derive(Clone)]
 pub struct EventSink {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
+    /// Rows sent and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -57,18 +61,20 @@ impl EventSink {
             kind: ev.kind.name(),
             body: serde_json::to_string(ev).unwrap_or_default(),
         };
-        match self.tx.try_send(Msg::Row(row)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed);
-                if n % 1000 == 0 {
-                    tracing::warn!(
-                        dropped = n + 1,
-                        "event store is behind: events dropped from the store (still logged)"
-                    );
-                }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n % 1000 == 0 {
+                tracing::warn!(
+                    dropped = n + 1,
+                    "event store is behind: events dropped from the store (still logged)"
+                );
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            return;
+        }
+        if self.tx.send(Msg::Row(row)).is_err() {
+            // The writer is gone (host closing): nothing will take it.
+            self.queued.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -85,16 +91,19 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn start(path: &Path, retention: Retention) -> Result<Self, StoreError> {
-        let (tx, rx) = sync_channel(QUEUE);
+        let (tx, rx) = channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let conn = connect(path)?;
         let p = path.to_path_buf();
+        let taken = Arc::clone(&queued);
         let thread = std::thread::Builder::new()
             .name("appfw-store-events".into())
-            .spawn(move || run(conn, &p, &rx, &retention))
+            .spawn(move || run(conn, &p, &Queue { rx, queued: taken }, &retention))
             .map_err(StoreError::Thread)?;
         Ok(Self {
             sink: Some(EventSink {
                 tx,
+                queued,
                 dropped: Arc::new(AtomicU64::new(0)),
             }),
             thread: Some(thread),
@@ -104,7 +113,8 @@ impl Writer {
     pub(super) fn sink(&self) -> EventSink {
         // Only `close` takes it, and that consumes the writer.
         self.sink.clone().unwrap_or_else(|| EventSink {
-            tx: sync_channel(1).0,
+            tx: channel().0,
+            queued: Arc::default(),
             dropped: Arc::default(),
         })
     }
@@ -122,7 +132,33 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, path: &Path, rx: &Receiver<Msg>, retention: &Retention) {
+/// The writer's end: every message taken releases its place in the bound.
+struct Queue {
+    rx: Receiver<Msg>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    fn take(&self, m: Result<Msg, RecvTimeoutError>) -> Result<Msg, RecvTimeoutError> {
+        if let Ok(Msg::Row(_)) = &m {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        m
+    }
+
+    fn recv_timeout(&self, d: Duration) -> Result<Msg, RecvTimeoutError> {
+        self.take(self.rx.recv_timeout(d))
+    }
+
+    fn try_iter(&self) -> impl Iterator<Item = Msg> + '_ {
+        std::iter::from_fn(|| {
+            self.take(self.rx.try_recv().map_err(|_| RecvTimeoutError::Timeout))
+                .ok()
+        })
+    }
+}
+
+fn run(mut conn: Connection, path: &Path, rx: &Queue, retention: &Retention) {
     let mut last_prune = Instant::now()
         .checked_sub(PRUNE_EVERY)
         .unwrap_or_else(Instant::now);
