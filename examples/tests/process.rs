@@ -100,3 +100,61 @@ fn clean_environment_umask_and_user() {
         assert!(!host.log().contains("plugin masked runs as root"));
     }
 }
+
+fn event_time(e: &serde_json::Value) -> std::time::SystemTime {
+    humantime::parse_rfc3339(e["time"].as_str().unwrap()).unwrap()
+}
+
+/// `depends_on` conditions: `completed` waits for a one-shot's successful exit, `healthy` for
+/// the dependency's probes to pass; start order follows, stop order is the reverse.
+#[test]
+fn dependency_conditions_order_the_start() {
+    let cfg = format!(
+        "{}{}{}",
+        sh("migrate", "sleep 0.3; echo migrated", "restart = \"never\""),
+        sh(
+            "db",
+            "sleep 0.4; touch {mark}/db-ready; exec sleep 1000",
+            "[[plugins.probes]]\nexec = [\"test\", \"-e\", \"{mark}/db-ready\"]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfailure_threshold = 1"
+        ),
+        sh(
+            "web",
+            "exec sleep 1000",
+            "depends_on = [{ name = \"migrate\", condition = \"completed\" }, { name = \"db\", condition = \"healthy\" }]"
+        ),
+    );
+    let host = start(&cfg);
+    let web = host.wait_event("spawned", "web", T, |_| true);
+    let migrated = host.wait_event("state_changed", "migrate", T, |e| e["to"] == "completed");
+    let db_healthy = host.wait_event("probe_changed", "db", T, |e| e["passing"] == true);
+    assert!(
+        event_time(&web) >= event_time(&migrated),
+        "web started before migrate completed: {web} {migrated}"
+    );
+    assert!(
+        event_time(&web) >= event_time(&db_healthy),
+        "web started before db was healthy: {web} {db_healthy}"
+    );
+    assert!(web["seq"].as_u64() > db_healthy["seq"].as_u64());
+    assert!(web["seq"].as_u64() > migrated["seq"].as_u64());
+    // Stop order: dependants first.
+    let mut host = host;
+    host.signal(rustix::process::Signal::TERM);
+    assert!(host.wait_exit(T).success());
+    let evs: Vec<serde_json::Value> = {
+        let store = host.data().join("appfw.db");
+        assert!(store.exists());
+        // The host is gone: read the order from its log.
+        host.log()
+            .lines()
+            .filter(|l| l.contains("exited with"))
+            .map(|l| serde_json::Value::String(l.to_string()))
+            .collect()
+    };
+    let pos = |name: &str| {
+        evs.iter()
+            .position(|l| l.as_str().unwrap().contains(&format!("plugin {name}: pid")))
+            .unwrap_or_else(|| panic!("no exit of {name} in {evs:?}"))
+    };
+    assert!(pos("web") < pos("db"), "{evs:?}");
+}

@@ -147,6 +147,11 @@ fn prometheus_scrapes_plugin_metrics_and_restart_counters() {
         query(&prom, "appfw_plugin_up{plugin=\"echo\"}").filter(|(_, v)| *v == 1.0)
     });
 
+    // The new process's counter is told apart by its drop (`resets`): the old one must be above
+    // what the new one can count before its first report (5 s of 100 ms ticks: 50).
+    wait_for(T, "echo's counter above 80", || {
+        query(&prom, "echo_requests_total").filter(|(_, v)| *v > 80.0)
+    });
     // Force a restart: the restart counter, by reason, reaches Prometheus.
     let pid = host.plugin("echo")["pid"].as_u64().unwrap();
     rustix::process::kill_process(

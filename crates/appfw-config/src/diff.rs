@@ -127,12 +127,14 @@ impl ConfigDiff {
             toml::Table::try_from(&new.supervisor).unwrap_or_default(),
         );
         for k in changed_keys(&os, &ns) {
-            let note = match k.as_str() {
-                "shutdown_timeout" => "applied",
-                "request_timeout" => "applied to requests from now on",
-                _ => "applies to plugins started from now on",
+            let (applied, note) = match k.as_str() {
+                "shutdown_timeout" => (true, "applied"),
+                "request_timeout" => (true, "applied to requests from now on"),
+                "sample_interval" => (true, "applied from each plugin's next sample"),
+                "cgroups" => (false, "takes effect when the host restarts"),
+                _ => (true, "applies to plugins started from now on"),
             };
-            d.host.push(host(&format!("supervisor.{k}"), true, note));
+            d.host.push(host(&format!("supervisor.{k}"), applied, note));
         }
         d
     }

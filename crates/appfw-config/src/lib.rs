@@ -176,11 +176,11 @@ pub struct SupervisorConfig {
     #[serde(with = "human_duration")]
     #[schemars(with = "String")]
     pub handshake_timeout: Duration,
-    /// Interval of the host's heartbeat pings. Default `1s`.
+    /// Interval of the host's heartbeat pings. Default `5s`.
     #[serde(with = "human_duration")]
     #[schemars(with = "String")]
     pub heartbeat_interval: Duration,
-    /// A plugin that answers no ping for this long is hung and gets restarted. Default `5s`.
+    /// A plugin that answers no ping for this long is hung and gets restarted. Default `15s`.
     #[serde(with = "human_duration")]
     #[schemars(with = "String")]
     pub heartbeat_timeout: Duration,
@@ -192,6 +192,16 @@ pub struct SupervisorConfig {
     #[serde(with = "human_duration")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
+    /// How often every plugin's CPU, memory, open files, threads and I/O are sampled from
+    /// /proc (figures in status, events and metrics; `[[plugins.thresholds]]` act on them).
+    /// Default `10s`.
+    #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
+    pub sample_interval: Duration,
+    /// Put plugins in cgroups (v2, else v1) where the host may create them: limits enforced by
+    /// the kernel, OOM kills told apart, every descendant found at stop. `false` leaves only
+    /// rlimits, sampling and subreaper adoption. Read at host start. Default true.
+    pub cgroups: bool,
 }
 
 impl Default for SupervisorConfig {
@@ -199,10 +209,12 @@ impl Default for SupervisorConfig {
         Self {
             shutdown_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
-            heartbeat_interval: Duration::from_secs(1),
-            heartbeat_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             request_timeout: Duration::from_secs(30),
+            sample_interval: Duration::from_secs(10),
+            cgroups: true,
         }
     }
 }
@@ -325,6 +337,239 @@ impl Default for MetricsConfig {
             max_series_per_plugin: 1000,
         }
     }
+}
+
+/// What a dependency must have reached before its dependant starts.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyCondition {
+    /// Its process runs (for protocol plugins: its handshake is done).
+    #[default]
+    Started,
+    /// It runs and is healthy: every probe of it has passed, and its own health report (if it
+    /// sent one) says `healthy`.
+    Healthy,
+    /// It ran to the end with a success exit code (a one-shot task such as a migration).
+    Completed,
+}
+
+impl DependencyCondition {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Healthy => "healthy",
+            Self::Completed => "completed",
+        }
+    }
+}
+
+/// One entry of `depends_on`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dependency {
+    /// The plugin depended on.
+    pub name: String,
+    /// What it must have reached.
+    pub condition: DependencyCondition,
+}
+
+impl Dependency {
+    /// The plugin's name.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+impl PartialEq<String> for Dependency {
+    fn eq(&self, other: &String) -> bool {
+        &self.name == other
+    }
+}
+
+impl PartialEq<str> for Dependency {
+    fn eq(&self, other: &str) -> bool {
+        self.name == other
+    }
+}
+
+impl From<&str> for Dependency {
+    fn from(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            condition: DependencyCondition::Started,
+        }
+    }
+}
+
+/// The two ways to write a dependency (for the schema and the parser).
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // only the schema and the parser build it
+enum DependencyForm {
+    /// A name: the plugin must be running.
+    Name(String),
+    /// A name and a condition.
+    Full(DependencyTable),
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct DependencyTable {
+    name: String,
+    #[serde(default)]
+    condition: DependencyCondition,
+}
+
+impl<'de> Deserialize<'de> for Dependency {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = toml::Value::deserialize(d)?;
+        match v {
+            toml::Value::String(name) => Ok(Self {
+                name,
+                condition: DependencyCondition::Started,
+            }),
+            toml::Value::Table(t) => {
+                let t: DependencyTable = toml::Value::Table(t)
+                    .try_into()
+                    .map_err(serde::de::Error::custom)?;
+                Ok(Self {
+                    name: t.name,
+                    condition: t.condition,
+                })
+            }
+            other => Err(serde::de::Error::custom(format!(
+                "expected a plugin name or {{ name = \"...\", condition = \"started|healthy|completed\" }}, found {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+impl Serialize for Dependency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        if self.condition == DependencyCondition::Started {
+            return s.serialize_str(&self.name);
+        }
+        let mut st = s.serialize_struct("Dependency", 2)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("condition", &self.condition)?;
+        st.end()
+    }
+}
+
+/// `[plugins.limits]`: limits on everything the plugin runs (its process and all descendants,
+/// where a cgroup holds them; see the README for which mechanism enforces which limit).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Memory, e.g. `256MiB`. Over it the kernel OOM-kills the plugin (reported with reason
+    /// `oom`); without a memory cgroup the host restarts it when a sample finds its RSS over it.
+    #[serde(with = "opt_human_size", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub memory: Option<u64>,
+    /// CPU time as a number of cores, e.g. `0.5` (a quota per 100 ms period).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Relative CPU share when the CPU is contended, 1-10000 (the kernel's default is 100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
+    /// Most processes and threads at once (a fork bomb stops there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// Most open files of each process (`RLIMIT_NOFILE`); past it `open` fails with EMFILE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+}
+
+impl LimitsConfig {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.memory.is_some()
+            || self.cpu.is_some()
+            || self.cpu_weight.is_some()
+            || self.pids.is_some()
+            || self.open_files.is_some()
+    }
+}
+
+/// A sampled figure a threshold watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SampledResource {
+    /// Resident memory of the plugin's process, bytes (`above` is a size like `200MiB`).
+    Rss,
+    /// CPU use in percent of one core over the last sample interval (`above = 150` is 1.5 cores).
+    Cpu,
+    /// Open file descriptors of the plugin's process.
+    Fds,
+    /// Threads of the plugin's process.
+    Threads,
+}
+
+impl SampledResource {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rss => "rss",
+            Self::Cpu => "cpu",
+            Self::Fds => "fds",
+            Self::Threads => "threads",
+        }
+    }
+}
+
+/// What a breached threshold does.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdAction {
+    /// A `limit_breached` event (which alert rules can turn into an alert); nothing else.
+    #[default]
+    Warn,
+    /// The event, then a restart of the plugin (reason `limit`).
+    Restart,
+}
+
+/// A number, or a size in human units (`200MiB`).
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum Amount {
+    /// A plain number.
+    Number(f64),
+    /// A size like `200MiB`.
+    Text(String),
+}
+
+impl Amount {
+    /// The value: a number as is, a size in bytes; `None` if the text is not a size.
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            Self::Number(n) => Some(*n),
+            Self::Text(s) => s.parse::<bytesize::ByteSize>().ok().map(|b| b.0 as f64),
+        }
+    }
+}
+
+/// `[[plugins.thresholds]]`: when `resource` stays above `above` for `for`, do `action`.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdConfig {
+    /// `rss`, `cpu`, `fds` or `threads`.
+    pub resource: SampledResource,
+    /// The value: a size for `rss` (`"200MiB"`), percent of one core for `cpu`, a count for
+    /// `fds` and `threads`.
+    pub above: Amount,
+    /// How long every sample must stay above it. Default `0s` (the first sample above).
+    #[serde(default, rename = "for", with = "human_duration")]
+    #[schemars(with = "String")]
+    pub for_: Duration,
+    /// `warn` (default) or `restart`.
+    #[serde(default)]
+    pub action: ThresholdAction,
 }
 
 /// Whether a plugin speaks the appfw wire protocol.
@@ -461,9 +706,12 @@ pub struct PluginConfig {
     /// `*TOKEN*`, `*SECRET*`, `*API_KEY*`, ...) and values with `${...}` references.
     #[serde(default)]
     pub secrets: Vec<String>,
-    /// Plugins that must be started before this one (and stopped after it).
+    /// Plugins that must be started before this one (and stopped after it): a name (it must be
+    /// running), or `{ name = "db", condition = "healthy" }` (`started`, `healthy` or
+    /// `completed`).
     #[serde(default)]
-    pub depends_on: Vec<String>,
+    #[schemars(with = "Vec<DependencyForm>")]
+    pub depends_on: Vec<Dependency>,
     /// Restart this plugin whenever one of its `depends_on` restarts (OTP's rest_for_one):
     /// for a plugin that keeps state tied to its dependency's process. Default false.
     #[serde(default)]
@@ -493,6 +741,12 @@ pub struct PluginConfig {
     /// reports itself.
     #[serde(default)]
     pub probes: Vec<ProbeConfig>,
+    /// Resource limits of the plugin's processes (`[plugins.limits]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// What to do when a sampled resource figure stays above a value (`[[plugins.thresholds]]`).
+    #[serde(default)]
+    pub thresholds: Vec<ThresholdConfig>,
     /// Plugin-specific settings, passed to the plugin as JSON in the handshake.
     #[serde(default)]
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
@@ -574,6 +828,8 @@ impl PluginConfig {
             kill_after: default_stop_grace(),
             heartbeat_interval: None,
             heartbeat_timeout: None,
+            limits: LimitsConfig::default(),
+            thresholds: Vec::new(),
             settings: toml::Table::new(),
         }
     }
@@ -698,6 +954,29 @@ pub mod opt_human_duration {
     /// Parses a human string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         super::human_duration::deserialize(d).map(Some)
+    }
+}
+
+/// `n` bytes in binary units, like `64 MiB`.
+pub fn format_size(n: u64) -> String {
+    bytesize::ByteSize(n).display().iec().to_string()
+}
+
+/// Optional sizes in human units.
+pub mod opt_human_size {
+    use super::*;
+
+    /// Serializes as a human string or nothing.
+    pub fn serialize<S: serde::Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            Some(n) => super::human_size::serialize(n, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Parses a human string or an integer.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        super::human_size::deserialize(d).map(Some)
     }
 }
 

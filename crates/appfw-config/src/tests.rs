@@ -418,3 +418,75 @@ fn redaction_hides_references_and_secret_names() {
         ]
     );
 }
+
+#[test]
+fn limits_and_thresholds_are_parsed_and_checked() {
+    let text_ok = "[[plugins]]\nname = \"a\"\ncommand = \"x\"\n[plugins.limits]\nmemory = \"64MiB\"\ncpu = 0.5\ncpu_weight = 50\npids = 32\nopen_files = 256\n[[plugins.thresholds]]\nresource = \"rss\"\nabove = \"48MiB\"\nfor = \"30s\"\naction = \"restart\"\n[[plugins.thresholds]]\nresource = \"cpu\"\nabove = 90\n";
+    let c = ok(text_ok);
+    let l = &c.plugins[0].limits;
+    assert_eq!(l.memory, Some(64 * 1024 * 1024));
+    assert_eq!(
+        (l.cpu, l.cpu_weight, l.pids, l.open_files),
+        (Some(0.5), Some(50), Some(32), Some(256))
+    );
+    let t = &c.plugins[0].thresholds;
+    assert_eq!(t[0].above.value(), Some(48.0 * 1024.0 * 1024.0));
+    assert_eq!(t[0].for_, Duration::from_secs(30));
+    assert_eq!(t[0].action, crate::ThresholdAction::Restart);
+    assert_eq!(
+        (t[1].resource, t[1].action),
+        (crate::SampledResource::Cpu, crate::ThresholdAction::Warn)
+    );
+    let bad = "[supervisor]\nsample_interval = \"10ms\"\n[[plugins]]\nname = \"a\"\ncommand = \"x\"\n[plugins.limits]\nmemory = 1000\ncpu = 0\ncpu_weight = 20000\npids = 0\nopen_files = 3\n[[plugins.thresholds]]\nresource = \"rss\"\nabove = \"lots\"\n[[plugins.thresholds]]\nresource = \"fds\"\nabove = \"1MiB\"\n[[plugins.thresholds]]\nresource = \"cpu\"\nabove = -5\n";
+    assert_eq!(
+        errors(bad),
+        vec![
+            "/etc/appfw.toml:2:1: supervisor.sample_interval: must be at least 100ms",
+            "/etc/appfw.toml:7:1: plugins[0].limits.memory: must be at least 1MiB",
+            "/etc/appfw.toml:8:1: plugins[0].limits.cpu: must be a number of cores from 0.01 to 4096, e.g. 0.5",
+            "/etc/appfw.toml:9:1: plugins[0].limits.cpu_weight: must be between 1 and 10000",
+            "/etc/appfw.toml:10:1: plugins[0].limits.pids: must be at least 1",
+            "/etc/appfw.toml:11:1: plugins[0].limits.open_files: must be at least 16 (a process needs a few for itself)",
+            "/etc/appfw.toml:14:1: plugins[0].thresholds[0].above: \"lots\" is not a size like \"200MiB\"",
+            "/etc/appfw.toml:17:1: plugins[0].thresholds[1].above: \"1MiB\": fds takes a plain number (a count)",
+            "/etc/appfw.toml:20:1: plugins[0].thresholds[2].above: must be a number above 0",
+        ]
+    );
+}
+
+#[test]
+fn dependencies_take_a_name_or_a_condition() {
+    let c = ok(
+        "[[plugins]]\nname = \"migrate\"\ncommand = \"x\"\nrestart = \"never\"\n[[plugins]]\nname = \"db\"\ncommand = \"x\"\n[[plugins]]\nname = \"web\"\ncommand = \"x\"\ndepends_on = [\"db\", { name = \"migrate\", condition = \"completed\" }, { name = \"db\", condition = \"healthy\" }]\n",
+    );
+    let d = &c.plugin("web").unwrap().depends_on;
+    assert_eq!(d[0], crate::Dependency::from("db"));
+    assert_eq!(
+        (d[1].as_str(), d[1].condition),
+        ("migrate", crate::DependencyCondition::Completed)
+    );
+    assert_eq!(d[2].condition, crate::DependencyCondition::Healthy);
+    // Shown back as written: a name alone, or a table.
+    let shown = crate::render_toml(&c, false);
+    assert!(
+        shown.contains("depends_on = [\"db\", { name = \"migrate\", condition = \"completed\" }")
+            || shown.contains("name = \"migrate\""),
+        "{shown}"
+    );
+    let bad = "[[plugins]]\nname = \"svc\"\ncommand = \"x\"\n[[plugins]]\nname = \"web\"\ncommand = \"x\"\ndepends_on = [{ name = \"svc\", condition = \"completed\" }, { name = \"svc\", condition = \"ready\" }]\n";
+    let got = errors(bad);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "/etc/appfw.toml:7:58: plugins[1].depends_on[1]: unknown value `ready`; expected one of: started, healthy, completed"
+        ),
+        "{got:?}"
+    );
+    let always = "[[plugins]]\nname = \"svc\"\ncommand = \"x\"\n[[plugins]]\nname = \"web\"\ncommand = \"x\"\ndepends_on = [{ name = \"svc\", condition = \"completed\" }]\n";
+    assert_eq!(
+        errors(always),
+        vec![
+            "/etc/appfw.toml:7:15: plugins[1].depends_on[0]: condition \"completed\" needs a plugin that can complete, but \"svc\" has restart = \"always\""
+        ]
+    );
+}

@@ -32,6 +32,12 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
             ),
         );
     }
+    if s.sample_interval < std::time::Duration::from_millis(100) {
+        push(
+            "supervisor.sample_interval".into(),
+            "must be at least 100ms".into(),
+        );
+    }
     if s.max_frame_size < 1024 || s.max_frame_size > u64::from(u32::MAX) {
         push(
             "supervisor.max_frame_size".into(),
@@ -166,6 +172,7 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
                 "only plugins with protocol = \"appfw\" receive settings".into(),
             );
         }
+        check_limits(p, &mut |k, m| push(key(k), m));
         let mut probe_names = HashSet::new();
         for (j, probe) in p.probes.iter().enumerate() {
             let at = |k: &str| key(&format!("probes[{j}].{k}"));
@@ -246,9 +253,23 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
         }
         for (j, dep) in p.depends_on.iter().enumerate() {
             let at = key(&format!("depends_on[{j}]"));
-            if dep == &p.name {
+            let target = c.plugins.iter().find(|q| *dep == q.name);
+            if dep.condition == super::DependencyCondition::Completed
+                && let Some(t) = target
+                && t.restart == super::RestartPolicy::Always
+            {
+                push(
+                    at.clone(),
+                    format!(
+                        "condition \"completed\" needs a plugin that can complete, but {:?} has restart = \"always\"",
+                        t.name
+                    ),
+                );
+            }
+            let dep = dep.as_str();
+            if dep == p.name {
                 push(at, "a plugin cannot depend on itself".into());
-            } else if !c.plugins.iter().any(|q| &q.name == dep) {
+            } else if !c.plugins.iter().any(|q| q.name == dep) {
                 let known: Vec<&str> = c.plugins.iter().map(|q| q.name.as_str()).collect();
                 let hint = super::load::closest(dep, &known)
                     .map(|m| format!("; did you mean {m:?}?"))
@@ -418,7 +439,7 @@ pub(super) fn start_order(plugins: &[PluginConfig]) -> Vec<String> {
             let ready = p
                 .depends_on
                 .iter()
-                .all(|d| done.contains(d.as_str()) || !plugins.iter().any(|q| &q.name == d));
+                .all(|d| done.contains(d.as_str()) || !plugins.iter().any(|q| *d == q.name));
             if ready {
                 done.insert(p.name.as_str());
                 order.push(p.name.clone());
@@ -434,4 +455,57 @@ pub(super) fn start_order(plugins: &[PluginConfig]) -> Vec<String> {
         }
     }
     order
+}
+
+/// `[plugins.limits]` and `[[plugins.thresholds]]` of one plugin.
+fn check_limits(p: &PluginConfig, push: &mut dyn FnMut(&str, String)) {
+    let l = &p.limits;
+    if l.memory.is_some_and(|m| m < 1024 * 1024) {
+        push("limits.memory", "must be at least 1MiB".into());
+    }
+    if l.cpu.is_some_and(|c| !(0.01..=4096.0).contains(&c)) {
+        push(
+            "limits.cpu",
+            "must be a number of cores from 0.01 to 4096, e.g. 0.5".into(),
+        );
+    }
+    if l.cpu_weight.is_some_and(|w| !(1..=10_000).contains(&w)) {
+        push("limits.cpu_weight", "must be between 1 and 10000".into());
+    }
+    if l.pids.is_some_and(|n| n < 1) {
+        push("limits.pids", "must be at least 1".into());
+    }
+    if l.open_files.is_some_and(|n| n < 16) {
+        push(
+            "limits.open_files",
+            "must be at least 16 (a process needs a few for itself)".into(),
+        );
+    }
+    for (j, t) in p.thresholds.iter().enumerate() {
+        let at = format!("thresholds[{j}].above");
+        match (t.resource, &t.above, t.above.value()) {
+            (_, super::Amount::Text(s), None) => {
+                push(&at, format!("{s:?} is not a size like \"200MiB\""))
+            }
+            (super::SampledResource::Rss, _, Some(v)) if v < 1.0 => {
+                push(&at, "must be a size above 0, e.g. \"200MiB\"".into());
+            }
+            (r, super::Amount::Text(s), Some(_)) if r != super::SampledResource::Rss => push(
+                &at,
+                format!(
+                    "{s:?}: {} takes a plain number ({})",
+                    r.as_str(),
+                    if r == super::SampledResource::Cpu {
+                        "percent of one core, e.g. 150 for 1.5 cores"
+                    } else {
+                        "a count"
+                    }
+                ),
+            ),
+            (_, _, Some(v)) if !(v.is_finite() && v > 0.0) => {
+                push(&at, "must be a number above 0".into());
+            }
+            _ => {}
+        }
+    }
 }

@@ -66,6 +66,28 @@ pub enum EventKind {
         reason: String,
         /// The last lines it printed (at most 20 and 4 KiB), `stdout: ...`/`stderr: ...`.
         last_output: Vec<String>,
+        /// Its last sampled resource figures.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::resources::Usage>,
+        /// Descendants still running after it exited, killed by the sweep: `pid (command)`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        killed: Vec<String>,
+    },
+    /// A sampled resource figure stayed over a threshold (`[[plugins.thresholds]]`, or the
+    /// memory limit where no memory cgroup enforces it).
+    LimitBreached {
+        /// `rss`, `cpu`, `fds` or `threads`.
+        resource: String,
+        /// The sampled value (bytes, percent of one core, or a count).
+        value: f64,
+        /// The threshold.
+        threshold: f64,
+        /// How long it has been over, milliseconds.
+        for_ms: u64,
+        /// `warn` or `restart`.
+        action: String,
+        /// The figures of that sample.
+        usage: crate::resources::Usage,
     },
     /// A restart was scheduled.
     RestartScheduled {
@@ -153,6 +175,7 @@ impl EventKind {
             Self::ConfigReloaded { .. } => "config_reloaded",
             Self::ProbeChanged { .. } => "probe_changed",
             Self::GaveUp { .. } => "gave_up",
+            Self::LimitBreached { .. } => "limit_breached",
             Self::ConfigRejected { .. } => "config_rejected",
         }
     }
@@ -340,6 +363,24 @@ fn log(ev: &Event) {
                 delay_ms,
                 attempt,
                 "plugin {plugin}: restart in {delay_ms} ms (restart {attempt} in a row without a stable uptime)"
+            )
+        }
+        EventKind::LimitBreached {
+            resource,
+            value,
+            threshold,
+            for_ms,
+            action,
+            ..
+        } => {
+            tracing::warn!(
+                plugin,
+                event = kind,
+                resource = %resource,
+                value,
+                threshold,
+                action = %action,
+                "plugin {plugin}: {resource} {value} over {threshold} for {for_ms} ms ({action})"
             )
         }
         EventKind::StopEscalated { signal } => {

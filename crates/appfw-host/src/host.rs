@@ -69,6 +69,7 @@ pub struct Host {
     reload: ReloadHandle,
     store: Arc<crate::store::Store>,
     spawner: Option<(Spawner, std::thread::JoinHandle<()>)>,
+    cgroups: Option<Arc<crate::resources::CgroupRoot>>,
     _data_dir: DataDir,
 }
 
@@ -98,6 +99,19 @@ impl Host {
             tracing::warn!("cannot record this run in the store: {e}");
         }
 
+        let cgroups = if config.supervisor.cgroups {
+            crate::resources::CgroupRoot::setup(&crate::resources::cgroup::instance_id(
+                &layout.root,
+            ))
+        } else {
+            crate::resources::CgroupRoot::disabled("supervisor.cgroups = false")
+        };
+        if cgroups.is_active() {
+            tracing::info!("{}", cgroups.describe());
+        } else {
+            tracing::warn!("no cgroup in use: {}", cgroups.describe());
+        }
+        let cgroups = cgroups.is_active().then(|| Arc::new(cgroups));
         let (spawner, spawner_thread) = Spawner::start().map_err(|source| HostError::Io {
             what: "cannot start the spawner thread",
             source,
@@ -120,6 +134,7 @@ impl Host {
             generation: std::sync::atomic::AtomicU64::new(1),
             metrics: Arc::clone(&metrics),
             restarted: restarted_tx,
+            cgroups: cgroups.clone(),
             cancel: cancel.child_token(),
         });
         let supervisor = Arc::new(Supervisor::new(Arc::clone(&ctx), &config.plugins));
@@ -264,6 +279,7 @@ impl Host {
             reload,
             store,
             spawner: Some((spawner, spawner_thread)),
+            cgroups,
             _data_dir: data_dir,
         })
     }
@@ -312,6 +328,9 @@ impl Host {
             .is_err()
         {
             tracing::warn!("some host tasks did not finish within 5 s");
+        }
+        if let Some(c) = self.cgroups.take() {
+            c.remove();
         }
         if let Some((spawner, thread)) = self.spawner.take() {
             drop(spawner);

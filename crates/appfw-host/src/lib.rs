@@ -16,6 +16,7 @@ pub mod events;
 mod host;
 pub mod metrics;
 pub mod reload;
+pub mod resources;
 pub mod store;
 pub mod supervisor;
 

@@ -45,7 +45,9 @@ fn status_lists_every_plugin_as_a_table_and_as_json() {
     let cols: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         cols,
-        ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST", "EXIT"]
+        [
+            "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CPU", "MEM", "LAST", "EXIT"
+        ]
     );
     assert!(
         lines[1].starts_with("alpha") && lines[1].contains("running"),

@@ -251,15 +251,22 @@ pub(super) async fn healthz(State(s): State<ApiState>) -> Response {
             .depends_on
             .iter()
             .filter_map(|d| {
-                let st = plugins.iter().find(|q| &q.name == d)?;
+                let st = plugins.iter().find(|q| *d == q.name)?;
                 (!matches!(st.state, PluginState::Running | PluginState::Completed))
-                    .then(|| format!("{d} is {}", st.state))
+                    .then(|| format!("{} is {}", d.name, st.state))
             })
             .collect();
         let (status, message) = if down.is_empty() {
             (
                 "healthy",
-                format!("dependencies up: {}", pc.depends_on.join(", ")),
+                format!(
+                    "dependencies up: {}",
+                    pc.depends_on
+                        .iter()
+                        .map(|d| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )
         } else {
             ("degraded", down.join(", "))

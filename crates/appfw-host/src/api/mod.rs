@@ -145,6 +145,18 @@ async fn host_info(State(s): State<ApiState>) -> Json<serde_json::Value> {
                 .to_string()
                 .into(),
         );
+        // The host's own footprint: what the hygiene checks watch (every fd and task a plugin
+        // takes is released when it exits).
+        let me = crate::metrics::proc::Sampler::default().sample(std::process::id());
+        o.insert(
+            "resources".into(),
+            serde_json::json!({
+                "open_fds": me.map(|m| m.open_fds),
+                "threads": me.map(|m| m.threads),
+                "rss_bytes": me.map(|m| m.rss_bytes),
+                "tasks": tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+            }),
+        );
     }
     Json(v)
 }

@@ -46,6 +46,10 @@ pub enum RestartReason {
     Probe,
     /// A dependency restarted (`restart_with_dependencies`).
     Dependency,
+    /// The kernel's OOM killer ended it (memory limit of its cgroup).
+    Oom,
+    /// A sampled figure stayed over a threshold with `action = "restart"`.
+    Limit,
 }
 
 impl RestartReason {
@@ -62,6 +66,8 @@ impl RestartReason {
             Self::Config => "config",
             Self::Probe => "probe",
             Self::Dependency => "dependency",
+            Self::Oom => "oom",
+            Self::Limit => "limit",
         }
     }
 }

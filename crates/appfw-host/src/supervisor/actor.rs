@@ -25,6 +25,8 @@ use super::{Action, Ctx, LastExit, PluginState, PluginStatus, Reconfigured, back
 use crate::config::{PluginConfig, Protocol, RestartPolicy};
 use crate::events::EventKind;
 use crate::metrics::RestartReason;
+use crate::metrics::proc::{ProcSample, Sampler};
+use crate::resources::{PluginCgroup, ProcessLimits, Usage, Watch};
 
 /// Messages to a plugin's owner task.
 pub(crate) enum Command {
@@ -88,6 +90,7 @@ enum Input {
     Conn(Option<ConnEvent>),
     Probe(Option<ProbeResult>),
     Timer,
+    Sample,
 }
 
 /// What the owner task knows of one probe.
@@ -136,6 +139,21 @@ pub(crate) struct Actor {
     recent_restarts: std::collections::VecDeque<std::time::Instant>,
     /// The last lines the current process printed.
     tail: Arc<capture::OutputTail>,
+    /// The plugin's cgroups, when the host has any.
+    cgroup: Option<PluginCgroup>,
+    /// OOM kills counted in the cgroup when the current process started.
+    oom_base: Option<u64>,
+    /// Reused buffers for /proc reads.
+    sampler: Sampler,
+    /// When the next sample is due.
+    sample_at: Option<Instant>,
+    /// The previous sample of the current process (for the CPU rate).
+    last_sample: Option<(ProcSample, std::time::Instant)>,
+    /// The last figures of the current process.
+    usage: Option<Usage>,
+    /// Thresholds in force, and their state.
+    thresholds: Vec<(crate::config::ThresholdConfig, bool)>,
+    watch: Watch,
 }
 
 impl Actor {
@@ -163,10 +181,98 @@ impl Actor {
             held: false,
             recent_restarts: std::collections::VecDeque::new(),
             tail: Arc::default(),
+            cgroup: None,
+            oom_base: None,
+            sampler: Sampler::default(),
+            sample_at: None,
+            last_sample: None,
+            usage: None,
+            thresholds: Vec::new(),
+            watch: Watch::default(),
+        }
+    }
+
+    /// Creates the plugin's cgroups (if the host has any) and works out which thresholds apply.
+    fn setup_resources(&mut self) {
+        if let Some(root) = &self.ctx.cgroups {
+            match &self.cgroup {
+                Some(cg) => {
+                    if let Err(e) = cg.apply(&self.cfg.limits) {
+                        tracing::error!(plugin = %self.name, "cannot apply the new resource limits: {e}");
+                    }
+                }
+                None => match root.plugin(&self.name, &self.cfg.limits) {
+                    Ok(cg) => self.cgroup = Some(cg),
+                    Err(e) => {
+                        tracing::error!(plugin = %self.name, "cannot set up the plugin's cgroup: {e}; its limits are sampled instead");
+                    }
+                },
+            }
+        }
+        let memory_by_cgroup = self.cgroup.is_some()
+            && self
+                .ctx
+                .cgroups
+                .as_ref()
+                .is_some_and(|r| r.mechanism(crate::resources::Controller::Memory).is_some());
+        self.thresholds =
+            Watch::effective(&self.cfg.limits, &self.cfg.thresholds, memory_by_cgroup);
+        self.watch.reset();
+    }
+
+    /// Samples the current process and acts on the thresholds.
+    fn on_sample(&mut self) {
+        let interval = self.ctx.supervisor.load().sample_interval;
+        self.sample_at = Some(Instant::now() + interval);
+        let Some(pid) = self.proc.as_ref().map(|p| p.child.pid) else {
+            self.sample_at = None;
+            return;
+        };
+        let Some(s) = self.sampler.sample(pid) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let usage = Usage::from_samples(&s, self.last_sample.as_ref().map(|(p, t)| (p, *t)), now);
+        self.last_sample = Some((s, now));
+        self.usage = Some(usage);
+        for b in self.watch.check(&self.thresholds, &usage, now) {
+            let action = match b.action {
+                crate::config::ThresholdAction::Warn => "warn",
+                crate::config::ThresholdAction::Restart => "restart",
+            };
+            self.ctx.events.emit(
+                Some(&self.name),
+                EventKind::LimitBreached {
+                    resource: b.resource.as_str().into(),
+                    value: b.value,
+                    threshold: b.above,
+                    for_ms: b.for_ms,
+                    action: action.into(),
+                    usage,
+                },
+            );
+            if b.action == crate::config::ThresholdAction::Restart {
+                let what = if b.memory_limit {
+                    format!(
+                        "memory limit: RSS {} over limits.memory {} (sampled: no memory cgroup)",
+                        b.value, b.above
+                    )
+                } else {
+                    format!(
+                        "threshold: {} {} over {} for {} ms",
+                        b.resource.as_str(),
+                        b.value,
+                        b.above,
+                        b.for_ms
+                    )
+                };
+                self.terminate(what, RestartReason::Limit, Signal::TERM);
+            }
         }
     }
 
     pub(crate) async fn run(mut self) {
+        self.setup_resources();
         loop {
             match self.next_input().await {
                 Input::Cmd(Some(cmd)) => {
@@ -200,9 +306,15 @@ impl Actor {
                     }
                 }
                 Input::Timer => self.on_timer().await,
+                Input::Sample => self.on_sample(),
             }
         }
         self.timer = None;
+        if let Some(cg) = self.cgroup.take() {
+            // Whatever is left (nothing, after the exit sweep) goes, then the group.
+            cg.sweep(Duration::from_secs(2)).await;
+            cg.remove();
+        }
     }
 
     async fn next_input(&mut self) -> Input {
@@ -215,12 +327,14 @@ impl Actor {
             None => (None, None, None),
         };
         let timer = self.timer;
+        let sample_at = self.sample_at;
         tokio::select! {
             cmd = self.rx.recv() => Input::Cmd(cmd),
             st = async move { match exit { Some(f) => f.await.ok(), None => pending().await } } => Input::Exit(st),
             ev = async move { match conn_rx { Some(r) => r.recv().await, None => pending().await } } => Input::Conn(ev),
             r = async move { match probe_rx { Some(r) => r.recv().await, None => pending().await } } => Input::Probe(r),
             () = async move { match timer { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => Input::Timer,
+            () = async move { match sample_at { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => Input::Sample,
         }
     }
 
@@ -257,6 +371,7 @@ impl Actor {
                 .flatten(),
             checks: self.checks(),
             held: self.held,
+            usage: running.and(self.usage),
         }
     }
 
@@ -364,7 +479,12 @@ impl Actor {
 
     /// Takes a new config: live settings delivery when possible, else a restart if running.
     async fn reconfigure(&mut self, cfg: PluginConfig, live: bool) -> Reconfigured {
+        let limits_changed = cfg.limits != self.cfg.limits || cfg.thresholds != self.cfg.thresholds;
         self.cfg = cfg;
+        if limits_changed {
+            // cgroup limits take effect at once, on the running process too.
+            self.setup_resources();
+        }
         let Some(p) = self.proc.as_ref().filter(|p| p.phase == StopPhase::None) else {
             return Reconfigured::Stored;
         };
@@ -488,6 +608,12 @@ impl Actor {
             env_clear: !self.cfg.env_inherit,
             ids: super::users::resolve(self.cfg.user.as_deref(), self.cfg.group.as_deref())?,
             umask: self.cfg.umask_bits(),
+            cgroups: self
+                .cgroup
+                .as_ref()
+                .map(PluginCgroup::procs_paths)
+                .unwrap_or_default(),
+            limits: ProcessLimits::for_plugin(&self.cfg.limits, self.ctx.cgroups.as_deref()),
         })
     }
 
@@ -539,6 +665,13 @@ impl Actor {
                 restarts: self.restarts,
             },
         );
+        self.oom_base = self.cgroup.as_ref().and_then(PluginCgroup::oom_kills);
+        self.last_sample = None;
+        self.usage = None;
+        self.watch.reset();
+        // A first figure soon after the start, then one per interval.
+        let interval = self.ctx.supervisor.load().sample_interval;
+        self.sample_at = Some(Instant::now() + interval.min(Duration::from_secs(1)));
         if !self.warned_root
             && rustix::process::geteuid().is_root()
             && self
@@ -950,8 +1083,36 @@ impl Actor {
             return false;
         };
         self.timer = None;
-        // Anything the plugin left behind in its process group goes with it.
+        self.sample_at = None;
+        // Anything the plugin left behind in its process group goes with it, and with the
+        // cgroup, everything else it started (frozen, then killed), before any restart.
         let _ = p.child.signal_group(Signal::KILL);
+        let killed = match &self.cgroup {
+            Some(cg) => cg.sweep(Duration::from_secs(2)).await,
+            None => super::orphans::sweep(&self.name, p.child.pid).await,
+        };
+        if !killed.is_empty() {
+            tracing::warn!(plugin = %self.name, "killed what the plugin left running: {}", killed.join(", "));
+        }
+        // An OOM kill is told apart from a plain SIGKILL by the cgroup's counter.
+        let oom = status
+            .is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9))
+            && self
+                .cgroup
+                .as_ref()
+                .and_then(PluginCgroup::oom_kills)
+                .is_some_and(|n| n > self.oom_base.unwrap_or(0));
+        let mut p = p;
+        if oom && p.kill_reason.is_none() {
+            p.kill_reason = Some(format!(
+                "oom: killed by the kernel's OOM killer at limits.memory ({})",
+                self.cfg
+                    .limits
+                    .memory
+                    .map_or_else(|| "no limit".into(), crate::config::format_size)
+            ));
+            p.kill_cause = Some(RestartReason::Oom);
+        }
         p.probe_cancel.cancel();
         for t in p.probe_tasks {
             t.abort();
@@ -971,6 +1132,13 @@ impl Actor {
                     tracing::warn!(plugin = %self.name, "output pipe still open 2 s after exit (a descendant left the process group?); stopped capturing it");
                 }
             }
+        }
+        // The output file is reopened at the next start: nothing of a plugin that is not running
+        // stays open in the host. Flushed here; the capture tasks that shared it have ended.
+        if let Some(out) = self.output.take()
+            && let Ok(mut w) = out.lock()
+        {
+            let _ = std::io::Write::flush(&mut *w);
         }
         let uptime = p.child.started.elapsed();
         let status_text = status
@@ -1018,6 +1186,8 @@ impl Actor {
                 failure,
                 reason: reason.clone(),
                 last_output: self.tail.take(),
+                usage: self.usage.take(),
+                killed,
             },
         );
         self.last_exit = Some(LastExit {

@@ -4,6 +4,7 @@
 mod actor;
 mod capture;
 pub(crate) mod conn;
+mod orphans;
 mod probe;
 pub mod process;
 mod users;
@@ -135,6 +136,8 @@ pub struct PluginStatus {
     /// Stopped on purpose by an operator (and not started since): readiness does not wait
     /// for it.
     pub held: bool,
+    /// The last sampled resource figures of the current process.
+    pub usage: Option<crate::resources::Usage>,
 }
 
 /// One named health check of a plugin.
@@ -216,6 +219,8 @@ pub(crate) struct Ctx {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Names of plugins that just restarted, for `restart_with_dependencies`.
     pub restarted: mpsc::Sender<Arc<str>>,
+    /// This host instance's cgroups, when any hierarchy is writable.
+    pub cgroups: Option<Arc<crate::resources::CgroupRoot>>,
     pub cancel: CancellationToken,
 }
 
@@ -401,26 +406,74 @@ impl Supervisor {
             if !cfg.autostart {
                 continue;
             }
-            let needed = plugins.iter().any(|p| p.depends_on.contains(name));
+            // Its dependencies started earlier in the order; wait for each to reach the
+            // condition this plugin asks of it, within `wait` in all.
+            let deadline = tokio::time::Instant::now() + wait;
+            for dep in &cfg.depends_on {
+                if let Err(st) = self.wait_condition(dep, deadline).await {
+                    tracing::warn!(
+                        plugin = name,
+                        dependency = dep.as_str(),
+                        "dependency {} is {st}, not {} within {wait:?}; starting {name} anyway",
+                        dep.name,
+                        dep.condition.as_str()
+                    );
+                }
+            }
             let Ok(a) = self.actor(name) else { continue };
             let (tx, rx) = oneshot::channel();
             if a.send(Command::Act(Action::Start, tx)).await.is_err() {
                 continue;
             }
-            if needed {
-                match tokio::time::timeout(wait, rx).await {
-                    Ok(Ok(st)) if st.state == PluginState::Running => {}
-                    Ok(Ok(st)) => tracing::warn!(
-                        plugin = name,
-                        "dependency is {} after start; starting its dependants anyway",
-                        st.state
-                    ),
-                    _ => tracing::warn!(
-                        plugin = name,
-                        "dependency not running within {wait:?}; starting its dependants anyway"
-                    ),
+            // A one-shot's dependants wait on its completion instead, in their own turn.
+            let _ = tokio::time::timeout(wait.min(Duration::from_secs(1)), rx).await;
+        }
+    }
+
+    /// Waits until `dep` meets its condition or `deadline` passes; on a miss, the state it is in.
+    async fn wait_condition(
+        &self,
+        dep: &crate::config::Dependency,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), String> {
+        use crate::config::DependencyCondition as C;
+        // Polled: conditions are rare (start-up only) and a status is one message round trip.
+        loop {
+            let st = match self.status(&dep.name).await {
+                Ok(st) => st,
+                Err(e) => return Err(e.to_string()),
+            };
+            let met = match dep.condition {
+                C::Started => st.state == PluginState::Running,
+                C::Healthy => {
+                    st.state == PluginState::Running
+                        && st.checks.iter().all(|c| c.status == "healthy")
+                        && st.health.as_deref().is_none_or(|h| h == "healthy")
                 }
+                C::Completed => st.state == PluginState::Completed,
+            };
+            if met {
+                return Ok(());
             }
+            // A dependency that can no longer get there is not waited for.
+            let hopeless = match dep.condition {
+                C::Completed => st.state == PluginState::Failed,
+                _ => {
+                    matches!(
+                        st.state,
+                        PluginState::Failed | PluginState::Completed | PluginState::Stopped
+                    ) && !st.held
+                }
+            };
+            if hopeless || tokio::time::Instant::now() >= deadline {
+                let state = st.state.to_string();
+                return Err(if st.state == PluginState::Running {
+                    "running but not healthy".into()
+                } else {
+                    state
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -428,7 +481,7 @@ impl Supervisor {
     pub(crate) async fn propagate_restart(&self, dep: &Arc<str>, config: &crate::config::Config) {
         for p in &config.plugins {
             if p.restart_with_dependencies
-                && p.depends_on.iter().any(|d| **d == **dep)
+                && p.depends_on.iter().any(|d| d.as_str() == &**dep)
                 && let Ok(a) = self.actor(&p.name)
             {
                 let _ = a.send(Command::DependencyRestarted(Arc::clone(dep))).await;

@@ -117,6 +117,8 @@ async fn exec(
         PathBuf::from(cmd)
     };
     let spec = ProcessSpec {
+        cgroups: Vec::new(),
+        limits: crate::resources::ProcessLimits::default(),
         name: name.to_string(),
         program,
         args: args.to_vec(),

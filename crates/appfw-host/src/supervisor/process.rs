@@ -52,6 +52,11 @@ pub struct ProcessSpec {
     pub ids: Option<(u32, u32)>,
     /// Set this umask before exec.
     pub umask: Option<u32>,
+    /// `cgroup.procs` files the child joins before exec (so it is limited from its first
+    /// instruction, and nothing it forks escapes).
+    pub cgroups: Vec<PathBuf>,
+    /// rlimits and nice value set before exec.
+    pub limits: crate::resources::ProcessLimits,
 }
 
 /// A started child.
@@ -114,6 +119,9 @@ pub enum SpawnError {
     /// The socket pair could not be created.
     #[error("cannot create the plugin socket: {0}")]
     Socket(std::io::Error),
+    /// The plugin's cgroup could not be joined.
+    #[error("cannot put the plugin in its cgroup: {0}")]
+    Cgroup(#[from] crate::resources::cgroup::CgroupError),
     /// The spawner thread is gone (host shutting down).
     #[error("the host is shutting down")]
     ShuttingDown,
@@ -244,7 +252,10 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
     }
     let host_pid = rustix::process::getpid();
     let child_fd = child_end.as_ref().map(AsRawFd::as_raw_fd);
-    let (ids, umask) = (spec.ids, spec.umask);
+    let (ids, umask, limits) = (spec.ids, spec.umask, spec.limits);
+    // Opened here, closed when this function returns (and at exec in the child).
+    let cgroup_files = crate::resources::cgroup::open_procs(&spec.cgroups)?;
+    let cgroup_fds = crate::resources::cgroup::raw(&cgroup_files);
     // SAFETY: the closure runs between fork and exec and only makes raw syscalls through
     // rustix (no allocation, no locks).
     unsafe {
@@ -256,6 +267,19 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
             // The host may have died between fork and prctl; then nobody will supervise us.
             if rustix::process::getppid() != Some(host_pid) {
                 return Err(std::io::Error::other("the host exited during spawn"));
+            }
+            crate::resources::cgroup::join_in_child(&cgroup_fds)?;
+            if let Some(n) = limits.open_files {
+                rustix::process::setrlimit(
+                    rustix::process::Resource::Nofile,
+                    rustix::process::Rlimit {
+                        current: Some(n),
+                        maximum: Some(n),
+                    },
+                )?;
+            }
+            if let Some(nice) = limits.nice {
+                rustix::process::setpriority_process(None, nice)?;
             }
             if let Some(mask) = umask {
                 rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask));

@@ -49,8 +49,17 @@ pub(crate) async fn run(cli: &Cli, args: &StatusArgs) -> u8 {
 
 /// Renders the plugin table.
 pub(crate) fn table(plugins: &[Value]) -> String {
-    let header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT"];
-    let rows: Vec<[String; 6]> = plugins
+    let header = [
+        "NAME",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "RESTARTS",
+        "CPU",
+        "MEM",
+        "LAST EXIT",
+    ];
+    let rows: Vec<[String; 8]> = plugins
         .iter()
         .map(|p| {
             let last = match &p["last_exit"] {
@@ -67,6 +76,12 @@ pub(crate) fn table(plugins: &[Value]) -> String {
                 p["pid"].as_u64().map_or("-".into(), |v| v.to_string()),
                 p["uptime_secs"].as_f64().map_or("-".into(), human_secs),
                 p["restarts"].as_u64().unwrap_or(0).to_string(),
+                p["usage"]["cpu_percent"]
+                    .as_f64()
+                    .map_or("-".into(), |c| format!("{c:.1}%")),
+                p["usage"]["rss_bytes"]
+                    .as_u64()
+                    .map_or("-".into(), |b| format!("{:.1}M", b as f64 / 1048576.0)),
                 last,
             ]
         })
