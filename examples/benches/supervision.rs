@@ -5,6 +5,9 @@
 //!    zero, interleaved with a bare spawn of the same program measured the same way.
 //! 2. An idle host with 50 plain plugins: time to start them all, RSS, CPU per idle minute.
 //! 3. Request/reply round trip plugin -> host -> plugin, 64-byte payload.
+//! 4. Side by side with supervisord (Debian package `supervisor`), same 50 `pinger` children,
+//!    same measurements for both: start of all 50 (launch -> 50th start datagram), respawn after
+//!    `kill -9`, RSS and CPU idle. Skipped with a message when supervisord is not installed.
 //!
 //! `APPFW_BENCH_ROUNDS` (default 200) and `APPFW_BENCH_IDLE_SECS` (default 60) scale the runs.
 
@@ -174,6 +177,125 @@ fn request_reply(host_bin: &Path) {
     );
 }
 
+/// One supervisor under test: how to launch it with 50 pingers reporting to `sock_path`.
+type Launch = Box<dyn Fn(&Path, &Path) -> std::process::Child>;
+
+struct Contender {
+    name: &'static str,
+    launch: Launch,
+}
+
+fn versus(host_bin: &Path, rounds: usize, idle: Duration) {
+    let ok = Command::new("supervisord")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!(
+            "versus-supervisord: supervisord not installed (apt-get install supervisor); skipped"
+        );
+        return;
+    }
+    let pinger = bin_dir().join("pinger");
+    let appfw = host_bin.to_path_buf();
+    let p2 = pinger.clone();
+    let contenders = [
+        Contender {
+            name: "appfw",
+            launch: Box::new(move |dir: &Path, sock: &Path| {
+                let mut cfg = format!(
+                    "data_dir = \"{}\"\n[api]\nlisten = \"\"\n",
+                    dir.join("data").display()
+                );
+                for i in 0..50 {
+                    cfg.push_str(&format!(
+                        "[[plugins]]\nname = \"p{i}\"\ncommand = \"{}\"\nprotocol = \"none\"\nenv = {{ PINGER_SOCK = \"{}\" }}\n[plugins.backoff]\ninitial = \"0s\"\njitter = 0.0\nmax_restarts = 1000000\n",
+                        pinger.display(),
+                        sock.display()
+                    ));
+                }
+                std::fs::write(dir.join("appfw.toml"), cfg).unwrap();
+                Command::new(&appfw)
+                    .args(["run", "--log-level", "warn", "--config"])
+                    .arg(dir.join("appfw.toml"))
+                    .env_remove("APPFW_DATA_DIR")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            }),
+        },
+        Contender {
+            name: "supervisord",
+            launch: Box::new(move |dir: &Path, sock: &Path| {
+                let mut cfg = format!(
+                    "[supervisord]\nnodaemon=true\nlogfile={0}/supervisord.log\npidfile={0}/supervisord.pid\nloglevel=warn\n",
+                    dir.display()
+                );
+                for i in 0..50 {
+                    cfg.push_str(&format!(
+                        "[program:p{i}]\ncommand={}\nenvironment=PINGER_SOCK=\"{}\"\nautorestart=true\nstartsecs=0\nstartretries=1000000\nstdout_logfile={}/p{i}.log\nredirect_stderr=true\n",
+                        p2.display(),
+                        sock.display(),
+                        dir.display()
+                    ));
+                }
+                std::fs::write(dir.join("supervisord.conf"), cfg).unwrap();
+                Command::new("supervisord")
+                    .arg("-c")
+                    .arg(dir.join("supervisord.conf"))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            }),
+        },
+    ];
+    for c in &contenders {
+        let dir = tempfile::tempdir().unwrap();
+        let sock_path = dir.path().join("pinger.sock");
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let t0 = Instant::now();
+        let mut child = (c.launch)(dir.path(), &sock_path);
+        let mut pids: Vec<u32> = (0..50).map(|_| recv_pid(&sock)).collect();
+        let start_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let mut ms = Vec::new();
+        for r in 0..rounds {
+            let i = r % pids.len();
+            let t = Instant::now();
+            kill(pids[i]);
+            pids[i] = recv_pid(&sock);
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.sort_by(f64::total_cmp);
+        let (cpu0, _) = proc_stat(child.id());
+        std::thread::sleep(idle);
+        let (cpu1, rss_kb) = proc_stat(child.id());
+        println!(
+            "versus {:<11}: 50 started in {start_ms:.0} ms (launch -> 50th child running) | respawn median {:.3} ms p99 {:.3} ms over {rounds} kills | RSS {:.1} MiB | CPU {:.3} s per idle minute",
+            c.name,
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99),
+            rss_kb as f64 / 1024.0,
+            (cpu1 - cpu0) * 60.0 / idle.as_secs_f64()
+        );
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{} did not stop", c.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; a filter argument selects one benchmark.
     let filter: Vec<String> = std::env::args()
@@ -191,6 +313,13 @@ fn main() {
     if want("idle") {
         idle_fifty(
             &host_bin,
+            Duration::from_secs(env_num("APPFW_BENCH_IDLE_SECS", 60)),
+        );
+    }
+    if want("supervisord") {
+        versus(
+            &host_bin,
+            env_num("APPFW_BENCH_VERSUS_ROUNDS", 20) as usize,
             Duration::from_secs(env_num("APPFW_BENCH_IDLE_SECS", 60)),
         );
     }

@@ -33,11 +33,15 @@ pub struct Sampler {
     path: String,
 }
 
+/// Boot time, read once: /proc/stat is large (a line per CPU and per interrupt).
 fn boot_time_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stat.lines()
-        .find_map(|l| l.strip_prefix("btime "))
-        .and_then(|v| v.trim().parse().ok())
+    static BOOT: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 impl Sampler {
@@ -96,7 +100,12 @@ impl Sampler {
             use std::fmt::Write;
             let _ = write!(self.path, "/proc/{pid}/fd");
         }
-        s.open_fds = std::fs::read_dir(&self.path).map_or(0, |d| d.count() as u64);
+        // Linux 6.2+ reports the number of open fds as the size of /proc/PID/fd: one stat
+        // instead of listing the directory.
+        s.open_fds = match std::fs::metadata(&self.path) {
+            Ok(m) if m.len() > 0 => m.len(),
+            _ => std::fs::read_dir(&self.path).map_or(0, |d| d.count() as u64),
+        };
         Some(s)
     }
 }
