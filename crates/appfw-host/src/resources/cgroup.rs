@@ -368,10 +368,11 @@ impl CgroupRoot {
         for (c, d) in &self.v1 {
             dirs.push((Some(*c), d.join(name)));
         }
+        let mut fresh = true;
         for (_, d) in &dirs {
             match fs::create_dir(d) {
                 Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => fresh = false,
                 Err(e) => return Err(io(d)(e)),
             }
         }
@@ -383,7 +384,10 @@ impl CgroupRoot {
                 .filter_map(|(c, d)| c.map(|c| (c, d)))
                 .collect(),
         };
-        cg.apply(limits)?;
+        // A new group starts unlimited: only limits need writing (fewer cgroupfs writes at start).
+        if limits.any() || !fresh {
+            cg.apply(limits)?;
+        }
         Ok(cg)
     }
 
@@ -573,22 +577,42 @@ impl PluginCgroup {
         Ok(())
     }
 
-    /// Every `cgroup.procs` a new process of the plugin must be written to.
-    pub fn procs_paths(&self) -> Vec<PathBuf> {
-        self.v2
+    /// The `cgroup.procs` files a new process of the plugin joins: v2's one group, or in v1 the
+    /// tracking hierarchy (freezer) plus only the controllers its limits use. Each v1 move takes
+    /// the kernel's cgroup write lock (an RCU grace period), so a plugin without limits pays for
+    /// one move, not four.
+    pub fn procs_paths(&self, limits: &LimitsConfig) -> Vec<PathBuf> {
+        if let Some(d) = &self.v2 {
+            return vec![d.join("cgroup.procs")];
+        }
+        let track = self.tracking_controller();
+        self.v1
             .iter()
-            .chain(self.v1.iter().map(|(_, d)| d))
-            .map(|d| d.join("cgroup.procs"))
+            .filter(|(c, _)| {
+                Some(*c) == track
+                    || match c {
+                        Controller::Memory => limits.memory.is_some(),
+                        Controller::Cpu => limits.cpu.is_some() || limits.cpu_weight.is_some(),
+                        Controller::Pids => limits.pids.is_some(),
+                        Controller::Freezer => false,
+                    }
+            })
+            .map(|(_, d)| d.join("cgroup.procs"))
             .collect()
+    }
+
+    /// The v1 hierarchy that tracks membership: freezer, else pids, else memory.
+    fn tracking_controller(&self) -> Option<Controller> {
+        [Controller::Freezer, Controller::Pids, Controller::Memory]
+            .into_iter()
+            .find(|c| self.v1_dir(*c).is_some())
     }
 
     /// The group that tracks membership: v2, else v1 freezer, pids or memory.
     fn tracking(&self) -> Option<&Path> {
-        self.v2.as_deref().or_else(|| {
-            [Controller::Freezer, Controller::Pids, Controller::Memory]
-                .into_iter()
-                .find_map(|c| self.v1_dir(c))
-        })
+        self.v2
+            .as_deref()
+            .or_else(|| self.tracking_controller().and_then(|c| self.v1_dir(c)))
     }
 
     /// Pids of every process in the group.
@@ -790,6 +814,31 @@ mod tests {
     }
 
     #[test]
+    fn v1_joins_the_tracking_hierarchy_and_only_the_limited_controllers() {
+        let cg = PluginCgroup {
+            v2: None,
+            v2_controllers: Vec::new(),
+            v1: Controller::ALL
+                .into_iter()
+                .map(|c| (c, PathBuf::from(format!("/cg/{}/p", c.name()))))
+                .collect(),
+        };
+        let names = |l: &LimitsConfig| -> Vec<String> {
+            cg.procs_paths(l)
+                .iter()
+                .map(|p| p.parent().unwrap().parent().unwrap().display().to_string())
+                .collect()
+        };
+        assert_eq!(names(&LimitsConfig::default()), ["/cg/freezer"]);
+        let l = LimitsConfig {
+            memory: Some(1 << 30),
+            pids: Some(10),
+            ..LimitsConfig::default()
+        };
+        assert_eq!(names(&l), ["/cg/memory", "/cg/pids", "/cg/freezer"]);
+    }
+
+    #[test]
     fn cpu_figures_convert() {
         assert_eq!(quota_us(0.5), 50_000);
         assert_eq!(quota_us(2.0), 200_000);
@@ -841,7 +890,7 @@ mod tests {
         assert_eq!(read("cpu.max"), "25000 100000");
         assert_eq!(read("cpu.weight"), "200");
         assert_eq!(read("pids.max"), "16");
-        assert_eq!(cg.procs_paths(), vec![g.join("cgroup.procs")]);
+        assert_eq!(cg.procs_paths(&limits), vec![g.join("cgroup.procs")]);
         cg.apply(&LimitsConfig::default()).unwrap();
         assert_eq!(read("memory.max"), "max");
         assert_eq!(read("cpu.max"), "max 100000");

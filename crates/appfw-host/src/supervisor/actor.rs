@@ -611,7 +611,7 @@ impl Actor {
             cgroups: self
                 .cgroup
                 .as_ref()
-                .map(PluginCgroup::procs_paths)
+                .map(|c| c.procs_paths(&self.cfg.limits))
                 .unwrap_or_default(),
             limits: ProcessLimits::for_plugin(&self.cfg.limits, self.ctx.cgroups.as_deref()),
         })
