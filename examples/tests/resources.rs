@@ -41,6 +41,23 @@ fn uses_cgroup(host: &TestHost, what: &str) -> bool {
         .any(|l| l.contains("resource limits:") && l.contains(&format!("{what} via cgroup")))
 }
 
+/// Waits for `hog`'s report line (`hog: <verb> N things, then: <error>`); returns N and the line.
+fn hog_report(host: &TestHost, plugin: &str, verb: &str) -> (u64, String) {
+    let line = wait_for(T, &format!("{plugin} to hit its limit"), || {
+        host.plugin_log(plugin)
+            .lines()
+            .find(|l| l.contains(", then:"))
+            .map(str::to_string)
+    });
+    let n = line
+        .split(&format!("{verb} "))
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count after {verb:?} in {line:?}"));
+    (n, line)
+}
+
 fn stop_host(mut host: TestHost) {
     host.signal(rustix::process::Signal::TERM);
     assert!(host.wait_exit(T).success());
@@ -110,19 +127,8 @@ fn an_fd_leak_gets_emfile_and_a_threshold_warns() {
     let host_fds = std::fs::read_dir(format!("/proc/{}/fd", host.pid()))
         .unwrap()
         .count();
-    let line = wait_for(T, "the fd hog to hit its limit", || {
-        host.plugin_log("fds")
-            .lines()
-            .find(|l| l.contains("files, then:"))
-            .map(str::to_string)
-    });
+    let (opened, line) = hog_report(&host, "fds", "opened");
     assert!(line.contains("Too many open files"), "{line}");
-    let opened: u64 = line
-        .split("opened ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
     assert!((50..64).contains(&opened), "{line}");
     let ev = host.wait_event("limit_breached", "fds", T, |_| true);
     assert_eq!(ev["resource"], "fds");
@@ -153,18 +159,7 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
         eprintln!("no pids cgroup here: the limit is not enforced, nothing to test");
         return;
     }
-    let line = wait_for(T, "the fork bomb to hit its limit", || {
-        host.plugin_log("bomb")
-            .lines()
-            .find(|l| l.contains("processes, then:"))
-            .map(str::to_string)
-    });
-    let started: u64 = line
-        .split("started ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
+    let (started, line) = hog_report(&host, "bomb", "started");
     assert!(started < 16, "{line}");
     assert!(line.contains("Resource temporarily unavailable"), "{line}");
     let pid = host.plugin("bomb")["pid"].as_u64().unwrap() as u32;
