@@ -101,3 +101,77 @@ fn events_survive_a_restart_and_filter() {
         "{line}"
     );
 }
+
+/// Every event of an action says who asked: the CLI or an API client by token name, a reload
+/// and what triggered it, or the host's own policy.
+#[test]
+fn events_say_who_asked() {
+    let cfg = "[api.tokens]\nci = \"ci-token-0123456789abcdef\"\n\n[[plugins]]\nname = \"echo\"\ncommand = \"{bin}/echo\"\n";
+    let host = start(cfg);
+    host.wait_all_running(T);
+    let by = |kind: &str, after: u64| -> Vec<String> {
+        events(&host, &format!("plugin=echo&kind={kind}&after={after}"))
+            .iter()
+            .map(|e| e["by"].as_str().unwrap_or("<none>").to_string())
+            .collect()
+    };
+    let first = by("spawned", 0);
+    assert_eq!(first, vec!["host"], "the start-up is the host's doing");
+
+    // The CLI, with the data directory's token.
+    let mark = host.events().last().unwrap()["seq"].as_u64().unwrap();
+    let (code, _, err) = host.cli(&["restart", "echo"]);
+    assert_eq!(code, 0, "{err}");
+    host.wait_event("spawned", "echo", T, |e| e["seq"].as_u64() > Some(mark));
+    assert_eq!(by("exited", mark), vec!["cli (token local)"]);
+    assert_eq!(by("spawned", mark), vec!["cli (token local)"]);
+
+    // Another client with a named token; a wrong token is refused.
+    let act = |token: &str, action: &str| {
+        host.send_as(token, "POST", &format!("/api/v1/plugins/echo/{action}"), "")
+    };
+    assert_eq!(act("not-a-token-at-all", "stop").0, 401);
+    let mark = host.events().last().unwrap()["seq"].as_u64().unwrap();
+    let (code, v) = act(CI, "stop");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["state"], "stopped");
+    let states = by("state_changed", mark);
+    assert_eq!(
+        states,
+        vec!["api (token ci)", "api (token ci)"],
+        "stopping, stopped"
+    );
+    // The token's value is never shown.
+    let (_, shown) = host.get("/api/v1/config");
+    assert_eq!(shown["config"]["api"]["tokens"]["ci"], "<redacted>");
+
+    // The host's own policy: a crash and its restart.
+    assert_eq!(act(CI, "start").0, 200);
+    let pid = host.plugin("echo")["pid"].as_u64().unwrap();
+    let mark = host.events().last().unwrap()["seq"].as_u64().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    host.wait_event("spawned", "echo", T, |e| e["seq"].as_u64() > Some(mark));
+    assert_eq!(by("exited", mark), vec!["policy"]);
+    assert_eq!(by("spawned", mark), vec!["policy"]);
+
+    // A reload through the API names the client; a file change names itself.
+    let mark = host.events().last().unwrap()["seq"].as_u64().unwrap();
+    let text = host.expand(&cfg_with_arg(cfg, "--prefix=b"));
+    let (code, v) = host.send_as(CI, "PUT", "/api/v1/config", &text);
+    assert_eq!(code, 200, "{v}");
+    host.wait_event("spawned", "echo", T, |e| e["seq"].as_u64() > Some(mark));
+    assert_eq!(by("exited", mark), vec!["reload (API, token ci)"]);
+    let reloaded = events(&host, &format!("kind=config_reloaded&after={mark}"));
+    assert_eq!(reloaded[0]["by"], "reload (API, token ci)");
+}
+
+const CI: &str = "ci-token-0123456789abcdef";
+
+/// `cfg` with `arg` as the echo plugin's one argument.
+fn cfg_with_arg(cfg: &str, arg: &str) -> String {
+    format!("{cfg}args = [\"{arg}\"]\n")
+}

@@ -153,6 +153,11 @@ pub struct ApiConfig {
     pub listen: String,
     /// Whether to serve the API on `<data_dir>/api.sock` (mode 0600). Default true.
     pub unix_socket: bool,
+    /// More bearer tokens, by name, beside the data directory's `token` file (named `local`):
+    /// `ci = "${file:/etc/appfw/ci.token}"`. Events name the token that asked for an action.
+    /// Values are secrets: never shown, and `${env:..}`/`${file:..}` references are resolved
+    /// when a request presents a token.
+    pub tokens: BTreeMap<String, String>,
 }
 
 impl Default for ApiConfig {
@@ -160,6 +165,7 @@ impl Default for ApiConfig {
         Self {
             listen: "127.0.0.1:7070".into(),
             unix_socket: true,
+            tokens: BTreeMap::new(),
         }
     }
 }
@@ -895,6 +901,9 @@ impl Config {
     /// [`REDACTED`].
     pub fn redacted(&self) -> Self {
         let mut c = self.clone();
+        for v in c.api.tokens.values_mut() {
+            *v = REDACTED.to_string();
+        }
         for p in &mut c.plugins {
             let marked = |k: &str| p.secrets.iter().any(|s| s == k);
             for (k, v) in &mut p.env {

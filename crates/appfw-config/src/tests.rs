@@ -170,6 +170,13 @@ fn every_error_class_has_an_exact_located_message() {
             "/etc/appfw.toml:4:1: plugins[0].restart_with_dependencies: needs depends_on: the plugins whose restarts this one follows"
         ]
     );
+    assert_eq!(
+        errors("[api.tokens]\nci = \"short\"\nlocal = \"${file:/etc/t}\"\n"),
+        [
+            "/etc/appfw.toml:2:1: api.tokens.ci: a token must be at least 16 characters (or a ${file:..}/${env:..} reference)",
+            "/etc/appfw.toml:3:1: api.tokens.local: \"local\" is the data directory's token; choose another name",
+        ]
+    );
     for (text, want) in cases {
         assert_eq!(errors(text), *want, "for config:\n{text}");
     }

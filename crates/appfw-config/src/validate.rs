@@ -50,6 +50,25 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
             format!("{:?} is not an address like 127.0.0.1:7070", c.api.listen),
         );
     }
+    for (name, value) in &c.api.tokens {
+        let key = format!("api.tokens.{name}");
+        if let Err(m) = check_name(name) {
+            push(key.clone(), format!("token name {m}"));
+        } else if name == "local" {
+            push(
+                key.clone(),
+                "\"local\" is the data directory's token; choose another name".into(),
+            );
+        }
+        // A reference is checked when it is resolved; a literal token must be hard to guess.
+        if !value.contains("${") && value.len() < 16 {
+            push(
+                key,
+                "a token must be at least 16 characters (or a ${file:..}/${env:..} reference)"
+                    .into(),
+            );
+        }
+    }
     if c.store.events_max_rows < 100 {
         push(
             "store.events_max_rows".into(),

@@ -181,6 +181,42 @@ impl EventKind {
     }
 }
 
+/// Who or what caused an event: the `by` of every event a plugin's owner task emits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The host itself (start-up, shutdown, removal from the config).
+    Host,
+    /// The host's own rules: restart policy, health checks, limits, dependencies.
+    Policy,
+    /// A config reload, and what triggered it (`file change`, `SIGHUP`, `API, token ci`).
+    Reload(Arc<str>),
+    /// An API client, by the name of the token it presented; `cli` when it is `appfw`.
+    Client {
+        /// The `appfw` CLI (it says so in a header) rather than another HTTP client.
+        cli: bool,
+        /// The token's name (`local` for the data directory's token).
+        token: Arc<str>,
+    },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Host => f.write_str("host"),
+            Self::Policy => f.write_str("policy"),
+            Self::Reload(source) => write!(f, "reload ({source})"),
+            Self::Client { cli: true, token } => write!(f, "cli (token {token})"),
+            Self::Client { cli: false, token } => write!(f, "api (token {token})"),
+        }
+    }
+}
+
+impl Serialize for Origin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// One event.
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
@@ -192,6 +228,9 @@ pub struct Event {
     /// The plugin concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// Who or what caused it, where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<Origin>,
     /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
@@ -253,6 +292,16 @@ impl Events {
 
     /// Records and publishes an event, and writes it to the host log.
     pub fn emit(&self, plugin: Option<&str>, kind: EventKind) -> Arc<Event> {
+        self.emit_by(plugin, None, kind)
+    }
+
+    /// [`Events::emit`] with who or what caused it.
+    pub fn emit_by(
+        &self,
+        plugin: Option<&str>,
+        by: Option<&Origin>,
+        kind: EventKind,
+    ) -> Arc<Event> {
         let ev = {
             // The number is taken under the ring's lock, so the ring is in seq order even when
             // tasks emit at the same time.
@@ -265,6 +314,7 @@ impl Events {
                 seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
                 time: SystemTime::now(),
                 plugin: plugin.map(str::to_string),
+                by: by.cloned(),
                 kind,
             });
             if ring.len() == RING {
@@ -305,9 +355,13 @@ impl Events {
 fn log(ev: &Event) {
     let plugin = ev.plugin.as_deref().unwrap_or("");
     let kind = ev.kind.name();
+    let by = ev
+        .by
+        .as_ref()
+        .map_or_else(String::new, |b| format!(", by {b}"));
     match &ev.kind {
         EventKind::StateChanged { from, to, reason } => {
-            tracing::info!(plugin, event = kind, %from, %to, reason = %reason, "plugin {plugin}: {from} -> {to} ({reason})")
+            tracing::info!(plugin, event = kind, %from, %to, reason = %reason, "plugin {plugin}: {from} -> {to} ({reason}{by})")
         }
         EventKind::Spawned { pid, restarts } => {
             tracing::info!(

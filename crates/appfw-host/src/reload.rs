@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigDiff, ConfigError, Layers, Loaded, REDACTED, load};
-use crate::events::{EventKind, Events};
+use crate::events::{EventKind, Events, Origin};
 use crate::supervisor::{Ctx, Supervisor};
 
 /// What asked for a reload.
@@ -116,6 +116,8 @@ impl ConfigState {
 
 struct Job {
     source: ReloadSource,
+    /// The API client that asked, if any.
+    caller: Option<Origin>,
     text: Option<String>,
     dry_run: bool,
     reply: Option<oneshot::Sender<Result<ReloadReport, ReloadError>>>,
@@ -136,9 +138,21 @@ impl ReloadHandle {
         text: Option<String>,
         dry_run: bool,
     ) -> Result<ReloadReport, ReloadError> {
+        self.reload_as(source, None, text, dry_run).await
+    }
+
+    /// [`ReloadHandle::reload`] on behalf of an API client, named in the events it causes.
+    pub async fn reload_as(
+        &self,
+        source: ReloadSource,
+        caller: Option<Origin>,
+        text: Option<String>,
+        dry_run: bool,
+    ) -> Result<ReloadReport, ReloadError> {
         let (tx, rx) = oneshot::channel();
         let job = Job {
             source,
+            caller,
             text,
             dry_run,
             reply: Some(tx),
@@ -154,6 +168,7 @@ impl ReloadHandle {
     pub fn trigger(&self, source: ReloadSource) {
         let job = Job {
             source,
+            caller: None,
             text: None,
             dry_run: false,
             reply: None,
@@ -179,6 +194,8 @@ pub(crate) struct Reloader {
     events: Events,
     state: Arc<ConfigState>,
     rx: mpsc::Receiver<Job>,
+    /// Who asked for the reload being handled.
+    by: Origin,
 }
 
 impl Reloader {
@@ -209,6 +226,7 @@ impl Reloader {
                 events,
                 state,
                 rx,
+                by: Origin::Host,
             },
             handle,
         )
@@ -226,6 +244,12 @@ impl Reloader {
                 () = cancel.cancelled() => None,
             };
             let Some(job) = job else { break };
+            // Everything a reload causes names it, and the client behind it.
+            let label = match &job.caller {
+                Some(Origin::Client { token, .. }) => format!("{}, token {token}", job.source),
+                _ => job.source.to_string(),
+            };
+            self.by = Origin::Reload(Arc::from(label));
             let outcome = self.handle(job.source, job.text, job.dry_run).await;
             if let Some(reply) = job.reply {
                 let _ = reply.send(outcome);
@@ -308,8 +332,9 @@ impl Reloader {
         self.current = new;
         report.generation = generation;
         report.applied = true;
-        self.events.emit(
+        self.events.emit_by(
             None,
+            Some(&self.by),
             EventKind::ConfigReloaded {
                 source: source.to_string(),
                 generation,
@@ -329,8 +354,9 @@ impl Reloader {
             other => vec![other.to_string()],
         };
         self.state.set_error(Some(errors.join("\n")));
-        self.events.emit(
+        self.events.emit_by(
             None,
+            Some(&self.by),
             EventKind::ConfigRejected {
                 source: source.to_string(),
                 errors,
@@ -346,21 +372,27 @@ impl Reloader {
             .set_default_timeout(new.supervisor.request_timeout);
         let old_order = self.supervisor.names();
         for name in old_order.iter().rev().filter(|n| diff.stop.contains(n)) {
-            if let Err(e) = self.supervisor.remove(name).await {
+            if let Err(e) = self.supervisor.remove(name, self.by.clone()).await {
                 tracing::warn!(plugin = %name, "cannot remove: {e}");
             }
         }
         let plugin = |name: &str| new.plugin(name).cloned();
         for change in &diff.restart {
             if let Some(cfg) = plugin(&change.name)
-                && let Err(e) = self.supervisor.reconfigure(&change.name, cfg, false).await
+                && let Err(e) = self
+                    .supervisor
+                    .reconfigure(&change.name, cfg, false, self.by.clone())
+                    .await
             {
                 tracing::warn!(plugin = %change.name, "cannot reconfigure: {e}");
             }
         }
         for name in &diff.update {
             if let Some(cfg) = plugin(name)
-                && let Err(e) = self.supervisor.reconfigure(name, cfg, true).await
+                && let Err(e) = self
+                    .supervisor
+                    .reconfigure(name, cfg, true, self.by.clone())
+                    .await
             {
                 tracing::warn!(plugin = %name, "cannot update settings: {e}");
             }
@@ -408,6 +440,22 @@ fn restore_redacted(text: &str, current: &Config) -> Result<String, crate::confi
         key,
         message: format!("{REDACTED} is a placeholder, but no value is stored here to keep"),
     };
+    if let Some(toml::Value::Table(tokens)) = table
+        .get_mut("api")
+        .and_then(toml::Value::as_table_mut)
+        .and_then(|a| a.get_mut("tokens"))
+    {
+        for (k, v) in tokens.iter_mut() {
+            if v.as_str() == Some(REDACTED) {
+                let kept = current
+                    .api
+                    .tokens
+                    .get(k)
+                    .ok_or_else(|| issue(format!("api.tokens.{k}")))?;
+                *v = toml::Value::String(kept.clone());
+            }
+        }
+    }
     if let Some(toml::Value::Array(plugins)) = table.get_mut("plugins") {
         for (i, p) in plugins.iter_mut().enumerate() {
             let Some(t) = p.as_table_mut() else { continue };

@@ -240,6 +240,17 @@ impl TestHost {
         )
     }
 
+    /// An API call presenting `token` instead of the data directory's.
+    pub fn send_as(&self, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+        http_body(
+            &self.data().join("api.sock"),
+            method,
+            path,
+            Some(token),
+            body,
+        )
+    }
+
     /// The data directory.
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")

@@ -128,7 +128,9 @@ impl Client {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, "localhost");
+            .header(hyper::header::HOST, "localhost")
+            // Events name the CLI as the one who asked.
+            .header("x-appfw-client", "cli");
         if let Some(t) = &self.token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }

@@ -13,11 +13,11 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::bus::Bus;
-use crate::events::Events;
+use crate::events::{Events, Origin};
 use crate::reload::{ReloadError, ReloadHandle, ReloadSource};
 use crate::supervisor::{Action, PluginState, Supervisor, SupervisorError};
 pub use error::ApiError;
@@ -87,7 +87,26 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+/// The header the `appfw` CLI sends, so that events say `cli` rather than `api`.
+pub const CLIENT_HEADER: &str = "x-appfw-client";
+
+/// The name of the token `presented` matches: `local` (the data directory's) or one of
+/// `api.tokens` (references resolved now, so a rotated token file takes effect at once).
+fn token_name(state: &ApiState, presented: &str) -> Option<Arc<str>> {
+    let eq = |t: &str| constant_time_eq::constant_time_eq(presented.as_bytes(), t.as_bytes());
+    if eq(&state.token) {
+        return Some(Arc::from("local"));
+    }
+    let cfg = state.reload.state().current();
+    cfg.api.tokens.iter().find_map(|(name, value)| {
+        let value = crate::config::resolve_refs(value)
+            .map_err(|e| tracing::warn!("api.tokens.{name}: {e}; the token is refused"))
+            .ok()?;
+        (!value.is_empty() && eq(&value)).then(|| Arc::from(name.as_str()))
+    })
+}
+
+async fn require_token(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -95,7 +114,13 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(t) if constant_time_eq::constant_time_eq(t.as_bytes(), state.token.as_bytes()) => {
+        Some(t) if let Some(token) = token_name(&state, t) => {
+            let cli = req
+                .headers()
+                .get(CLIENT_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"cli");
+            req.extensions_mut()
+                .insert(Origin::Client { cli, token });
             next.run(req).await
         }
         Some(_) => ApiError::unauthorized("invalid bearer token").into_response(),
@@ -189,6 +214,7 @@ struct ActQuery {
 
 async fn act(
     State(s): State<ApiState>,
+    Extension(by): Extension<Origin>,
     Path((name, action)): Path<(String, String)>,
     query: Result<Query<ActQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -202,7 +228,7 @@ async fn act(
     };
     let st = s
         .supervisor
-        .act(&name, action, wait)
+        .act(&name, action, wait, by)
         .await
         .map_err(sup_error)?;
     Ok(Json(st).into_response())
@@ -357,20 +383,33 @@ fn reload_result(
 /// Replaces the config file's content with the body (TOML), validated and applied as a diff.
 async fn put_config(
     State(s): State<ApiState>,
+    Extension(by): Extension<Origin>,
     query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
     body: String,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     reload_result(
         s.reload
-            .reload(ReloadSource::Api, Some(body), q.dry_run.unwrap_or(false))
+            .reload_as(
+                ReloadSource::Api,
+                Some(by),
+                Some(body),
+                q.dry_run.unwrap_or(false),
+            )
             .await,
     )
 }
 
 /// Reloads from the config files (like SIGHUP) and reports the outcome.
-async fn reload_config(State(s): State<ApiState>) -> Result<Response, ApiError> {
-    reload_result(s.reload.reload(ReloadSource::Api, None, false).await)
+async fn reload_config(
+    State(s): State<ApiState>,
+    Extension(by): Extension<Origin>,
+) -> Result<Response, ApiError> {
+    reload_result(
+        s.reload
+            .reload_as(ReloadSource::Api, Some(by), None, false)
+            .await,
+    )
 }
 
 /// The diff a config (the body, or the files when the body is empty) would apply, without

@@ -23,7 +23,7 @@ use super::probe::{self, ProbeResult};
 use super::process::{Child, ProcessSpec, describe};
 use super::{Action, Ctx, LastExit, PluginState, PluginStatus, Reconfigured, backoff_delay};
 use crate::config::{PluginConfig, Protocol, RestartPolicy};
-use crate::events::EventKind;
+use crate::events::{EventKind, Origin};
 use crate::metrics::RestartReason;
 use crate::metrics::proc::{ProcSample, Sampler};
 use crate::resources::{PluginCgroup, ProcessLimits, Usage, Watch};
@@ -31,15 +31,20 @@ use crate::resources::{PluginCgroup, ProcessLimits, Usage, Watch};
 /// Messages to a plugin's owner task.
 pub(crate) enum Command {
     /// Start/stop/restart; the reply comes once the plugin settled (running, stopped, ...).
-    Act(Action, oneshot::Sender<PluginStatus>),
+    Act(Action, Origin, oneshot::Sender<PluginStatus>),
     /// The current status, at once.
     Status(oneshot::Sender<PluginStatus>),
     /// Stop for good (host shutdown); the task ends after the process exited.
-    Quit(&'static str, oneshot::Sender<PluginStatus>),
+    Quit(&'static str, Origin, oneshot::Sender<PluginStatus>),
     /// SIGKILL the process group now (shutdown deadline passed).
     Kill,
     /// A new config for this plugin; `true` when only its settings changed.
-    Reconfigure(Box<PluginConfig>, bool, oneshot::Sender<Reconfigured>),
+    Reconfigure(
+        Box<PluginConfig>,
+        bool,
+        Origin,
+        oneshot::Sender<Reconfigured>,
+    ),
     /// A plugin this one depends on restarted (sent only to `restart_with_dependencies` ones).
     DependencyRestarted(Arc<str>),
 }
@@ -154,6 +159,9 @@ pub(crate) struct Actor {
     /// Thresholds in force, and their state.
     thresholds: Vec<(crate::config::ThresholdConfig, bool)>,
     watch: Watch,
+    /// Who or what caused the transition under way (the `by` of its events); back to
+    /// `policy` once the plugin settles.
+    by: Origin,
 }
 
 impl Actor {
@@ -189,6 +197,7 @@ impl Actor {
             usage: None,
             thresholds: Vec::new(),
             watch: Watch::default(),
+            by: Origin::Host,
         }
     }
 
@@ -240,8 +249,10 @@ impl Actor {
                 crate::config::ThresholdAction::Warn => "warn",
                 crate::config::ThresholdAction::Restart => "restart",
             };
-            self.ctx.events.emit(
-                Some(&self.name),
+            emit(
+                &self.ctx,
+                &self.name,
+                &self.by,
                 EventKind::LimitBreached {
                     resource: b.resource.as_str().into(),
                     value: b.value,
@@ -408,14 +419,20 @@ impl Actor {
             let from = self.state;
             self.state = to;
             self.since = SystemTime::now();
-            self.ctx.events.emit(
-                Some(&self.name),
+            emit(
+                &self.ctx,
+                &self.name,
+                &self.by,
                 EventKind::StateChanged {
                     from,
                     to,
                     reason: reason.to_string(),
                 },
             );
+        }
+        if to.is_settled() {
+            // The transition someone asked for is over: what follows is the host's doing.
+            self.by = Origin::Policy;
         }
         if to.is_settled() && !self.waiters.is_empty() {
             let st = self.status();
@@ -432,6 +449,7 @@ impl Actor {
                 let _ = reply.send(self.status());
             }
             Command::DependencyRestarted(dep) => {
+                self.by = Origin::Policy;
                 let running = self
                     .proc
                     .as_ref()
@@ -452,7 +470,8 @@ impl Actor {
                     let _ = p.child.signal_group(Signal::KILL);
                 }
             }
-            Command::Quit(why, reply) => {
+            Command::Quit(why, by, reply) => {
+                self.by = by;
                 self.waiters.push(reply);
                 self.after_exit = AfterExit::Quit;
                 self.quit_reason = why;
@@ -468,9 +487,16 @@ impl Actor {
                 }
                 self.begin_stop(why);
             }
-            Command::Act(action, reply) => self.on_action(action, reply).await,
-            Command::Reconfigure(cfg, live, reply) => {
+            Command::Act(action, by, reply) => {
+                self.by = by;
+                self.on_action(action, reply).await;
+            }
+            Command::Reconfigure(cfg, live, by, reply) => {
+                self.by = by;
                 let outcome = self.reconfigure(*cfg, live).await;
+                if outcome != Reconfigured::Restarted {
+                    self.by = Origin::Policy;
+                }
                 let _ = reply.send(outcome);
             }
         }
@@ -635,8 +661,10 @@ impl Actor {
             Ok(c) => c,
             Err(e) => {
                 let error = e;
-                self.ctx.events.emit(
-                    Some(&self.name),
+                emit(
+                    &self.ctx,
+                    &self.name,
+                    &self.by,
                     EventKind::SpawnFailed {
                         error: error.clone(),
                     },
@@ -658,8 +686,10 @@ impl Actor {
                 return;
             }
         };
-        self.ctx.events.emit(
-            Some(&self.name),
+        emit(
+            &self.ctx,
+            &self.name,
+            &self.by,
             EventKind::Spawned {
                 pid: child.pid,
                 restarts: self.restarts,
@@ -781,8 +811,10 @@ impl Actor {
                 }
             }
             ConnEvent::Refused { reason } => {
-                self.ctx.events.emit(
-                    Some(&self.name),
+                emit(
+                    &self.ctx,
+                    &self.name,
+                    &self.by,
                     EventKind::HandshakeRefused {
                         reason: reason.clone(),
                     },
@@ -794,8 +826,10 @@ impl Actor {
                 self.timer = Some(Instant::now() + CONN_LOST_GRACE);
             }
             ConnEvent::Fault { code, message } => {
-                self.ctx.events.emit(
-                    Some(&self.name),
+                emit(
+                    &self.ctx,
+                    &self.name,
+                    &self.by,
                     EventKind::ProtocolFault {
                         code: code.to_string(),
                         message: message.clone(),
@@ -808,8 +842,10 @@ impl Actor {
                 );
             }
             ConnEvent::HeartbeatMissed { silent, timeout } => {
-                self.ctx.events.emit(
-                    Some(&self.name),
+                emit(
+                    &self.ctx,
+                    &self.name,
+                    &self.by,
                     EventKind::HeartbeatMissed {
                         silent_ms: silent.as_millis() as u64,
                         timeout_ms: timeout.as_millis() as u64,
@@ -911,8 +947,10 @@ impl Actor {
         st.passing = Some(passing);
         st.since = SystemTime::now();
         let name = st.name.clone();
-        self.ctx.events.emit(
-            Some(&self.name),
+        emit(
+            &self.ctx,
+            &self.name,
+            &self.by,
             EventKind::ProbeChanged {
                 probe: name.clone(),
                 passing,
@@ -954,6 +992,7 @@ impl Actor {
 
     /// Ends the process because of a fault: the exit counts as a failure.
     fn terminate(&mut self, reason: String, cause: RestartReason, sig: Signal) {
+        self.by = Origin::Policy;
         let kill_after = self.cfg.kill_after;
         let Some(p) = self.proc.as_mut() else { return };
         if p.kill_reason.is_none() {
@@ -1067,8 +1106,10 @@ impl Actor {
                 } else {
                     "SIGTERM"
                 };
-                self.ctx.events.emit(
-                    Some(&name),
+                emit(
+                    &self.ctx,
+                    &self.name,
+                    &self.by,
                     EventKind::StopEscalated {
                         signal: signal.into(),
                     },
@@ -1145,6 +1186,9 @@ impl Actor {
             .as_ref()
             .map_or_else(|| "unknown".to_string(), describe);
         let requested = self.after_exit != AfterExit::Policy;
+        if !requested {
+            self.by = Origin::Policy;
+        }
         let success = status.is_some_and(|s| {
             s.code()
                 .is_some_and(|c| self.cfg.success_exit_codes.contains(&c))
@@ -1178,8 +1222,10 @@ impl Actor {
                 None => "exited on its own".into(),
             },
         };
-        self.ctx.events.emit(
-            Some(&self.name),
+        emit(
+            &self.ctx,
+            &self.name,
+            &self.by,
             EventKind::Exited {
                 pid: p.child.pid,
                 status: status_text.clone(),
@@ -1257,8 +1303,10 @@ impl Actor {
         if self.recent_restarts.len() >= b.max_restarts as usize {
             let (n, within) = (self.recent_restarts.len() as u32, b.within);
             self.recent_restarts.clear();
-            self.ctx.events.emit(
-                Some(&self.name),
+            emit(
+                &self.ctx,
+                &self.name,
+                &self.by,
                 EventKind::GaveUp {
                     restarts: n,
                     within_ms: within.as_millis() as u64,
@@ -1282,8 +1330,10 @@ impl Actor {
             self.timer = None;
         } else {
             self.timer = Some(Instant::now() + delay);
-            self.ctx.events.emit(
-                Some(&self.name),
+            emit(
+                &self.ctx,
+                &self.name,
+                &self.by,
                 EventKind::RestartScheduled {
                     delay_ms: delay.as_millis() as u64,
                     attempt: self.failures,
@@ -1291,6 +1341,12 @@ impl Actor {
             );
         }
     }
+}
+
+/// Emits a plugin's event with who or what caused it (a free function, so that it borrows only
+/// the fields it reads while the process is borrowed mutably).
+fn emit(ctx: &Ctx, name: &str, by: &Origin, kind: EventKind) {
+    ctx.events.emit_by(Some(name), Some(by), kind);
 }
 
 /// The word for a reported health status.

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::config::{BackoffConfig, PluginConfig, Protocol, SupervisorConfig};
-use crate::events::Events;
+use crate::events::{Events, Origin};
 use actor::{Actor, Command};
 pub use process::Spawner;
 
@@ -307,10 +307,14 @@ impl Supervisor {
     }
 
     /// Stops a plugin for good and forgets it.
-    pub(crate) async fn remove(&self, name: &str) -> Result<PluginStatus, SupervisorError> {
+    pub(crate) async fn remove(
+        &self,
+        name: &str,
+        by: Origin,
+    ) -> Result<PluginStatus, SupervisorError> {
         let a = self.actor(name)?;
         let (tx, rx) = oneshot::channel();
-        a.send(Command::Quit("removed from the config", tx))
+        a.send(Command::Quit("removed from the config", by, tx))
             .await
             .map_err(|_| SupervisorError::ShuttingDown)?;
         let st = rx.await.map_err(|_| SupervisorError::ShuttingDown)?;
@@ -327,10 +331,11 @@ impl Supervisor {
         name: &str,
         cfg: PluginConfig,
         live: bool,
+        by: Origin,
     ) -> Result<Reconfigured, SupervisorError> {
         let (tx, rx) = oneshot::channel();
         self.actor(name)?
-            .send(Command::Reconfigure(Box::new(cfg), live, tx))
+            .send(Command::Reconfigure(Box::new(cfg), live, by, tx))
             .await
             .map_err(|_| SupervisorError::ShuttingDown)?;
         rx.await.map_err(|_| SupervisorError::ShuttingDown)
@@ -378,10 +383,11 @@ impl Supervisor {
         name: &str,
         action: Action,
         wait: Duration,
+        by: Origin,
     ) -> Result<PluginStatus, SupervisorError> {
         let (tx, rx) = oneshot::channel();
         self.actor(name)?
-            .send(Command::Act(action, tx))
+            .send(Command::Act(action, by, tx))
             .await
             .map_err(|_| SupervisorError::ShuttingDown)?;
         match tokio::time::timeout(wait, rx).await {
@@ -422,7 +428,10 @@ impl Supervisor {
             }
             let Ok(a) = self.actor(name) else { continue };
             let (tx, rx) = oneshot::channel();
-            if a.send(Command::Act(Action::Start, tx)).await.is_err() {
+            if a.send(Command::Act(Action::Start, Origin::Host, tx))
+                .await
+                .is_err()
+            {
                 continue;
             }
             // A one-shot's dependants wait on its completion instead, in their own turn.
@@ -505,7 +514,7 @@ impl Supervisor {
         for name in self.names().iter().rev() {
             let Ok(a) = self.actor(name) else { continue };
             let (tx, rx) = oneshot::channel();
-            if a.send(Command::Quit("host shutting down", tx))
+            if a.send(Command::Quit("host shutting down", Origin::Host, tx))
                 .await
                 .is_err()
             {
