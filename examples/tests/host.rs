@@ -402,10 +402,10 @@ fn crash_loops_back_off_exponentially() {
             .filter(|e| e["kind"] == "restart_scheduled")
             .map(|e| e["delay_ms"].as_u64().unwrap())
             .collect();
-        (d.len() >= 3).then_some(d)
+        (d.len() >= 4).then_some(d)
     });
-    // The first restart is immediate (no event); then 100, 200, 400 ms.
-    assert_eq!(&delays[..3], &[100, 200, 400]);
+    // The first restart is immediate; then 100, 200, 400 ms.
+    assert_eq!(&delays[..4], &[0, 100, 200, 400]);
     let p = host.plugin("crasher");
     assert!(p["restarts"].as_u64().unwrap() >= 3);
     assert_eq!(p["last_exit"]["status"], "exit code 3");

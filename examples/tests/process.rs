@@ -158,3 +158,65 @@ fn dependency_conditions_order_the_start() {
     };
     assert!(pos("web") < pos("db"), "{evs:?}");
 }
+
+/// The recovery ladder on a plugin that keeps failing: retry at once, restart after a backoff,
+/// restart its dependants with it, give up. Each step is an event, caused by `policy`.
+#[test]
+fn recovery_ladder_escalates_to_dependants_then_gives_up() {
+    let cfg = format!(
+        "{}{}{}",
+        sh(
+            "db",
+            "sleep 0.3; exit 3",
+            "[plugins.backoff]\ninitial = \"50ms\"\njitter = 0.0\nmax_restarts = 4\nwithin = \"1m\"\nrestart_dependants_after = 3"
+        ),
+        sh("web", "exec sleep 1000", "depends_on = [\"db\"]"),
+        sh("other", "exec sleep 1000", ""),
+    );
+    let host = start(&cfg);
+    host.wait_plugin("db", "failed", T, |_| true);
+    let events = host.events();
+    let of = |plugin: &str, kind: &str| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["plugin"] == plugin && e["kind"] == kind)
+            .cloned()
+            .collect()
+    };
+    let steps: Vec<(String, u64, u64)> = of("db", "restart_scheduled")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["by"], "policy", "{e}");
+            (
+                e["step"].as_str().unwrap().to_string(),
+                e["delay_ms"].as_u64().unwrap(),
+                e["attempt"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("retry", 0, 1),
+            ("restart", 50, 2),
+            ("restart_dependants", 100, 3),
+            ("restart_dependants", 200, 4),
+        ]
+        .map(|(s, d, a)| (s.to_string(), d, a))
+    );
+    let gave_up = of("db", "gave_up");
+    assert_eq!(gave_up.len(), 1);
+    assert_eq!(gave_up[0]["restarts"], 4);
+    // The escalated restarts of db took its dependant with them, not the unrelated plugin.
+    let web_exits: Vec<String> = of("web", "exited")
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        web_exits, ["recovery: dependency db keeps failing"; 2],
+        "one web restart per escalated db restart"
+    );
+    assert!(of("other", "exited").is_empty());
+    let web = host.wait_plugin("web", "running", T, |_| true);
+    assert_eq!(web["restarts"], 2);
+}

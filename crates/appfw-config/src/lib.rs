@@ -634,6 +634,10 @@ pub struct BackoffConfig {
     #[serde(with = "human_duration")]
     #[schemars(with = "String")]
     pub within: Duration,
+    /// Recovery ladder: from this many failures in a row (without `reset_after` of uptime in
+    /// between), each restart of the plugin also restarts the plugins that depend on it, whose
+    /// state may be what keeps it failing. `0` never does. Default 3.
+    pub restart_dependants_after: u32,
 }
 
 impl Default for BackoffConfig {
@@ -646,6 +650,7 @@ impl Default for BackoffConfig {
             reset_after: Duration::from_secs(30),
             max_restarts: 10,
             within: Duration::from_secs(300),
+            restart_dependants_after: 3,
         }
     }
 }

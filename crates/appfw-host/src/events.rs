@@ -89,11 +89,15 @@ pub enum EventKind {
         /// The figures of that sample.
         usage: crate::resources::Usage,
     },
-    /// A restart was scheduled.
+    /// A step of the recovery ladder after a failure: a restart was scheduled.
     RestartScheduled {
+        /// `retry` (the first failure: at once), `restart` (after a backoff delay) or
+        /// `restart_dependants` (the plugin and the plugins that depend on it). The last step,
+        /// giving up, is `gave_up`.
+        step: RecoveryStep,
         /// Delay before the restart, milliseconds.
         delay_ms: u64,
-        /// Restarts in a row without `backoff.reset_after` of uptime in between.
+        /// Failures in a row without `backoff.reset_after` of uptime in between.
         attempt: u32,
     },
     /// The plugin broke the wire protocol; its connection was closed.
@@ -177,6 +181,29 @@ impl EventKind {
             Self::GaveUp { .. } => "gave_up",
             Self::LimitBreached { .. } => "limit_breached",
             Self::ConfigRejected { .. } => "config_rejected",
+        }
+    }
+}
+
+/// The steps of the recovery ladder, in escalation order (then `gave_up`).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryStep {
+    /// The first failure: restart at once (a one-off crash costs no delay).
+    Retry,
+    /// A further failure: restart after the backoff delay.
+    Restart,
+    /// Failing again and again: restart, and restart its dependants with it.
+    RestartDependants,
+}
+
+impl RecoveryStep {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Restart => "restart",
+            Self::RestartDependants => "restart_dependants",
         }
     }
 }
@@ -410,13 +437,19 @@ fn log(ev: &Event) {
                 "plugin {plugin}: no heartbeat answer for {silent_ms} ms (timeout {timeout_ms} ms): hung"
             )
         }
-        EventKind::RestartScheduled { delay_ms, attempt } => {
+        EventKind::RestartScheduled {
+            step,
+            delay_ms,
+            attempt,
+        } => {
+            let step = step.as_str();
             tracing::info!(
                 plugin,
                 event = kind,
+                step,
                 delay_ms,
                 attempt,
-                "plugin {plugin}: restart in {delay_ms} ms (restart {attempt} in a row without a stable uptime)"
+                "plugin {plugin}: {step} in {delay_ms} ms (failure {attempt} in a row without a stable uptime)"
             )
         }
         EventKind::LimitBreached {

@@ -121,7 +121,7 @@ impl Host {
             config.metrics.max_series_per_plugin,
         ));
         let bus = Bus::new(config.supervisor.request_timeout, Arc::clone(&metrics));
-        let (restarted_tx, mut restarted_rx) = tokio::sync::mpsc::channel::<Arc<str>>(256);
+        let (restarted_tx, mut restarted_rx) = tokio::sync::mpsc::channel::<(Arc<str>, bool)>(256);
         tasks.spawn(bus.clone().run_expiry(cancel.child_token()));
 
         let ctx = Arc::new(Ctx {
@@ -166,8 +166,9 @@ impl Host {
                         n = restarted_rx.recv() => n,
                         () = stop.cancelled() => None,
                     };
-                    let Some(name) = name else { break };
-                    sup.propagate_restart(&name, &state.current()).await;
+                    let Some((name, escalated)) = name else { break };
+                    sup.propagate_restart(&name, escalated, &state.current())
+                        .await;
                 }
             });
         }

@@ -23,7 +23,7 @@ use super::probe::{self, ProbeResult};
 use super::process::{Child, ProcessSpec, describe};
 use super::{Action, Ctx, LastExit, PluginState, PluginStatus, Reconfigured, backoff_delay};
 use crate::config::{PluginConfig, Protocol, RestartPolicy};
-use crate::events::{EventKind, Origin};
+use crate::events::{EventKind, Origin, RecoveryStep};
 use crate::metrics::RestartReason;
 use crate::metrics::proc::{ProcSample, Sampler};
 use crate::resources::{PluginCgroup, ProcessLimits, Usage, Watch};
@@ -45,8 +45,9 @@ pub(crate) enum Command {
         Origin,
         oneshot::Sender<Reconfigured>,
     ),
-    /// A plugin this one depends on restarted (sent only to `restart_with_dependencies` ones).
-    DependencyRestarted(Arc<str>),
+    /// A plugin this one depends on restarted: sent to `restart_with_dependencies` ones, and
+    /// to every dependant when the recovery ladder reached `restart_dependants` (`true`).
+    DependencyRestarted(Arc<str>, bool),
 }
 
 /// What to do when the current process exits.
@@ -162,6 +163,8 @@ pub(crate) struct Actor {
     /// Who or what caused the transition under way (the `by` of its events); back to
     /// `policy` once the plugin settles.
     by: Origin,
+    /// The next restart is the recovery ladder's `restart_dependants` step.
+    escalate: bool,
 }
 
 impl Actor {
@@ -198,6 +201,7 @@ impl Actor {
             thresholds: Vec::new(),
             watch: Watch::default(),
             by: Origin::Host,
+            escalate: false,
         }
     }
 
@@ -448,7 +452,7 @@ impl Actor {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::DependencyRestarted(dep) => {
+            Command::DependencyRestarted(dep, escalated) => {
                 self.by = Origin::Policy;
                 let running = self
                     .proc
@@ -457,7 +461,11 @@ impl Actor {
                 if running && !self.held {
                     self.after_exit = AfterExit::Restart;
                     self.restart_cause = RestartReason::Dependency;
-                    self.begin_stop(&format!("dependency {dep} restarted"));
+                    self.begin_stop(&if escalated {
+                        format!("recovery: dependency {dep} keeps failing")
+                    } else {
+                        format!("dependency {dep} restarted")
+                    });
                 }
             }
             Command::Kill => {
@@ -550,6 +558,8 @@ impl Actor {
 
     async fn on_action(&mut self, action: Action, reply: oneshot::Sender<PluginStatus>) {
         self.held = action == Action::Stop;
+        // An operator's action starts the ladder over.
+        self.escalate = false;
         let stopping = self.proc.as_ref().map(|p| p.phase != StopPhase::None);
         match (action, stopping) {
             (Action::Start, Some(false)) => {
@@ -676,13 +686,9 @@ impl Actor {
                     at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                 });
                 self.restart_cause = RestartReason::SpawnFailed;
-                self.after_failure(true, Duration::ZERO, &error);
-                if self.state == PluginState::Backoff && self.timer.is_none() {
-                    // Never retry a failing spawn in a hot loop, even on the first failure.
-                    self.timer = Some(
-                        Instant::now() + self.cfg.backoff.initial.max(Duration::from_millis(100)),
-                    );
-                }
+                // Never retry a failing spawn in a hot loop, even on the first failure.
+                let min = self.cfg.backoff.initial.max(Duration::from_millis(100));
+                self.after_failure(true, Duration::ZERO, &error, min);
                 return;
             }
         };
@@ -1258,7 +1264,7 @@ impl Actor {
                 } else {
                     RestartReason::Crash
                 });
-                self.after_failure(failure, uptime, &reason);
+                self.after_failure(failure, uptime, &reason, Duration::ZERO);
                 if self.timer.is_none() && self.state == PluginState::Backoff {
                     self.count_restart();
                     self.spawn(&format!("restarting after {reason}")).await;
@@ -1273,11 +1279,21 @@ impl Actor {
         self.ctx.metrics.restarted(&self.name, self.restart_cause);
         // Dependants that follow our restarts hear of it (never blocks; a full queue only
         // happens in a restart storm, which the intensity limit stops anyway).
-        let _ = self.ctx.restarted.try_send(Arc::clone(&self.name));
+        let escalated = std::mem::take(&mut self.escalate);
+        let _ = self
+            .ctx
+            .restarted
+            .try_send((Arc::clone(&self.name), escalated));
     }
 
     /// Applies the restart policy after the process ended (or could not start).
-    fn after_failure(&mut self, failure: bool, uptime: Duration, reason: &str) {
+    fn after_failure(
+        &mut self,
+        failure: bool,
+        uptime: Duration,
+        reason: &str,
+        min_delay: Duration,
+    ) {
         let restart = match self.cfg.restart {
             RestartPolicy::Always => true,
             RestartPolicy::OnFailure => failure,
@@ -1324,22 +1340,30 @@ impl Actor {
         }
         self.recent_restarts.push_back(now);
         self.failures = self.failures.saturating_add(1);
-        let delay = backoff_delay(&self.cfg.backoff, self.failures, fastrand::f64());
-        self.set_state(PluginState::Backoff, reason);
-        if delay.is_zero() {
-            self.timer = None;
+        let delay = backoff_delay(&self.cfg.backoff, self.failures, fastrand::f64()).max(min_delay);
+        // The recovery ladder: retry at once, then restart after a backoff, then restart the
+        // dependants too; the intensity limit above is its last step (gave_up).
+        let after = self.cfg.backoff.restart_dependants_after;
+        let step = if after > 0 && self.failures >= after {
+            RecoveryStep::RestartDependants
+        } else if self.failures <= 1 {
+            RecoveryStep::Retry
         } else {
-            self.timer = Some(Instant::now() + delay);
-            emit(
-                &self.ctx,
-                &self.name,
-                &self.by,
-                EventKind::RestartScheduled {
-                    delay_ms: delay.as_millis() as u64,
-                    attempt: self.failures,
-                },
-            );
-        }
+            RecoveryStep::Restart
+        };
+        self.escalate = step == RecoveryStep::RestartDependants;
+        self.set_state(PluginState::Backoff, reason);
+        self.timer = (!delay.is_zero()).then(|| Instant::now() + delay);
+        emit(
+            &self.ctx,
+            &self.name,
+            &self.by,
+            EventKind::RestartScheduled {
+                step,
+                delay_ms: delay.as_millis() as u64,
+                attempt: self.failures,
+            },
+        );
     }
 }
 

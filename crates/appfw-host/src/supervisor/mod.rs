@@ -217,8 +217,9 @@ pub(crate) struct Ctx {
     /// Generation of the loaded config, sent with live settings updates.
     pub generation: std::sync::atomic::AtomicU64,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Names of plugins that just restarted, for `restart_with_dependencies`.
-    pub restarted: mpsc::Sender<Arc<str>>,
+    /// Names of plugins that just restarted, for `restart_with_dependencies`, and whether the
+    /// recovery ladder escalated to restarting all their dependants.
+    pub restarted: mpsc::Sender<(Arc<str>, bool)>,
     /// This host instance's cgroups, when any hierarchy is writable.
     pub cgroups: Option<Arc<crate::resources::CgroupRoot>>,
     pub cancel: CancellationToken,
@@ -486,14 +487,22 @@ impl Supervisor {
         }
     }
 
-    /// Tells the plugins that follow `dep`'s restarts (per `config`) to restart.
-    pub(crate) async fn propagate_restart(&self, dep: &Arc<str>, config: &crate::config::Config) {
+    /// Tells the plugins that follow `dep`'s restarts (per `config`) to restart; all of its
+    /// dependants when the recovery ladder `escalated`.
+    pub(crate) async fn propagate_restart(
+        &self,
+        dep: &Arc<str>,
+        escalated: bool,
+        config: &crate::config::Config,
+    ) {
         for p in &config.plugins {
-            if p.restart_with_dependencies
+            if (escalated || p.restart_with_dependencies)
                 && p.depends_on.iter().any(|d| d.as_str() == &**dep)
                 && let Ok(a) = self.actor(&p.name)
             {
-                let _ = a.send(Command::DependencyRestarted(Arc::clone(dep))).await;
+                let _ = a
+                    .send(Command::DependencyRestarted(Arc::clone(dep), escalated))
+                    .await;
             }
         }
     }
