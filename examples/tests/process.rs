@@ -220,3 +220,111 @@ fn recovery_ladder_escalates_to_dependants_then_gives_up() {
     let web = host.wait_plugin("web", "running", T, |_| true);
     assert_eq!(web["restarts"], 2);
 }
+
+/// `web` with `instances = N`: each copy is ready 0.4 s after its start (its probe sees a
+/// file the copy creates), and says which copy it is.
+fn replicas(instances: u32, extra_env: &str) -> String {
+    sh(
+        "web",
+        "rm -f {mark}/up.{instance}; echo copy $APPFW_INSTANCE of $APPFW_INSTANCES arg {instance}; sleep 0.4; touch {mark}/up.{instance}; exec sleep 1000",
+        &format!(
+            "instances = {instances}\nenv = {{ X = \"{extra_env}\" }}\nstop_grace = \"1s\"\n[[plugins.probes]]\nexec = [\"test\", \"-e\", \"{{mark}}/up.{{instance}}\"]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nstart_grace = \"100ms\"\nfailure_threshold = 1"
+        ),
+    )
+}
+
+/// Each copy in `names` was restarted after `mark`, one at a time: the next copy stopped only
+/// once the previous one's probe passed again.
+fn assert_rolled(host: &TestHost, mark: u64, names: &[&str]) {
+    let events: Vec<serde_json::Value> = host
+        .events()
+        .into_iter()
+        .filter(|e| e["seq"].as_u64().unwrap() > mark)
+        .collect();
+    let seq_of =
+        |plugin: &str, kind: &str, after: u64, pred: &dyn Fn(&serde_json::Value) -> bool| {
+            events
+                .iter()
+                .find(|e| {
+                    e["plugin"] == plugin
+                        && e["kind"] == kind
+                        && e["seq"].as_u64().unwrap() > after
+                        && pred(e)
+                })
+                .and_then(|e| e["seq"].as_u64())
+                .unwrap_or_else(|| panic!("no {kind} of {plugin} after seq {after}: {events:#?}"))
+        };
+    let mut healthy_before = mark;
+    for name in names {
+        let exited = seq_of(name, "exited", mark, &|_| true);
+        assert!(
+            exited > healthy_before,
+            "{name} stopped (seq {exited}) before the previous copy was healthy again (seq {healthy_before})"
+        );
+        let spawned = seq_of(name, "spawned", exited, &|_| true);
+        healthy_before = seq_of(name, "probe_changed", spawned, &|e| e["passing"] == true);
+    }
+}
+
+#[test]
+fn replicas_roll_one_at_a_time_and_scale() {
+    let host = start(&replicas(3, "a"));
+    let up = |n: usize| {
+        wait_for(T, "every copy running and healthy", || {
+            let (_, v) = host.get("/api/v1/plugins/web");
+            let copies = v["instances"].as_array()?.clone();
+            (copies.len() == n
+                && copies
+                    .iter()
+                    .all(|c| c["state"] == "running" && c["checks"][0]["status"] == "healthy"))
+            .then_some(copies)
+        })
+    };
+    let copies = up(3);
+    let names: Vec<&str> = copies.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web.0", "web.1", "web.2"]);
+    assert_eq!(copies[1]["instance"]["index"], 1);
+    assert_eq!(copies[1]["instance"]["count"], 3);
+    assert!(
+        host.plugin_log("web.1").contains("copy 1 of 3 arg 1"),
+        "{}",
+        host.plugin_log("web.1")
+    );
+    let (code, out, err) = host.cli(&["status", "web"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("web.")).count(),
+        3,
+        "{out}"
+    );
+
+    // A restart asked for by the CLI rolls through the copies.
+    let mark = host.events().last().unwrap()["seq"].as_u64().unwrap();
+    let (code, out, err) = host.cli(&["restart", "web"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_rolled(&host, mark, &["web.0", "web.1", "web.2"]);
+
+    // So does a reload that changes them.
+    let mark = host.events().last().unwrap()["seq"].as_u64().unwrap();
+    host.write_config(&replicas(3, "b"));
+    wait_for(T, "the reload", || {
+        host.events()
+            .iter()
+            .any(|e| e["kind"] == "config_reloaded" && e["seq"].as_u64() > Some(mark))
+            .then_some(())
+    });
+    assert_rolled(&host, mark, &["web.0", "web.1", "web.2"]);
+
+    // Scaling down stops the last copy only; scaling up adds copies and leaves the others be.
+    let pids: Vec<u64> = up(3).iter().map(|c| c["pid"].as_u64().unwrap()).collect();
+    host.write_config(&replicas(2, "b"));
+    host.wait_event("exited", "web.2", T, |e| {
+        e["reason"] == "removed from the config"
+    });
+    host.write_config(&replicas(4, "b"));
+    let copies = up(4);
+    let now: Vec<u64> = copies.iter().map(|c| c["pid"].as_u64().unwrap()).collect();
+    assert_eq!(now[..2], pids[..2], "the copies that stayed kept running");
+    assert!(!pids.contains(&now[2]) && !pids.contains(&now[3]));
+    assert_eq!(copies[3]["instance"]["count"], 4);
+}

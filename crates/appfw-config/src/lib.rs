@@ -730,6 +730,16 @@ pub struct PluginConfig {
     /// Whether the host starts it at start-up (default true); if false, `appfw start NAME`.
     #[serde(default = "yes")]
     pub autostart: bool,
+    /// Replicas: more than 1 runs that many copies, `NAME.0` ... `NAME.N-1`, each with
+    /// `APPFW_INSTANCE` set and `{instance}` replaced by its index in `args`, `env` values,
+    /// `working_dir`, probes and string settings. A restart or reload rolls through them one at a
+    /// time. Default 1 (one copy, named `NAME`).
+    #[serde(default = "one")]
+    pub instances: u32,
+    /// Which copy this is (set by [`PluginConfig::instance_configs`], never read from a file).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub instance: Option<Instance>,
     /// Time granted after the SHUTDOWN frame (protocol plugins) or after SIGTERM
     /// (`protocol = "none"`) before escalating. Default `5s`.
     #[serde(default = "default_stop_grace", with = "human_duration")]
@@ -767,6 +777,31 @@ pub struct PluginConfig {
 fn yes() -> bool {
     true
 }
+
+/// Which copy of a replicated plugin a config is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Instance {
+    /// The plugin's name in the config.
+    pub of: String,
+    /// 0-based index.
+    pub index: u32,
+    /// Number of copies.
+    pub count: u32,
+}
+
+/// The placeholder replaced by a copy's index.
+pub const INSTANCE_PLACEHOLDER: &str = "{instance}";
+
+/// The config name a plugin instance name belongs to: `web` for `web.2`, else the name itself
+/// (plugin names cannot contain `.`).
+pub fn group_of(name: &str) -> &str {
+    match name.rsplit_once('.') {
+        Some((group, index)) if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) => {
+            group
+        }
+        _ => name,
+    }
+}
 fn default_stop_signal() -> String {
     "SIGTERM".into()
 }
@@ -797,6 +832,58 @@ impl PluginConfig {
             .iter()
             .find(|(n, _)| *n == name)
             .map_or(15, |(_, v)| *v)
+    }
+
+    /// The names of its copies: `NAME` alone, or `NAME.0` ... `NAME.N-1` with `instances > 1`.
+    pub fn instance_names(&self) -> Vec<String> {
+        if self.instances <= 1 {
+            vec![self.name.clone()]
+        } else {
+            (0..self.instances)
+                .map(|i| format!("{}.{i}", self.name))
+                .collect()
+        }
+    }
+
+    /// The config of each copy: named as in [`PluginConfig::instance_names`], with
+    /// `{instance}` replaced by its index.
+    pub fn instance_configs(&self) -> Vec<PluginConfig> {
+        if self.instances <= 1 {
+            return vec![self.clone()];
+        }
+        self.instance_names()
+            .into_iter()
+            .zip(0..)
+            .map(|(name, index)| {
+                let mut c = self.clone();
+                let i = index.to_string();
+                let sub = |s: &mut String| {
+                    if s.contains(INSTANCE_PLACEHOLDER) {
+                        *s = s.replace(INSTANCE_PLACEHOLDER, &i);
+                    }
+                };
+                c.args.iter_mut().for_each(sub);
+                c.env.values_mut().for_each(sub);
+                if let Some(d) = &mut c.working_dir {
+                    let mut s = d.to_string_lossy().into_owned();
+                    sub(&mut s);
+                    *d = PathBuf::from(s);
+                }
+                for p in &mut c.probes {
+                    p.exec.iter_mut().flatten().for_each(sub);
+                    p.http.iter_mut().for_each(sub);
+                    p.tcp.iter_mut().for_each(sub);
+                }
+                substitute_table(&mut c.settings, &sub);
+                c.name = name;
+                c.instance = Some(Instance {
+                    of: self.name.clone(),
+                    index,
+                    count: self.instances,
+                });
+                c
+            })
+            .collect()
     }
 
     /// `umask` parsed, if set and valid.
@@ -835,6 +922,8 @@ impl PluginConfig {
             restart: RestartPolicy::Always,
             backoff: BackoffConfig::default(),
             autostart: true,
+            instances: 1,
+            instance: None,
             stop_grace: default_stop_grace(),
             kill_after: default_stop_grace(),
             heartbeat_interval: None,
@@ -1024,3 +1113,16 @@ pub mod human_size {
 
 #[cfg(test)]
 mod tests;
+
+/// Applies `sub` to every string in `t`, nested tables and arrays included.
+fn substitute_table(t: &mut toml::Table, sub: &dyn Fn(&mut String)) {
+    fn value(v: &mut toml::Value, sub: &dyn Fn(&mut String)) {
+        match v {
+            toml::Value::String(s) => sub(s),
+            toml::Value::Array(a) => a.iter_mut().for_each(|v| value(v, sub)),
+            toml::Value::Table(t) => substitute_table(t, sub),
+            _ => {}
+        }
+    }
+    t.iter_mut().for_each(|(_, v)| value(v, sub));
+}

@@ -95,6 +95,9 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
         if p.command.trim().is_empty() {
             push(key("command"), "must not be empty".into());
         }
+        if !(1..=1000).contains(&p.instances) {
+            push(key("instances"), "must be between 1 and 1000".into());
+        }
         {
             let name = p.stop_signal.to_ascii_uppercase();
             let name = if name.starts_with("SIG") {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigDiff, ConfigError, Layers, Loaded, REDACTED, load};
 use crate::events::{EventKind, Events, Origin};
-use crate::supervisor::{Ctx, Supervisor};
+use crate::supervisor::{Apply, Ctx, Supervisor};
 
 /// What asked for a reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -377,11 +377,19 @@ impl Reloader {
             }
         }
         let plugin = |name: &str| new.plugin(name).cloned();
+        // How long a rolling restart waits for each copy to be healthy again.
+        let roll_wait = new.supervisor.handshake_timeout + Duration::from_secs(30);
         for change in &diff.restart {
             if let Some(cfg) = plugin(&change.name)
                 && let Err(e) = self
                     .supervisor
-                    .reconfigure(&change.name, cfg, false, self.by.clone())
+                    .reconfigure(
+                        &change.name,
+                        cfg,
+                        Apply::Restart,
+                        self.by.clone(),
+                        roll_wait,
+                    )
                     .await
             {
                 tracing::warn!(plugin = %change.name, "cannot reconfigure: {e}");
@@ -391,7 +399,7 @@ impl Reloader {
             if let Some(cfg) = plugin(name)
                 && let Err(e) = self
                     .supervisor
-                    .reconfigure(name, cfg, true, self.by.clone())
+                    .reconfigure(name, cfg, Apply::Live, self.by.clone(), roll_wait)
                     .await
             {
                 tracing::warn!(plugin = %name, "cannot update settings: {e}");

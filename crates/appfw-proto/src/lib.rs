@@ -30,6 +30,10 @@ pub const MAX_VERSION: u32 = 1;
 pub const ENV_PLUGIN_FD: &str = "APPFW_PLUGIN_FD";
 /// Environment variable holding the plugin's (instance) name.
 pub const ENV_PLUGIN_NAME: &str = "APPFW_PLUGIN_NAME";
+/// Environment variable holding the index of a plugin's copy (`0` for an unreplicated one).
+pub const ENV_INSTANCE: &str = "APPFW_INSTANCE";
+/// Environment variable holding how many copies of the plugin run (`instances`).
+pub const ENV_INSTANCES: &str = "APPFW_INSTANCES";
 /// Environment variable holding the inclusive range of protocol versions the host speaks, `1-1`.
 pub const ENV_PLUGIN_PROTOCOL: &str = "APPFW_PLUGIN_PROTOCOL";
 

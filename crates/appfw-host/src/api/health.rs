@@ -241,7 +241,7 @@ pub(super) async fn healthz(State(s): State<ApiState>) -> Response {
         }
     }
     for p in &plugins {
-        let Some(pc) = cfg.plugin(&p.name) else {
+        let Some(pc) = cfg.plugin(crate::config::group_of(&p.name)) else {
             continue;
         };
         if pc.depends_on.is_empty() {
@@ -250,10 +250,13 @@ pub(super) async fn healthz(State(s): State<ApiState>) -> Response {
         let down: Vec<String> = pc
             .depends_on
             .iter()
-            .filter_map(|d| {
-                let st = plugins.iter().find(|q| *d == q.name)?;
-                (!matches!(st.state, PluginState::Running | PluginState::Completed))
-                    .then(|| format!("{} is {}", d.name, st.state))
+            // Every copy of a dependency counts.
+            .flat_map(|d| {
+                plugins
+                    .iter()
+                    .filter(|q| crate::config::group_of(&q.name) == d.name)
+                    .filter(|q| !matches!(q.state, PluginState::Running | PluginState::Completed))
+                    .map(|q| format!("{} is {}", q.name, q.state))
             })
             .collect();
         let (status, message) = if down.is_empty() {

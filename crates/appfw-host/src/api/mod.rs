@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::bus::Bus;
 use crate::events::{Events, Origin};
 use crate::reload::{ReloadError, ReloadHandle, ReloadSource};
-use crate::supervisor::{Action, PluginState, Supervisor, SupervisorError};
+use crate::supervisor::{Action, PluginState, PluginStatus, Supervisor, SupervisorError};
 pub use error::ApiError;
 
 /// Facts about the running host (`GET /api/v1/host`).
@@ -138,7 +138,10 @@ async fn livez() -> Json<serde_json::Value> {
 async fn readyz(State(s): State<ApiState>) -> Response {
     let list = s.supervisor.list().await;
     let cfg = s.reload.state().current();
-    let required = |name: &str| cfg.plugin(name).is_some_and(|p| p.autostart);
+    let required = |name: &str| {
+        cfg.plugin(crate::config::group_of(name))
+            .is_some_and(|p| p.autostart)
+    };
     let not_ready: Vec<String> = list
         .iter()
         .filter(|p| required(&p.name))
@@ -201,8 +204,21 @@ async fn get_plugin(
     State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let st = s.supervisor.status(&name).await.map_err(sup_error)?;
-    Ok(Json(st).into_response())
+    let st = s.supervisor.statuses(&name).await.map_err(sup_error)?;
+    Ok(one_or_group(&s, &name, st))
+}
+
+/// A plugin's status; for one with several copies, `{"name", "state", "instances": [...]}`,
+/// where `state` is the copies' common state, or `mixed`.
+fn one_or_group(s: &ApiState, name: &str, mut st: Vec<PluginStatus>) -> Response {
+    if !s.supervisor.is_replicated(name) && st.len() == 1 {
+        return Json(st.remove(0)).into_response();
+    }
+    let state = match st.first() {
+        Some(first) if st.iter().all(|p| p.state == first.state) => first.state.as_str(),
+        _ => "mixed",
+    };
+    Json(serde_json::json!({ "name": name, "state": state, "instances": st })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -231,7 +247,7 @@ async fn act(
         .act(&name, action, wait, by)
         .await
         .map_err(sup_error)?;
-    Ok(Json(st).into_response())
+    Ok(one_or_group(&s, &name, st))
 }
 
 #[derive(Deserialize)]

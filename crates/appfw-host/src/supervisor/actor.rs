@@ -21,7 +21,7 @@ use super::capture::{self, OutputFile, Stream};
 use super::conn::{self, ConnEvent, ConnHandle, ConnParams};
 use super::probe::{self, ProbeResult};
 use super::process::{Child, ProcessSpec, describe};
-use super::{Action, Ctx, LastExit, PluginState, PluginStatus, Reconfigured, backoff_delay};
+use super::{Action, Apply, Ctx, LastExit, PluginState, PluginStatus, Reconfigured, backoff_delay};
 use crate::config::{PluginConfig, Protocol, RestartPolicy};
 use crate::events::{EventKind, Origin, RecoveryStep};
 use crate::metrics::RestartReason;
@@ -38,10 +38,10 @@ pub(crate) enum Command {
     Quit(&'static str, Origin, oneshot::Sender<PluginStatus>),
     /// SIGKILL the process group now (shutdown deadline passed).
     Kill,
-    /// A new config for this plugin; `true` when only its settings changed.
+    /// A new config for this plugin, and how to apply it.
     Reconfigure(
         Box<PluginConfig>,
-        bool,
+        Apply,
         Origin,
         oneshot::Sender<Reconfigured>,
     ),
@@ -387,6 +387,7 @@ impl Actor {
             checks: self.checks(),
             held: self.held,
             usage: running.and(self.usage),
+            instance: self.cfg.instance.clone(),
         }
     }
 
@@ -499,9 +500,9 @@ impl Actor {
                 self.by = by;
                 self.on_action(action, reply).await;
             }
-            Command::Reconfigure(cfg, live, by, reply) => {
+            Command::Reconfigure(cfg, apply, by, reply) => {
                 self.by = by;
-                let outcome = self.reconfigure(*cfg, live).await;
+                let outcome = self.reconfigure(*cfg, apply).await;
                 if outcome != Reconfigured::Restarted {
                     self.by = Origin::Policy;
                 }
@@ -512,7 +513,7 @@ impl Actor {
     }
 
     /// Takes a new config: live settings delivery when possible, else a restart if running.
-    async fn reconfigure(&mut self, cfg: PluginConfig, live: bool) -> Reconfigured {
+    async fn reconfigure(&mut self, cfg: PluginConfig, apply: Apply) -> Reconfigured {
         let limits_changed = cfg.limits != self.cfg.limits || cfg.thresholds != self.cfg.thresholds;
         self.cfg = cfg;
         if limits_changed {
@@ -522,7 +523,10 @@ impl Actor {
         let Some(p) = self.proc.as_ref().filter(|p| p.phase == StopPhase::None) else {
             return Reconfigured::Stored;
         };
-        if live {
+        if apply == Apply::Store {
+            return Reconfigured::Stored;
+        }
+        if apply == Apply::Live {
             let accepts = p.ready && p.caps.iter().any(|c| c == appfw_proto::caps::CONFIG);
             match (&p.conn, accepts) {
                 (Some(conn), true) => {
@@ -626,6 +630,13 @@ impl Actor {
             appfw_proto::ENV_PLUGIN_NAME.into(),
             self.name.to_string().into(),
         ));
+        let (index, count) = self
+            .cfg
+            .instance
+            .as_ref()
+            .map_or((0, 1), |i| (i.index, i.count));
+        env.push((appfw_proto::ENV_INSTANCE.into(), index.to_string().into()));
+        env.push((appfw_proto::ENV_INSTANCES.into(), count.to_string().into()));
         let connect = self.cfg.protocol == Protocol::Appfw;
         if connect {
             env.push((

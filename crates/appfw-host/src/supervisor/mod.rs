@@ -138,6 +138,9 @@ pub struct PluginStatus {
     pub held: bool,
     /// The last sampled resource figures of the current process.
     pub usage: Option<crate::resources::Usage>,
+    /// Which copy this is, for a plugin with `instances > 1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<crate::config::Instance>,
 }
 
 /// One named health check of a plugin.
@@ -237,14 +240,32 @@ pub enum Reconfigured {
     Stored,
 }
 
+/// How a plugin takes a new config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Apply {
+    /// Only its settings changed: deliver them live if it can take them, else restart.
+    Live,
+    /// Restart it (if running) with the new config.
+    Restart,
+    /// Keep the new config for its next start; leave the process alone.
+    Store,
+}
+
 #[derive(Default)]
 struct Members {
+    /// Instance names in start order.
     order: Vec<Arc<str>>,
     actors: HashMap<Arc<str>, mpsc::Sender<Command>>,
+    /// Each config entry's instance names (`[name]`, or `name.0` ... with `instances > 1`) and
+    /// its config as last given.
+    groups: HashMap<Arc<str>, (Vec<Arc<str>>, PluginConfig)>,
 }
 
 /// Handle to every plugin's owner task. Plugins can be added and removed while it runs
 /// (config reloads); the membership lock is never held across an await.
+///
+/// Names are those of the config (`web`), which stand for all of a plugin's copies, or of one
+/// copy (`web.2`); an unreplicated plugin's one copy has the config name.
 pub struct Supervisor {
     ctx: Arc<Ctx>,
     members: RwLock<Members>,
@@ -272,32 +293,43 @@ impl Supervisor {
         self.members.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Creates the owner task of a new plugin (not started). Returns false if the name exists.
+    /// Creates the owner tasks of a new plugin's copies (not started). Returns false if the
+    /// name exists.
     pub(crate) fn add(&self, cfg: PluginConfig) -> bool {
-        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let group: Arc<str> = Arc::from(cfg.name.as_str());
         let mut m = self.write();
-        if m.actors.contains_key(&name) {
+        if m.groups.contains_key(&group) {
             return false;
         }
-        let (tx, rx) = mpsc::channel(64);
-        self.tasks
-            .spawn(Actor::new(cfg, Arc::clone(&self.ctx), rx).run());
-        m.order.push(Arc::clone(&name));
-        m.actors.insert(name, tx);
+        let names = self.spawn_instances(&mut m, &cfg.instance_configs());
+        m.order.extend(names.iter().cloned());
+        m.groups.insert(group, (names, cfg));
         true
     }
 
-    /// Sets the start order (names not known are ignored; unknown members keep their place at
-    /// the end).
+    /// Starts the owner tasks of `configs` (copies of one plugin); returns their names.
+    fn spawn_instances(&self, m: &mut Members, configs: &[PluginConfig]) -> Vec<Arc<str>> {
+        configs
+            .iter()
+            .map(|c| {
+                let name: Arc<str> = Arc::from(c.name.as_str());
+                let (tx, rx) = mpsc::channel(64);
+                self.tasks
+                    .spawn(Actor::new(c.clone(), Arc::clone(&self.ctx), rx).run());
+                m.actors.insert(Arc::clone(&name), tx);
+                name
+            })
+            .collect()
+    }
+
+    /// Sets the start order from config names (names not known are ignored; members not named
+    /// keep their place at the end).
     pub(crate) fn set_order(&self, names: &[String]) {
         let mut m = self.write();
         let mut order: Vec<Arc<str>> = names
             .iter()
-            .filter_map(|n| {
-                m.actors
-                    .get_key_value(n.as_str())
-                    .map(|(k, _)| Arc::clone(k))
-            })
+            .filter_map(|n| m.groups.get(n.as_str()))
+            .flat_map(|(instances, _)| instances.iter().cloned())
             .collect();
         for n in &m.order {
             if !order.contains(n) {
@@ -307,42 +339,158 @@ impl Supervisor {
         m.order = order;
     }
 
-    /// Stops a plugin for good and forgets it.
-    pub(crate) async fn remove(
-        &self,
-        name: &str,
-        by: Origin,
-    ) -> Result<PluginStatus, SupervisorError> {
-        let a = self.actor(name)?;
-        let (tx, rx) = oneshot::channel();
-        a.send(Command::Quit("removed from the config", by, tx))
-            .await
-            .map_err(|_| SupervisorError::ShuttingDown)?;
-        let st = rx.await.map_err(|_| SupervisorError::ShuttingDown)?;
-        let mut m = self.write();
-        m.actors.remove(name);
-        m.order.retain(|n| &**n != name);
-        self.ctx.metrics.forget_series(name);
-        Ok(st)
+    /// The copies `name` stands for: all of a config entry's, or the one named.
+    fn resolve(&self, name: &str) -> Result<Vec<Arc<str>>, SupervisorError> {
+        let m = self.read();
+        if let Some((instances, _)) = m.groups.get(name) {
+            return Ok(instances.clone());
+        }
+        m.actors
+            .get_key_value(name)
+            .map(|(k, _)| vec![Arc::clone(k)])
+            .ok_or_else(|| SupervisorError::UnknownPlugin(name.to_string()))
     }
 
-    /// Hands a plugin its new config; `live` says that only its settings changed.
+    /// Whether `name` is a config entry with several copies.
+    pub fn is_replicated(&self, name: &str) -> bool {
+        self.read()
+            .groups
+            .get(name)
+            .is_some_and(|(_, cfg)| cfg.instances > 1)
+    }
+
+    /// Stops one copy for good and forgets it.
+    async fn quit_instance(&self, name: &Arc<str>, by: Origin) {
+        if let Ok(a) = self.actor(name) {
+            let (tx, rx) = oneshot::channel();
+            if a.send(Command::Quit("removed from the config", by, tx))
+                .await
+                .is_ok()
+            {
+                let _ = rx.await;
+            }
+        }
+        let mut m = self.write();
+        m.actors.remove(name);
+        m.order.retain(|n| n != name);
+        drop(m);
+        self.ctx.metrics.forget_series(name);
+    }
+
+    /// Stops a plugin (every copy, last first) for good and forgets it.
+    pub(crate) async fn remove(&self, name: &str, by: Origin) -> Result<(), SupervisorError> {
+        let instances = self.resolve(name)?;
+        for n in instances.iter().rev() {
+            self.quit_instance(n, by.clone()).await;
+        }
+        self.write().groups.remove(name);
+        Ok(())
+    }
+
+    /// Hands a plugin its new config. Copies added by a higher `instances` start (with
+    /// `autostart`), copies beyond a lower one are stopped and removed; the others restart one
+    /// at a time, each waiting for the previous to be healthy again (a copy that is not within
+    /// `roll_wait` halts the roll: the rest keep running and take the config at their next
+    /// start).
     pub(crate) async fn reconfigure(
         &self,
         name: &str,
         cfg: PluginConfig,
-        live: bool,
+        apply: Apply,
+        by: Origin,
+        roll_wait: Duration,
+    ) -> Result<(), SupervisorError> {
+        let (old_names, old_cfg) = self
+            .read()
+            .groups
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SupervisorError::UnknownPlugin(name.to_string()))?;
+        let configs = cfg.instance_configs();
+        let new_names: Vec<Arc<str>> = configs.iter().map(|c| Arc::from(c.name.as_str())).collect();
+        // Copies that go (scaling down, or between 1 and more copies, which renames them).
+        for n in old_names.iter().rev().filter(|n| !new_names.contains(n)) {
+            self.quit_instance(n, by.clone()).await;
+        }
+        let mut kept = Vec::new();
+        let mut added = Vec::new();
+        for c in &configs {
+            if old_names.iter().any(|n| **n == *c.name) {
+                kept.push(c.clone());
+            } else {
+                added.push(c.clone());
+            }
+        }
+        {
+            let mut m = self.write();
+            let names = self.spawn_instances(&mut m, &added);
+            // New copies go right after their siblings in the start order.
+            let at = m
+                .order
+                .iter()
+                .rposition(|n| kept.iter().any(|c| **n == *c.name))
+                .map_or(m.order.len(), |i| i + 1);
+            for (k, n) in names.into_iter().enumerate() {
+                m.order.insert(at + k, n);
+            }
+            m.groups.insert(Arc::from(name), (new_names, cfg.clone()));
+        }
+        // A change of `instances` alone leaves the copies that stay alone.
+        let same_but_count = PluginConfig {
+            instances: cfg.instances,
+            ..old_cfg
+        } == cfg;
+        let mut rolling = apply == Apply::Restart && !same_but_count;
+        for c in kept {
+            let copy = Arc::from(c.name.as_str());
+            let step = match apply {
+                Apply::Live => Apply::Live,
+                Apply::Restart if rolling => Apply::Restart,
+                _ => Apply::Store,
+            };
+            let outcome = self
+                .reconfigure_instance(&copy, c, step, by.clone())
+                .await?;
+            if outcome == Reconfigured::Restarted && configs.len() > 1 {
+                let deadline = tokio::time::Instant::now() + roll_wait;
+                if let Err(st) = self
+                    .wait_instance(&copy, Condition::Healthy, deadline)
+                    .await
+                {
+                    tracing::error!(
+                        plugin = %copy,
+                        "rolling restart of {name} halted: {copy} is {st}, not healthy within {roll_wait:?}; the other copies keep running and take the new config at their next start"
+                    );
+                    rolling = false;
+                }
+            }
+        }
+        if cfg.autostart {
+            for c in &added {
+                let _ = self
+                    .act_instance(&c.name, Action::Start, Duration::ZERO, by.clone())
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconfigure_instance(
+        &self,
+        name: &str,
+        cfg: PluginConfig,
+        apply: Apply,
         by: Origin,
     ) -> Result<Reconfigured, SupervisorError> {
         let (tx, rx) = oneshot::channel();
         self.actor(name)?
-            .send(Command::Reconfigure(Box::new(cfg), live, by, tx))
+            .send(Command::Reconfigure(Box::new(cfg), apply, by, tx))
             .await
             .map_err(|_| SupervisorError::ShuttingDown)?;
         rx.await.map_err(|_| SupervisorError::ShuttingDown)
     }
 
-    /// Plugin names in start order.
+    /// Every copy's name, in start order.
     pub fn names(&self) -> Vec<String> {
         self.read().order.iter().map(|n| n.to_string()).collect()
     }
@@ -355,7 +503,7 @@ impl Supervisor {
             .ok_or_else(|| SupervisorError::UnknownPlugin(name.to_string()))
     }
 
-    /// The status of one plugin.
+    /// The status of one copy (an unreplicated plugin's name is its copy's).
     pub async fn status(&self, name: &str) -> Result<PluginStatus, SupervisorError> {
         let (tx, rx) = oneshot::channel();
         self.actor(name)?
@@ -365,7 +513,16 @@ impl Supervisor {
         rx.await.map_err(|_| SupervisorError::ShuttingDown)
     }
 
-    /// The status of every plugin, in start order.
+    /// The status of every copy `name` stands for.
+    pub async fn statuses(&self, name: &str) -> Result<Vec<PluginStatus>, SupervisorError> {
+        let mut out = Vec::new();
+        for n in self.resolve(name)? {
+            out.push(self.status(&n).await?);
+        }
+        Ok(out)
+    }
+
+    /// The status of every copy of every plugin, in start order.
     pub async fn list(&self) -> Vec<PluginStatus> {
         let names = self.names();
         let mut out = Vec::with_capacity(names.len());
@@ -377,9 +534,8 @@ impl Supervisor {
         out
     }
 
-    /// Asks for an action and waits up to `wait` for the plugin to settle; returns its status
-    /// then (or the current status when the wait ran out).
-    pub async fn act(
+    /// Asks one copy for an action and waits up to `wait` for it to settle.
+    async fn act_instance(
         &self,
         name: &str,
         action: Action,
@@ -396,6 +552,48 @@ impl Supervisor {
             Ok(Err(_)) => Err(SupervisorError::ShuttingDown),
             Err(_) => self.status(name).await,
         }
+    }
+
+    /// Asks for an action and waits up to `wait` in all for the copies to settle; returns their
+    /// statuses then. On several copies: `start` goes in order, `stop` in reverse, and `restart`
+    /// rolls through them, each waiting for the previous to be healthy again (it halts at one
+    /// that is not, leaving the rest running).
+    pub async fn act(
+        &self,
+        name: &str,
+        action: Action,
+        wait: Duration,
+        by: Origin,
+    ) -> Result<Vec<PluginStatus>, SupervisorError> {
+        let mut instances = self.resolve(name)?;
+        if instances.len() == 1 {
+            return Ok(vec![
+                self.act_instance(&instances[0], action, wait, by).await?,
+            ]);
+        }
+        if action == Action::Stop {
+            instances.reverse();
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut halted = false;
+        for n in &instances {
+            if halted {
+                break;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.act_instance(n, action, left, by.clone()).await?;
+            if action == Action::Restart
+                && let Err(st) = self.wait_instance(n, Condition::Healthy, deadline).await
+            {
+                tracing::error!(plugin = %n, "rolling restart of {name} halted: {n} is {st}, not healthy in time; the copies after it were left alone");
+                halted = true;
+            }
+        }
+        let mut out = self.statuses(name).await?;
+        if action == Action::Stop {
+            out.sort_by_key(|s| s.instance.as_ref().map(|i| i.index));
+        }
+        Ok(out)
     }
 
     /// Starts `plugins` (the `autostart` ones) in dependency order: a plugin that others depend
@@ -427,47 +625,78 @@ impl Supervisor {
                     );
                 }
             }
-            let Ok(a) = self.actor(name) else { continue };
-            let (tx, rx) = oneshot::channel();
-            if a.send(Command::Act(Action::Start, Origin::Host, tx))
-                .await
-                .is_err()
-            {
+            let Ok(instances) = self.resolve(name) else {
                 continue;
+            };
+            let mut replies = Vec::new();
+            for n in &instances {
+                let Ok(a) = self.actor(n) else { continue };
+                let (tx, rx) = oneshot::channel();
+                if a.send(Command::Act(Action::Start, Origin::Host, tx))
+                    .await
+                    .is_ok()
+                {
+                    replies.push(rx);
+                }
             }
             // A one-shot's dependants wait on its completion instead, in their own turn.
-            let _ = tokio::time::timeout(wait.min(Duration::from_secs(1)), rx).await;
+            let settle = tokio::time::Instant::now() + wait.min(Duration::from_secs(1));
+            for rx in replies {
+                let _ = tokio::time::timeout_at(settle, rx).await;
+            }
         }
     }
 
-    /// Waits until `dep` meets its condition or `deadline` passes; on a miss, the state it is in.
+    /// Waits until every copy of `dep` meets its condition or `deadline` passes; on a miss, the
+    /// state of the first that does not.
     async fn wait_condition(
         &self,
         dep: &crate::config::Dependency,
         deadline: tokio::time::Instant,
     ) -> Result<(), String> {
         use crate::config::DependencyCondition as C;
-        // Polled: conditions are rare (start-up only) and a status is one message round trip.
+        let cond = match dep.condition {
+            C::Started => Condition::Started,
+            C::Healthy => Condition::Healthy,
+            C::Completed => Condition::Completed,
+        };
+        for n in self.resolve(&dep.name).map_err(|e| e.to_string())? {
+            self.wait_instance(&n, cond, deadline)
+                .await
+                .map_err(|st| format!("{st} ({n})"))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until copy `name` meets `cond` or `deadline` passes; on a miss, the state it is in.
+    async fn wait_instance(
+        &self,
+        name: &str,
+        cond: Condition,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), String> {
+        // Polled: conditions are rare (start-up, rolling restarts) and a status is one message
+        // round trip.
         loop {
-            let st = match self.status(&dep.name).await {
+            let st = match self.status(name).await {
                 Ok(st) => st,
                 Err(e) => return Err(e.to_string()),
             };
-            let met = match dep.condition {
-                C::Started => st.state == PluginState::Running,
-                C::Healthy => {
+            let met = match cond {
+                Condition::Started => st.state == PluginState::Running,
+                Condition::Healthy => {
                     st.state == PluginState::Running
                         && st.checks.iter().all(|c| c.status == "healthy")
                         && st.health.as_deref().is_none_or(|h| h == "healthy")
                 }
-                C::Completed => st.state == PluginState::Completed,
+                Condition::Completed => st.state == PluginState::Completed,
             };
             if met {
                 return Ok(());
             }
-            // A dependency that can no longer get there is not waited for.
-            let hopeless = match dep.condition {
-                C::Completed => st.state == PluginState::Failed,
+            // A plugin that can no longer get there is not waited for.
+            let hopeless = match cond {
+                Condition::Completed => st.state == PluginState::Failed,
                 _ => {
                     matches!(
                         st.state,
@@ -488,21 +717,26 @@ impl Supervisor {
     }
 
     /// Tells the plugins that follow `dep`'s restarts (per `config`) to restart; all of its
-    /// dependants when the recovery ladder `escalated`.
+    /// dependants when the recovery ladder `escalated`. `dep` is a copy; dependants name its
+    /// plugin.
     pub(crate) async fn propagate_restart(
         &self,
         dep: &Arc<str>,
         escalated: bool,
         config: &crate::config::Config,
     ) {
+        let group = crate::config::group_of(dep);
         for p in &config.plugins {
             if (escalated || p.restart_with_dependencies)
-                && p.depends_on.iter().any(|d| d.as_str() == &**dep)
-                && let Ok(a) = self.actor(&p.name)
+                && p.depends_on.iter().any(|d| d.as_str() == group)
             {
-                let _ = a
-                    .send(Command::DependencyRestarted(Arc::clone(dep), escalated))
-                    .await;
+                for n in self.resolve(&p.name).unwrap_or_default() {
+                    if let Ok(a) = self.actor(&n) {
+                        let _ = a
+                            .send(Command::DependencyRestarted(Arc::clone(dep), escalated))
+                            .await;
+                    }
+                }
             }
         }
     }
@@ -547,6 +781,14 @@ impl Supervisor {
         }
         forced
     }
+}
+
+/// What a wait for a copy waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Condition {
+    Started,
+    Healthy,
+    Completed,
 }
 
 #[cfg(test)]

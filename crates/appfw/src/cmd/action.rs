@@ -37,8 +37,22 @@ pub(crate) async fn run(cli: &Cli, action: &str, args: &ActionArgs) -> u8 {
         "stop" => matches!(state, "stopped" | "completed" | "failed"),
         _ => matches!(state, "running" | "completed"),
     };
+    // A plugin with several copies answers with each of them.
+    let copies = st["instances"].as_array().cloned();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+    } else if let Some(copies) = &copies {
+        for c in copies {
+            let pid = c["pid"]
+                .as_u64()
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default();
+            println!(
+                "{}: {}{pid}",
+                c["name"].as_str().unwrap_or("?"),
+                c["state"].as_str().unwrap_or("?")
+            );
+        }
     } else if wanted {
         let pid = st["pid"]
             .as_u64()

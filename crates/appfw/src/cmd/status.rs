@@ -24,7 +24,11 @@ pub(crate) async fn run(cli: &Cli, args: &StatusArgs) -> u8 {
         Some(n) => c
             .get(&format!("/api/v1/plugins/{}", super::segment(n)))
             .await
-            .map(|p| vec![p]),
+            // A plugin with several copies: one row per copy.
+            .map(|p| match p["instances"].as_array() {
+                Some(copies) => copies.clone(),
+                None => vec![p],
+            }),
         None => c
             .get("/api/v1/plugins")
             .await
@@ -35,7 +39,7 @@ pub(crate) async fn run(cli: &Cli, args: &StatusArgs) -> u8 {
         Err(e) => return fail(&e),
     };
     if args.json {
-        let out = if args.name.is_some() {
+        let out = if args.name.is_some() && plugins.len() == 1 {
             plugins.into_iter().next().unwrap_or(Value::Null)
         } else {
             Value::Array(plugins)
