@@ -9,6 +9,9 @@
 //!    same measurements for both: start of all 50 (launch -> 50th start datagram), respawn after
 //!    `kill -9`, RSS and CPU idle. Skipped with a message when supervisord is not installed.
 //!
+//! 5. Orphans, side by side with supervisord: a child that starts a `setsid` grandchild is killed
+//!    and restarted 5 times, then the supervisor is stopped; count the grandchildren left running.
+//!
 //! `APPFW_BENCH_ROUNDS` (default 200) and `APPFW_BENCH_IDLE_SECS` (default 60) scale the runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot measure should stop loudly
@@ -296,6 +299,105 @@ fn versus(host_bin: &Path, rounds: usize, idle: Duration) {
     }
 }
 
+/// Pids of live (not zombie) processes whose command line is exactly `sleep SECS`.
+fn sleeping(secs: u64) -> Vec<u32> {
+    let want = format!("sleep\0{secs}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.starts_with(" Z")))
+        })
+        .collect()
+}
+
+/// A child that leaves a daemon behind: it starts `sleep GC` in its own session, then becomes
+/// `sleep MAIN`. Killed and restarted 5 times, then the supervisor stops: how many daemons are
+/// left under each supervisor?
+fn orphans(host_bin: &Path) {
+    let have_supervisord = Command::new("supervisord")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    // Durations nobody else sleeps for, so the count sees only ours.
+    let main_secs = 900_000 + u64::from(std::process::id() % 50_000) * 2;
+    let gc_secs = main_secs + 1;
+    let script = format!("setsid sleep {gc_secs} & exec sleep {main_secs}");
+    for name in ["appfw", "supervisord"] {
+        if name == "supervisord" && !have_supervisord {
+            println!("orphans supervisord: not installed (apt-get install supervisor); skipped");
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = if name == "appfw" {
+            let cfg = format!(
+                "data_dir = \"{}\"\n[api]\nlisten = \"\"\n[[plugins]]\nname = \"parent\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"{script}\"]\nprotocol = \"none\"\n[plugins.backoff]\ninitial = \"0s\"\n",
+                dir.path().join("data").display()
+            );
+            std::fs::write(dir.path().join("appfw.toml"), cfg).unwrap();
+            Command::new(host_bin)
+                .args(["run", "--log-level", "warn", "--config"])
+                .arg(dir.path().join("appfw.toml"))
+                .env_remove("APPFW_DATA_DIR")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        } else {
+            let cfg = format!(
+                "[supervisord]\nnodaemon=true\nlogfile={0}/supervisord.log\npidfile={0}/supervisord.pid\nloglevel=warn\n[program:parent]\ncommand=/bin/sh -c \"{script}\"\nautorestart=true\nstartsecs=0\nstdout_logfile={0}/parent.log\nredirect_stderr=true\n",
+                dir.path().display()
+            );
+            std::fs::write(dir.path().join("supervisord.conf"), cfg).unwrap();
+            Command::new("supervisord")
+                .arg("-c")
+                .arg(dir.path().join("supervisord.conf"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut pid = wait_for(Duration::from_secs(20), "the child", || {
+            sleeping(main_secs).first().copied()
+        });
+        let mut after_restarts = Vec::new();
+        for _ in 0..5 {
+            kill(pid);
+            pid = wait_for(Duration::from_secs(20), "the restarted child", || {
+                sleeping(main_secs).into_iter().find(|p| *p != pid)
+            });
+            // The replacement started its own daemon: wait for it, then count them all.
+            wait_for(Duration::from_secs(5), "the new daemon", || {
+                let n = sleeping(gc_secs).len();
+                (n >= 1).then_some(())
+            });
+            after_restarts.push(sleeping(gc_secs).len());
+        }
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{name} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = sleeping(gc_secs);
+        println!(
+            "orphans {name:<11}: daemons running after each of 5 restarts {after_restarts:?} (1 = only the current child's) | left after the supervisor stopped: {}",
+            left.len()
+        );
+        for p in left.into_iter().chain(sleeping(main_secs)) {
+            kill(p);
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; a filter argument selects one benchmark.
     let filter: Vec<String> = std::env::args()
@@ -315,6 +417,9 @@ fn main() {
             &host_bin,
             Duration::from_secs(env_num("APPFW_BENCH_IDLE_SECS", 60)),
         );
+    }
+    if want("orphans") {
+        orphans(&host_bin);
     }
     if want("supervisord") {
         versus(
