@@ -218,15 +218,8 @@ fn versus(host_bin: &Path, rounds: usize, idle: Duration) {
                     ));
                 }
                 std::fs::write(dir.join("appfw.toml"), cfg).unwrap();
-                Command::new(&appfw)
-                    .args(["run", "--log-level", "warn", "--config"])
-                    .arg(dir.join("appfw.toml"))
-                    .env_remove("APPFW_DATA_DIR")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
+                let cfg = dir.join("appfw.toml");
+                launch(&appfw, &run_args(&cfg))
             }),
         },
         Contender {
@@ -245,14 +238,8 @@ fn versus(host_bin: &Path, rounds: usize, idle: Duration) {
                     ));
                 }
                 std::fs::write(dir.join("supervisord.conf"), cfg).unwrap();
-                Command::new("supervisord")
-                    .arg("-c")
-                    .arg(dir.join("supervisord.conf"))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
+                let cfg = dir.join("supervisord.conf");
+                launch(Path::new("supervisord"), &["-c".as_ref(), cfg.as_os_str()])
             }),
         },
     ];
@@ -286,16 +273,7 @@ fn versus(host_bin: &Path, rounds: usize, idle: Duration) {
             rss_kb as f64 / 1024.0,
             (cpu1 - cpu0) * 60.0 / idle.as_secs_f64()
         );
-        rustix::process::kill_process(
-            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "{} did not stop", c.name);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        stop_supervisor(&mut child, c.name);
     }
 }
 
@@ -337,29 +315,16 @@ fn orphans(host_bin: &Path) {
                 dir.path().join("data").display()
             );
             std::fs::write(dir.path().join("appfw.toml"), cfg).unwrap();
-            Command::new(host_bin)
-                .args(["run", "--log-level", "warn", "--config"])
-                .arg(dir.path().join("appfw.toml"))
-                .env_remove("APPFW_DATA_DIR")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            let cfg = dir.path().join("appfw.toml");
+            launch(host_bin, &run_args(&cfg))
         } else {
             let cfg = format!(
                 "[supervisord]\nnodaemon=true\nlogfile={0}/supervisord.log\npidfile={0}/supervisord.pid\nloglevel=warn\n[program:parent]\ncommand=/bin/sh -c \"{script}\"\nautorestart=true\nstartsecs=0\nstdout_logfile={0}/parent.log\nredirect_stderr=true\n",
                 dir.path().display()
             );
             std::fs::write(dir.path().join("supervisord.conf"), cfg).unwrap();
-            Command::new("supervisord")
-                .arg("-c")
-                .arg(dir.path().join("supervisord.conf"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            let cfg = dir.path().join("supervisord.conf");
+            launch(Path::new("supervisord"), &["-c".as_ref(), cfg.as_os_str()])
         };
         let mut pid = wait_for(Duration::from_secs(20), "the child", || {
             sleeping(main_secs).first().copied()
@@ -377,16 +342,7 @@ fn orphans(host_bin: &Path) {
             });
             after_restarts.push(sleeping(gc_secs).len());
         }
-        rustix::process::kill_process(
-            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "{name} did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        stop_supervisor(&mut child, name);
         let left = sleeping(gc_secs);
         println!(
             "orphans {name:<11}: daemons running after each of 5 restarts {after_restarts:?} (1 = only the current child's) | left after the supervisor stopped: {}",
@@ -396,6 +352,43 @@ fn orphans(host_bin: &Path) {
             kill(p);
         }
     }
+}
+
+/// SIGTERM to a supervisor, then wait (at most 30 s) for it to exit.
+fn stop_supervisor(child: &mut std::process::Child, name: &str) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "{name} did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `appfw run` with `cfg`, logging only warnings.
+fn run_args(cfg: &Path) -> [&std::ffi::OsStr; 5] {
+    [
+        "run".as_ref(),
+        "--log-level".as_ref(),
+        "warn".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+    ]
+}
+
+/// Runs `program` (appfw or supervisord) with `args`, its output discarded.
+fn launch(program: &Path, args: &[&std::ffi::OsStr]) -> std::process::Child {
+    Command::new(program)
+        .args(args)
+        .env_remove("APPFW_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn main() {
