@@ -222,11 +222,11 @@ fn recovery_ladder_escalates_to_dependants_then_gives_up() {
 }
 
 /// `web` with `instances = N`: each copy is ready 0.4 s after its start (its probe sees a
-/// file the copy creates), and says which copy it is.
+/// file the copy creates; never, while a file `broken.INDEX` exists), and says which copy it is.
 fn replicas(instances: u32, extra_env: &str) -> String {
     sh(
         "web",
-        "rm -f {mark}/up.{instance}; echo copy $APPFW_INSTANCE of $APPFW_INSTANCES arg {instance}; sleep 0.4; touch {mark}/up.{instance}; exec sleep 1000",
+        "rm -f {mark}/up.{instance}; echo copy $APPFW_INSTANCE of $APPFW_INSTANCES arg {instance}; sleep 0.4; test -e {mark}/broken.{instance} && exec sleep 1000; touch {mark}/up.{instance}; exec sleep 1000",
         &format!(
             "instances = {instances}\nenv = {{ X = \"{extra_env}\" }}\nstop_grace = \"1s\"\n[[plugins.probes]]\nexec = [\"test\", \"-e\", \"{{mark}}/up.{{instance}}\"]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nstart_grace = \"100ms\"\nfailure_threshold = 1"
         ),
@@ -327,4 +327,54 @@ fn replicas_roll_one_at_a_time_and_scale() {
     assert_eq!(now[..2], pids[..2], "the copies that stayed kept running");
     assert!(!pids.contains(&now[2]) && !pids.contains(&now[3]));
     assert_eq!(copies[3]["instance"]["count"], 4);
+}
+
+/// A copy that does not get healthy again halts the roll: the copies after it keep running.
+#[test]
+fn a_rolling_restart_halts_at_a_copy_that_stays_unhealthy() {
+    let host = start(&replicas(3, "a"));
+    let pids = wait_for(T, "every copy healthy", || {
+        let (_, v) = host.get("/api/v1/plugins/web");
+        let copies = v["instances"].as_array()?.clone();
+        copies
+            .iter()
+            .all(|c| c["checks"][0]["status"] == "healthy")
+            .then(|| {
+                copies
+                    .iter()
+                    .map(|c| c["pid"].as_u64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+    });
+    let mark = std::path::Path::new(&host.data())
+        .parent()
+        .unwrap()
+        .join("broken.1");
+    std::fs::write(&mark, "").unwrap();
+    let (code, out, err) = host.cli(&["restart", "web", "--wait", "3s"]);
+    assert_eq!(code, 1, "the roll did not complete: {out}{err}");
+    let (_, v) = host.get("/api/v1/plugins/web");
+    let copies = v["instances"].as_array().unwrap();
+    assert_eq!(v["state"], "mixed", "web.1 is unhealthy, the others run: {v}");
+    assert_eq!(copies[1]["state"], "unhealthy");
+    assert_ne!(
+        copies[0]["pid"].as_u64().unwrap(),
+        pids[0],
+        "web.0 was restarted"
+    );
+    assert_ne!(
+        copies[1]["pid"].as_u64().unwrap(),
+        pids[1],
+        "web.1 was restarted"
+    );
+    assert_eq!(
+        copies[2]["pid"].as_u64().unwrap(),
+        pids[2],
+        "web.2 was left alone"
+    );
+    assert!(
+        host.log().contains("rolling restart of web halted"),
+        "{}",
+        host.log()
+    );
 }
