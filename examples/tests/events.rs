@@ -125,12 +125,16 @@ fn events_say_who_asked() {
     host.wait_event("spawned", "echo", T, |e| e["seq"].as_u64() > Some(mark));
     assert_eq!(by("exited", mark), vec!["cli (token local)"]);
     assert_eq!(by("spawned", mark), vec!["cli (token local)"]);
+    let spawned = &events(&host, &format!("plugin=echo&kind=spawned&after={mark}"))[0];
+    assert_eq!(spawned["restart_reason"], "requested");
 
     // Another client with a named token; a wrong token is refused.
     let act = |token: &str, action: &str| {
         host.send_as(token, "POST", &format!("/api/v1/plugins/echo/{action}"), "")
     };
     assert_eq!(act("not-a-token-at-all", "stop").0, 401);
+    // (Once sampled, so that the state changes carry the figures of the process.)
+    host.wait_plugin("echo", "running", T, |p| !p["usage"].is_null());
     let mark = host.events().last().unwrap()["seq"].as_u64().unwrap();
     let (code, v) = act(CI, "stop");
     assert_eq!(code, 200, "{v}");
@@ -141,6 +145,8 @@ fn events_say_who_asked() {
         vec!["api (token ci)", "api (token ci)"],
         "stopping, stopped"
     );
+    let stopping = &events(&host, &format!("plugin=echo&kind=state_changed&after={mark}"))[0];
+    assert!(stopping["usage"]["rss_bytes"].as_u64() > Some(0), "{stopping}");
     // The token's value is never shown.
     let (_, shown) = host.get("/api/v1/config");
     assert_eq!(shown["config"]["api"]["tokens"]["ci"], "<redacted>");
@@ -157,6 +163,9 @@ fn events_say_who_asked() {
     host.wait_event("spawned", "echo", T, |e| e["seq"].as_u64() > Some(mark));
     assert_eq!(by("exited", mark), vec!["policy"]);
     assert_eq!(by("spawned", mark), vec!["policy"]);
+    let spawned = &events(&host, &format!("plugin=echo&kind=spawned&after={mark}"))[0];
+    assert_eq!(spawned["restart_reason"], "crash");
+
 
     // A reload through the API names the client; a file change names itself.
     let mark = host.events().last().unwrap()["seq"].as_u64().unwrap();

@@ -355,7 +355,10 @@ fn a_rolling_restart_halts_at_a_copy_that_stays_unhealthy() {
     assert_eq!(code, 1, "the roll did not complete: {out}{err}");
     let (_, v) = host.get("/api/v1/plugins/web");
     let copies = v["instances"].as_array().unwrap();
-    assert_eq!(v["state"], "mixed", "web.1 is unhealthy, the others run: {v}");
+    assert_eq!(
+        v["state"], "mixed",
+        "web.1 is unhealthy, the others run: {v}"
+    );
     assert_eq!(copies[1]["state"], "unhealthy");
     assert_ne!(
         copies[0]["pid"].as_u64().unwrap(),

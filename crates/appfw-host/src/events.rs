@@ -41,6 +41,9 @@ pub enum EventKind {
         to: PluginState,
         /// Why.
         reason: String,
+        /// The last sampled figures of the process, while there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::resources::Usage>,
     },
     /// A plugin process was started.
     Spawned {
@@ -48,6 +51,10 @@ pub enum EventKind {
         pid: u32,
         /// 0 for the first start, then the restart count.
         restarts: u64,
+        /// For a restart, its reason (`crash`, `oom`, `hang`, `requested`, `config`, ...: the
+        /// `reason` label of `appfw_plugin_restarts_total`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        restart_reason: Option<String>,
     },
     /// A plugin could not be started.
     SpawnFailed {
@@ -387,10 +394,12 @@ fn log(ev: &Event) {
         .as_ref()
         .map_or_else(String::new, |b| format!(", by {b}"));
     match &ev.kind {
-        EventKind::StateChanged { from, to, reason } => {
+        EventKind::StateChanged {
+            from, to, reason, ..
+        } => {
             tracing::info!(plugin, event = kind, %from, %to, reason = %reason, "plugin {plugin}: {from} -> {to} ({reason}{by})")
         }
-        EventKind::Spawned { pid, restarts } => {
+        EventKind::Spawned { pid, restarts, .. } => {
             tracing::info!(
                 plugin,
                 event = kind,

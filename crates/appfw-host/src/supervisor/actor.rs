@@ -165,6 +165,8 @@ pub(crate) struct Actor {
     by: Origin,
     /// The next restart is the recovery ladder's `restart_dependants` step.
     escalate: bool,
+    /// The reason of the restart under way (for the `spawned` event).
+    restarting: Option<RestartReason>,
 }
 
 impl Actor {
@@ -202,6 +204,7 @@ impl Actor {
             watch: Watch::default(),
             by: Origin::Host,
             escalate: false,
+            restarting: None,
         }
     }
 
@@ -432,6 +435,7 @@ impl Actor {
                     from,
                     to,
                     reason: reason.to_string(),
+                    usage: self.proc.as_ref().and(self.usage),
                 },
             );
         }
@@ -710,6 +714,7 @@ impl Actor {
             EventKind::Spawned {
                 pid: child.pid,
                 restarts: self.restarts,
+                restart_reason: self.restarting.take().map(|r| r.as_str().to_string()),
             },
         );
         self.oom_base = self.cgroup.as_ref().and_then(PluginCgroup::oom_kills);
@@ -1287,6 +1292,7 @@ impl Actor {
 
     fn count_restart(&mut self) {
         self.restarts += 1;
+        self.restarting = Some(self.restart_cause);
         self.ctx.metrics.restarted(&self.name, self.restart_cause);
         // Dependants that follow our restarts hear of it (never blocks; a full queue only
         // happens in a restart storm, which the intensity limit stops anyway).
