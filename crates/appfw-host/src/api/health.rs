@@ -252,8 +252,12 @@ pub(super) async fn healthz(State(s): State<ApiState>) -> Response {
             .iter()
             .filter_map(|d| {
                 let st = plugins.iter().find(|q| *d == q.name)?;
-                (!matches!(st.state, PluginState::Running | PluginState::Completed))
-                    .then(|| format!("{} is {}", d.name, st.state))
+                // An idle on-demand dependency starts when asked: it counts as up.
+                (!matches!(
+                    st.state,
+                    PluginState::Running | PluginState::Completed | PluginState::Idle
+                ))
+                .then(|| format!("{} is {}", d.name, st.state))
             })
             .collect();
         let (status, message) = if down.is_empty() {
