@@ -8,6 +8,10 @@
 //! 4. Side by side with supervisord (Debian package `supervisor`), same 50 `pinger` children,
 //!    same measurements for both: start of all 50 (launch -> 50th start datagram), respawn after
 //!    `kill -9`, RSS and CPU idle. Skipped with a message when supervisord is not installed.
+//! 5. `cold-start`: the first request to an idle on-demand plugin (`echo`, `start =
+//!    "on-demand"`), from the request being sent to its reply, over `APPFW_BENCH_COLD_ROUNDS`
+//!    (default 20) rounds, each after the plugin went back to idle (`idle_stop = "200ms"`);
+//!    beside the same request to the plugin once it runs.
 //!
 //! `APPFW_BENCH_ROUNDS` (default 200) and `APPFW_BENCH_IDLE_SECS` (default 60) scale the runs.
 
@@ -177,6 +181,65 @@ fn request_reply(host_bin: &Path) {
     );
 }
 
+/// One command to the `driver` plugin listening on `ctl`; its JSON answer.
+fn driver_cmd(dir: &Path, ctl: &Path, line: &str) -> serde_json::Value {
+    let me = dir.join("bench-client.sock");
+    let _ = std::fs::remove_file(&me);
+    let sock = UnixDatagram::bind(&me).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    sock.send_to(line.as_bytes(), ctl).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = sock.recv(&mut buf).expect("the driver's answer");
+    serde_json::from_slice(&buf[..n]).unwrap()
+}
+
+fn cold_start(host_bin: &Path, rounds: usize) {
+    let cfg = "[[plugins]]\nname = \"driver\"\ncommand = \"{bin}/driver\"\nargs = [\"--control\", \"{mark}/driver.sock\"]\n\n\
+               [[plugins]]\nname = \"od\"\ncommand = \"{bin}/echo\"\nstart = \"on-demand\"\ntopics = [\"echo\"]\nidle_stop = \"200ms\"\n";
+    let host = TestHost::start(host_bin, &bin_dir(), cfg);
+    let ctl = host.dir.path().join("driver.sock");
+    wait_for(Duration::from_secs(30), "the driver", || {
+        (host.plugin("driver")["state"] == "running" && ctl.exists()).then_some(())
+    });
+    let (mut cold_ms, mut host_ms, mut warm_us) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        host.wait_plugin("od", "idle", Duration::from_secs(30), |_| true);
+        let r = driver_cmd(host.dir.path(), &ctl, "request echo cold 10000");
+        assert_eq!(r["reply"], "cold", "{r}");
+        cold_ms.push(r["us"].as_f64().unwrap() / 1000.0);
+        host_ms.push(
+            host.plugin("od")["on_demand"]["last_cold_start_ms"]
+                .as_f64()
+                .unwrap(),
+        );
+        // The same request once it runs (within idle_stop, so it stays up).
+        for _ in 0..5 {
+            let r = driver_cmd(host.dir.path(), &ctl, "request echo warm 10000");
+            assert_eq!(r["reply"], "warm", "{r}");
+            warm_us.push(r["us"].as_f64().unwrap());
+        }
+    }
+    let starts = host.plugin("od")["on_demand"]["demand_starts"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(starts, rounds as u64, "one demand start per round");
+    for v in [&mut cold_ms, &mut host_ms, &mut warm_us] {
+        v.sort_by(f64::total_cmp);
+    }
+    println!(
+        "cold-start: rounds={rounds} first request to an idle on-demand plugin median={:.2} ms p90={:.2} ms max={:.2} ms (host side, message in -> delivered to the new process: median={:.2} ms) | same request to the running plugin median={:.0} us p90={:.0} us (n={}) | ratio={:.0}x",
+        percentile(&cold_ms, 0.5),
+        percentile(&cold_ms, 0.9),
+        percentile(&cold_ms, 1.0),
+        percentile(&host_ms, 0.5),
+        percentile(&warm_us, 0.5),
+        percentile(&warm_us, 0.9),
+        warm_us.len(),
+        percentile(&cold_ms, 0.5) * 1000.0 / percentile(&warm_us, 0.5)
+    );
+}
+
 /// One supervisor under test: how to launch it with 50 pingers reporting to `sock_path`.
 type Launch = Box<dyn Fn(&Path, &Path) -> std::process::Child>;
 
@@ -315,6 +378,9 @@ fn main() {
             &host_bin,
             Duration::from_secs(env_num("APPFW_BENCH_IDLE_SECS", 60)),
         );
+    }
+    if want("cold-start") {
+        cold_start(&host_bin, env_num("APPFW_BENCH_COLD_ROUNDS", 20) as usize);
     }
     if want("supervisord") {
         versus(
