@@ -204,3 +204,29 @@ fn a_full_queue_overloads_a_held_plugin_refuses_and_reloads_tune_it() {
     let ev = host.wait_event("state_changed", "od", T, |e| e["to"] == "idle");
     assert_eq!(ev["reason"], "idle for 500ms", "{ev}");
 }
+
+#[test]
+fn a_reload_switches_start_without_restarting() {
+    let always =
+        "[[plugins]]\nname = \"svc\"\ncommand = \"{bin}/echo\"\nargs = [\"--topic\", \"svc\"]\n";
+    let host = start_with_driver(always);
+    let pid = host.wait_plugin("svc", "running", T, |_| true)["pid"].clone();
+    // Made on-demand while it runs: it keeps running and serving, then stops when idle.
+    host.write_config(&format!(
+        "{DRIVER}{always}start = \"on-demand\"\ntopics = [\"svc\"]\nidle_stop = \"500ms\"\n"
+    ));
+    let ev = host.wait_event("config_reloaded", "", T, |_| true);
+    assert_eq!(
+        ev["summary"], "apply without restart [svc (idle_stop, start, topics)]",
+        "{ev}"
+    );
+    assert_eq!(host.plugin("svc")["pid"], pid, "not restarted");
+    assert_eq!(cmd(&host, "request svc live 5000")["reply"], "live");
+    host.wait_plugin("svc", "idle", T, |_| true);
+    assert_eq!(cmd(&host, "request svc woken 10000")["reply"], "woken");
+    host.wait_plugin("svc", "idle", T, |_| true);
+    // Back to always: the idle plugin starts.
+    host.write_config(&format!("{DRIVER}{always}"));
+    host.wait_plugin("svc", "running", T, |p| p["on_demand"].is_null());
+    assert_eq!(cmd(&host, "request svc always 5000")["reply"], "always");
+}

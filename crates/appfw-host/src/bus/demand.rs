@@ -211,12 +211,9 @@ impl Bus {
         self.edit_table(|t| {
             let at = t.demands.iter().position(|d| &*d.plugin == plugin);
             match (spec, at) {
-                (Some((topics, cap)), Some(i)) => {
-                    let d = Arc::clone(&t.demands[i]);
-                    d.patterns.store(Arc::new(parse_all(plugin, topics)));
-                    d.lock().cap = cap;
-                    out = Some(d);
-                }
+                // Retuned below, outside the table's edit lock: a SUBSCRIBE takes the demand's
+                // lock first, then that one.
+                (Some(_), Some(i)) => out = Some(Arc::clone(&t.demands[i])),
                 (Some((topics, cap)), None) => {
                     let d = Arc::new(Demand {
                         plugin: Arc::from(plugin),
@@ -242,6 +239,10 @@ impl Bus {
             }
             relink(t);
         });
+        if let (Some(d), Some((topics, cap))) = (&out, spec) {
+            d.patterns.store(Arc::new(parse_all(plugin, topics)));
+            d.lock().cap = cap;
+        }
         if let Some(d) = removed {
             self.demand_refuse(
                 &d,
@@ -269,9 +270,17 @@ impl Bus {
     /// The plugin runs on connection `conn` and has subscribed (it was already running when it
     /// became on-demand).
     pub fn demand_live(&self, d: &Demand, conn: u64) {
-        let mut st = d.lock();
-        st.conn = Some(conn);
-        d.set_mode(&mut st, Mode::Live);
+        let held: Vec<Held> = {
+            let mut st = d.lock();
+            st.conn = Some(conn);
+            // Anything held between the declaration and now goes out first.
+            self.flush(d, &mut st, conn);
+            st.trigger = None;
+            d.set_mode(&mut st, Mode::Live);
+            st.queue.drain(..).collect()
+        };
+        let message = format!("{} does not serve this topic", d.plugin);
+        self.drop_held(d, held, "no_responders", &message);
     }
 
     /// The plugin is held stopped or failed: requests for it get `code` at once, what waits is
@@ -505,11 +514,21 @@ impl Bus {
             return;
         }
         st.conn = Some(link.conn_id);
+        let covered = self.flush(d, &mut st, link.conn_id);
+        if st.queue.is_empty() && covered {
+            st.trigger = None;
+            d.set_mode(&mut st, Mode::Live);
+        }
+    }
+
+    /// Delivers, in arrival order, what waits and a subscription of `conn` now matches (the rest
+    /// keeps waiting); true when every declared pattern is covered by its subscriptions.
+    fn flush(&self, d: &Demand, st: &mut State, conn: u64) -> bool {
         let table = self.inner.table.load();
         let subs: Vec<&Arc<Sub>> = table
             .subs
             .iter()
-            .filter(|s| s.link.conn_id == link.conn_id)
+            .filter(|s| s.link.conn_id == conn)
             .collect();
         let mut kept = VecDeque::with_capacity(st.queue.len());
         let mut delivered = false;
@@ -545,7 +564,7 @@ impl Bus {
                     // Expired (answered by the expiry task) or its requester left: skip it.
                     let still_pending = match lock(&self.inner.pending).by_id.get_mut(&host_id) {
                         Some(r) => {
-                            r.server_conn = link.conn_id;
+                            r.server_conn = conn;
                             true
                         }
                         None => false,
@@ -572,10 +591,7 @@ impl Bus {
                 tracing::info!(plugin = %d.plugin, cold_start_ms = took.as_secs_f64() * 1000.0, "on-demand plugin took its first message {:.1} ms after it arrived", took.as_secs_f64() * 1000.0);
             }
         }
-        if st.queue.is_empty() && covered(d, &subs) {
-            st.trigger = None;
-            d.set_mode(&mut st, Mode::Live);
-        }
+        covered(d, &subs)
     }
 
     /// The connection `link` closed: the demand stops delivering to it.
