@@ -8,6 +8,10 @@
 //! 4. Side by side with supervisord (Debian package `supervisor`), same 50 `pinger` children,
 //!    same measurements for both: start of all 50 (launch -> 50th start datagram), respawn after
 //!    `kill -9`, RSS and CPU idle. Skipped with a message when supervisord is not installed.
+//! 5. `cold-start`: the first request to an idle on-demand plugin (`echo`, `start =
+//!    "on-demand"`), from the request being sent to its reply, over `APPFW_BENCH_COLD_ROUNDS`
+//!    (default 20) rounds, each after the plugin went back to idle (`idle_stop = "200ms"`);
+//!    beside the same request to the plugin once it runs.
 //!
 //! 5. Orphans, side by side with supervisord: a child that starts a `setsid` grandchild is killed
 //!    and restarted 5 times, then the supervisor is stopped; count the grandchildren left running.
@@ -177,6 +181,107 @@ fn request_reply(host_bin: &Path) {
     println!(
         "request-reply 64 B: n={} errors={} p50={} us p90={} us p99={} us max={} us ({} req/s sequential)",
         v["count"], v["errors"], v["p50_us"], v["p90_us"], v["p99_us"], v["max_us"], v["per_sec"]
+    );
+}
+
+/// One command to the `driver` plugin listening on `ctl`; its JSON answer.
+fn driver_cmd(dir: &Path, ctl: &Path, line: &str) -> serde_json::Value {
+    let me = dir.join("bench-client.sock");
+    let _ = std::fs::remove_file(&me);
+    let sock = UnixDatagram::bind(&me).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    sock.send_to(line.as_bytes(), ctl).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = sock.recv(&mut buf).expect("the driver's answer");
+    serde_json::from_slice(&buf[..n]).unwrap()
+}
+
+fn cold_start(host_bin: &Path, rounds: usize, cgroups: bool) {
+    let cfg = format!(
+        "[supervisor]\ncgroups = {cgroups}\n\n{}",
+        "[[plugins]]\nname = \"driver\"\ncommand = \"{bin}/driver\"\nargs = [\"--control\", \"{mark}/driver.sock\"]\n\n\
+               [[plugins]]\nname = \"od\"\ncommand = \"{bin}/echo\"\nstart = \"on-demand\"\ntopics = [\"echo\"]\nidle_stop = \"200ms\"\n"
+    );
+    let host = TestHost::start(host_bin, &bin_dir(), &cfg);
+    let ctl = host.dir.path().join("driver.sock");
+    wait_for(Duration::from_secs(30), "the driver", || {
+        (host.plugin("driver")["state"] == "running" && ctl.exists()).then_some(())
+    });
+    let (mut cold_ms, mut host_ms, mut warm_us) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        host.wait_plugin("od", "idle", Duration::from_secs(30), |_| true);
+        let r = driver_cmd(host.dir.path(), &ctl, "request echo cold 10000");
+        assert_eq!(r["reply"], "cold", "{r}");
+        cold_ms.push(r["us"].as_f64().unwrap() / 1000.0);
+        host_ms.push(
+            host.plugin("od")["on_demand"]["last_cold_start_ms"]
+                .as_f64()
+                .unwrap(),
+        );
+        // The same request once it runs (within idle_stop, so it stays up).
+        for _ in 0..5 {
+            let r = driver_cmd(host.dir.path(), &ctl, "request echo warm 10000");
+            assert_eq!(r["reply"], "warm", "{r}");
+            warm_us.push(r["us"].as_f64().unwrap());
+        }
+    }
+    let starts = host.plugin("od")["on_demand"]["demand_starts"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(starts, rounds as u64, "one demand start per round");
+    // Where the time goes, from the host's own events (ms resolution): demand -> process
+    // spawned -> handshake done (then the plugin subscribes and gets the request).
+    let events: Vec<serde_json::Value> = host
+        .events()
+        .into_iter()
+        .filter(|e| e["plugin"] == "od")
+        .collect();
+    let (mut to_spawn, mut to_ready) = (Vec::new(), Vec::new());
+    for (i, e) in events.iter().enumerate() {
+        if e["kind"] != "demand_start" {
+            continue;
+        }
+        let t0 = parse_time(e["time"].as_str().unwrap());
+        let after = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+            events[i..]
+                .iter()
+                .find(|x| pred(x))
+                .map(|x| parse_time(x["time"].as_str().unwrap()))
+        };
+        if let (Some(sp), Some(rd)) = (
+            after(&|x| x["kind"] == "spawned"),
+            after(&|x| x["kind"] == "state_changed" && x["to"] == "running"),
+        ) {
+            to_spawn.push(sp.duration_since(t0).unwrap_or_default().as_secs_f64() * 1000.0);
+            to_ready.push(rd.duration_since(sp).unwrap_or_default().as_secs_f64() * 1000.0);
+        }
+    }
+    for v in [
+        &mut cold_ms,
+        &mut host_ms,
+        &mut warm_us,
+        &mut to_spawn,
+        &mut to_ready,
+    ] {
+        v.sort_by(f64::total_cmp);
+    }
+    let label = if cgroups { "cgroups" } else { "no cgroups" };
+    println!(
+        "cold-start ({label}) breakdown (host events, ms resolution): demand -> spawned median {:.0} ms | spawned -> handshake done median {:.0} ms | the rest is the plugin subscribing and answering",
+        percentile(&to_spawn, 0.5),
+        percentile(&to_ready, 0.5)
+    );
+    println!(
+        "cold-start ({label}): rounds={rounds} first request to an idle on-demand plugin median={:.2} ms p90={:.2} ms max={:.2} ms (host side, message in -> delivered to the new process: median={:.2} ms) | same request to the running plugin median={:.0} us p90={:.0} us (n={}) | ratio={:.0}x",
+        percentile(&cold_ms, 0.5),
+        percentile(&cold_ms, 0.9),
+        percentile(&cold_ms, 1.0),
+        percentile(&host_ms, 0.5),
+        percentile(&warm_us, 0.5),
+        percentile(&warm_us, 0.9),
+        warm_us.len(),
+        percentile(&cold_ms, 0.5) * 1000.0 / percentile(&warm_us, 0.5)
     );
 }
 
@@ -413,6 +518,17 @@ fn main() {
     }
     if want("orphans") {
         orphans(&host_bin);
+    }
+    if want("cold-start") {
+        // With the plugin's cgroup, and without: joining a cgroup that has been idle costs the
+        // kernel an RCU grace period (see docs/BENCHMARKS.md).
+        for cgroups in [true, false] {
+            cold_start(
+                &host_bin,
+                env_num("APPFW_BENCH_COLD_ROUNDS", 20) as usize,
+                cgroups,
+            );
+        }
     }
     if want("supervisord") {
         versus(

@@ -145,8 +145,14 @@ fn events_say_who_asked() {
         vec!["api (token ci)", "api (token ci)"],
         "stopping, stopped"
     );
-    let stopping = &events(&host, &format!("plugin=echo&kind=state_changed&after={mark}"))[0];
-    assert!(stopping["usage"]["rss_bytes"].as_u64() > Some(0), "{stopping}");
+    let stopping = &events(
+        &host,
+        &format!("plugin=echo&kind=state_changed&after={mark}"),
+    )[0];
+    assert!(
+        stopping["usage"]["rss_bytes"].as_u64() > Some(0),
+        "{stopping}"
+    );
     // The token's value is never shown.
     let (_, shown) = host.get("/api/v1/config");
     assert_eq!(shown["config"]["api"]["tokens"]["ci"], "<redacted>");
@@ -165,7 +171,6 @@ fn events_say_who_asked() {
     assert_eq!(by("spawned", mark), vec!["policy"]);
     let spawned = &events(&host, &format!("plugin=echo&kind=spawned&after={mark}"))[0];
     assert_eq!(spawned["restart_reason"], "crash");
-
 
     // A reload through the API names the client; a file change names itself.
     let mark = host.events().last().unwrap()["seq"].as_u64().unwrap();

@@ -36,6 +36,9 @@ pub struct ConfigDiff {
     /// Plugins whose `settings` alone changed: delivered live (CONFIG_UPDATE) to plugins that
     /// accept it, others restart.
     pub update: Vec<String>,
+    /// Plugins whose on-demand keys alone changed (`start`, `topics`, `idle_stop`,
+    /// `on_demand_queue`): applied without a restart.
+    pub tune: Vec<PluginChange>,
     /// Host settings that changed.
     pub host: Vec<HostChange>,
 }
@@ -69,12 +72,22 @@ impl ConfigDiff {
                         .into_iter()
                         .filter(|k| k != "secrets")
                         .collect();
-                    if keys == ["settings"] {
+                    // On-demand keys are taken by the running plugin: they alone restart nothing.
+                    let (tuning, others): (Vec<String>, Vec<String>) = keys
+                        .iter()
+                        .cloned()
+                        .partition(|k| super::ON_DEMAND_KEYS.contains(&k.as_str()));
+                    if others == ["settings"] {
                         d.update.push(p.name.clone());
-                    } else if !keys.is_empty() {
+                    } else if !others.is_empty() {
                         d.restart.push(PluginChange {
                             name: p.name.clone(),
                             keys,
+                        });
+                    } else if !tuning.is_empty() {
+                        d.tune.push(PluginChange {
+                            name: p.name.clone(),
+                            keys: tuning,
                         });
                     }
                 }
@@ -145,6 +158,7 @@ impl ConfigDiff {
             && self.stop.is_empty()
             && self.restart.is_empty()
             && self.update.is_empty()
+            && self.tune.is_empty()
             && self.host.is_empty()
     }
 
@@ -170,6 +184,14 @@ impl ConfigDiff {
         }
         if !self.update.is_empty() {
             parts.push(format!("update live [{}]", self.update.join(", ")));
+        }
+        if !self.tune.is_empty() {
+            let r: Vec<String> = self
+                .tune
+                .iter()
+                .map(|c| format!("{} ({})", c.name, c.keys.join(", ")))
+                .collect();
+            parts.push(format!("apply without restart [{}]", r.join(", ")));
         }
         for h in &self.host {
             parts.push(format!("{}: {}", h.key, h.note));
@@ -210,5 +232,28 @@ mod tests {
             "start [c]; stop [gone]; restart [a (args)]; update live [b]; api.listen: takes effect when the host restarts; supervisor.heartbeat_interval: applies to plugins started from now on; supervisor.heartbeat_timeout: applies to plugins started from now on"
         );
         assert!(ConfigDiff::between(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn on_demand_keys_alone_restart_nothing() {
+        let od = "start = \"on-demand\"\ntopics = [\"a.*\"]\n";
+        let old = cfg(&format!("[[plugins]]\nname = \"a\"\ncommand = \"x\"\n{od}"));
+        let tuned = cfg(&format!(
+            "[[plugins]]\nname = \"a\"\ncommand = \"x\"\n{od}idle_stop = \"1s\"\n"
+        ));
+        let d = ConfigDiff::between(&old, &tuned);
+        assert!(d.restart.is_empty(), "{d:?}");
+        assert_eq!(d.tune[0].keys, ["idle_stop"]);
+        assert_eq!(d.summary(), "apply without restart [a (idle_stop)]");
+        let always = cfg("[[plugins]]\nname = \"a\"\ncommand = \"x\"\n");
+        let d = ConfigDiff::between(&always, &old);
+        assert_eq!(d.tune[0].keys, ["start", "topics"]);
+        // With another key, the plugin restarts and every changed key is named.
+        let moved = cfg(&format!(
+            "[[plugins]]\nname = \"a\"\ncommand = \"y\"\n{od}idle_stop = \"1s\"\n"
+        ));
+        let d = ConfigDiff::between(&old, &moved);
+        assert_eq!(d.restart[0].keys, ["command", "idle_stop"]);
+        assert!(d.tune.is_empty());
     }
 }

@@ -16,6 +16,7 @@ pub use diff::{ConfigDiff, HostChange};
 pub use load::{Layers, Loaded, Origin, Origins, load};
 pub use render::render_toml;
 pub use secret::{REDACTED, is_secret_name, resolve_refs};
+pub use validate::check_pattern;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -728,6 +729,7 @@ pub struct PluginConfig {
     #[serde(default)]
     pub restart_with_dependencies: bool,
     /// Whether the host starts it at start-up (default true); if false, `appfw start NAME`.
+    /// On-demand plugins are never started at start-up, whatever this says.
     #[serde(default = "yes")]
     pub autostart: bool,
     /// Replicas: more than 1 runs that many copies, `NAME.0` ... `NAME.N-1`, each with
@@ -740,6 +742,24 @@ pub struct PluginConfig {
     #[serde(skip)]
     #[schemars(skip)]
     pub instance: Option<Instance>,
+    /// `always` (default: started with the host, kept running) or `on-demand` (started by the
+    /// first message or request on one of its `topics`, stopped again after `idle_stop`).
+    #[serde(default)]
+    pub start: StartMode,
+    /// On-demand plugins: the topic patterns it serves (bus pattern syntax: `*` one token, a
+    /// final `>` the rest), e.g. `["orders.*", "report.>"]`. Required for `start =
+    /// "on-demand"`, refused otherwise.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// On-demand plugins: stopped (back to `idle`) after this long without a message or request
+    /// routed to it and none in progress. `0s` never stops it. Default `5m`.
+    #[serde(default = "default_idle_stop", with = "human_duration")]
+    #[schemars(with = "String")]
+    pub idle_stop: Duration,
+    /// On-demand plugins: messages and requests held while it starts, at most. Past it, requests
+    /// are answered `overloaded` and messages dropped (counted). Default 1000.
+    #[serde(default = "default_on_demand_queue")]
+    pub on_demand_queue: usize,
     /// Time granted after the SHUTDOWN frame (protocol plugins) or after SIGTERM
     /// (`protocol = "none"`) before escalating. Default `5s`.
     #[serde(default = "default_stop_grace", with = "human_duration")]
@@ -802,6 +822,40 @@ pub fn group_of(name: &str) -> &str {
         _ => name,
     }
 }
+fn default_idle_stop() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_on_demand_queue() -> usize {
+    1000
+}
+
+/// When a plugin runs.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartMode {
+    /// Started with the host (if `autostart`) and kept running.
+    #[default]
+    Always,
+    /// Started by the first message or request on one of its `topics`; stopped after
+    /// `idle_stop` without traffic.
+    OnDemand,
+}
+
+impl StartMode {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::OnDemand => "on-demand",
+        }
+    }
+}
+
+/// The keys that tune an on-demand plugin; a reload that changes only these (and `secrets`)
+/// applies them without a restart.
+pub const ON_DEMAND_KEYS: &[&str] = &["start", "topics", "idle_stop", "on_demand_queue"];
 fn default_stop_signal() -> String {
     "SIGTERM".into()
 }
@@ -886,6 +940,11 @@ impl PluginConfig {
             .collect()
     }
 
+    /// Whether it starts on demand.
+    pub fn on_demand(&self) -> bool {
+        self.start == StartMode::OnDemand
+    }
+
     /// `umask` parsed, if set and valid.
     pub fn umask_bits(&self) -> Option<u32> {
         self.umask
@@ -924,6 +983,10 @@ impl PluginConfig {
             autostart: true,
             instances: 1,
             instance: None,
+            start: StartMode::Always,
+            topics: Vec::new(),
+            idle_stop: default_idle_stop(),
+            on_demand_queue: default_on_demand_queue(),
             stop_grace: default_stop_grace(),
             kill_after: default_stop_grace(),
             heartbeat_interval: None,

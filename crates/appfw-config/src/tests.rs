@@ -497,3 +497,90 @@ fn dependencies_take_a_name_or_a_condition() {
         ]
     );
 }
+
+#[test]
+fn on_demand_keys_are_parsed_with_defaults() {
+    let c = ok(
+        "[[plugins]]\nname = \"a\"\ncommand = \"x\"\nstart = \"on-demand\"\ntopics = [\"orders.*\", \"report.>\"]\n",
+    );
+    let p = &c.plugins[0];
+    assert!(p.on_demand());
+    assert_eq!(p.topics, ["orders.*", "report.>"]);
+    assert_eq!(p.idle_stop, Duration::from_secs(300));
+    assert_eq!(p.on_demand_queue, 1000);
+    let p = &ok(P).plugins[0];
+    assert_eq!(p.start, StartMode::Always);
+    assert!(p.autostart);
+    let c = ok(
+        "[[plugins]]\nname = \"a\"\ncommand = \"x\"\nstart = \"on-demand\"\ntopics = [\"a\"]\nidle_stop = \"0s\"\non_demand_queue = 5\n",
+    );
+    assert_eq!(c.plugins[0].idle_stop, Duration::ZERO);
+    assert_eq!(c.plugins[0].on_demand_queue, 5);
+    // Shown by `config show` and in the schema.
+    let shown = render_toml(&c, false);
+    assert!(
+        shown.contains("start = \"on-demand\"") && shown.contains("idle_stop = \"0s\""),
+        "{shown}"
+    );
+    let schema = Config::json_schema().to_string();
+    assert!(
+        schema.contains("on-demand") && schema.contains("on_demand_queue"),
+        "{schema}"
+    );
+}
+
+#[test]
+fn on_demand_mistakes_have_located_messages() {
+    let od = "start = \"on-demand\"\n";
+    assert_eq!(
+        errors(&format!("{P}{od}")),
+        [
+            "/etc/appfw.toml:4:1: plugins[0].start: \"on-demand\" needs topics: the topic patterns that start the plugin, e.g. topics = [\"orders.*\", \"report.>\"]"
+        ]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{P}{od}topics = [\"ok.*\", \"a.>.b\", \"a..b\", \"sp ace\"]\nidle_stop = \"10ms\"\non_demand_queue = 0\nprotocol = \"none\"\n"
+        )),
+        [
+            "/etc/appfw.toml:4:1: plugins[0].start: on-demand plugins must speak the protocol (protocol = \"appfw\"): demand reaches them as bus messages",
+            "/etc/appfw.toml:5:1: plugins[0].topics[1]: '>' must be the last token in pattern \"a.>.b\"",
+            "/etc/appfw.toml:5:1: plugins[0].topics[2]: invalid token \"\" in pattern \"a..b\": tokens are letters, digits, '_', '-', ':', or the wildcards '*' (one token) and a final '>' (the rest)",
+            "/etc/appfw.toml:5:1: plugins[0].topics[3]: invalid token \"sp ace\" in pattern \"sp ace\": tokens are letters, digits, '_', '-', ':', or the wildcards '*' (one token) and a final '>' (the rest)",
+            "/etc/appfw.toml:6:1: plugins[0].idle_stop: must be 0s (never stop) or at least 100ms",
+            "/etc/appfw.toml:7:1: plugins[0].on_demand_queue: must be between 1 and 1000000",
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{P}{od}topics = [\"a\"]\ninstances = 2\n")),
+        [
+            "/etc/appfw.toml:6:1: plugins[0].instances: an on-demand plugin runs one copy: demand starts one process, not a set"
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{P}topics = [\"a\"]\n")),
+        [
+            "/etc/appfw.toml:4:1: plugins[0].topics: only on-demand plugins declare topics (start = \"on-demand\")"
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{P}start = \"lazy\"\n")),
+        [
+            "/etc/appfw.toml:4:1: plugins[0].start: unknown value `lazy`; expected one of: always, on-demand"
+        ]
+    );
+    // A dependant cannot wait for an on-demand plugin to be healthy or completed; a plain
+    // dependency is fine (not waited for).
+    let dep = |cond: &str| {
+        format!(
+            "[[plugins]]\nname = \"svc\"\ncommand = \"x\"\nstart = \"on-demand\"\ntopics = [\"svc\"]\nrestart = \"never\"\n[[plugins]]\nname = \"web\"\ncommand = \"x\"\ndepends_on = [{cond}]\n"
+        )
+    };
+    ok(&dep("\"svc\""));
+    assert_eq!(
+        errors(&dep("{ name = \"svc\", condition = \"healthy\" }")),
+        [
+            "/etc/appfw.toml:10:15: plugins[1].depends_on[0]: condition \"healthy\" cannot be waited for: \"svc\" has start = \"on-demand\" and runs only when a message asks for it (name it without a condition: dependants do not wait for it)"
+        ]
+    );
+}

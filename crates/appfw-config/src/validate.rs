@@ -267,6 +267,7 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
                 );
             }
         }
+        check_on_demand(p, &mut |k, m| push(key(k), m));
         if p.restart_with_dependencies && p.depends_on.is_empty() {
             push(
                 key("restart_with_dependencies"),
@@ -284,6 +285,19 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
                     at.clone(),
                     format!(
                         "condition \"completed\" needs a plugin that can complete, but {:?} has restart = \"always\"",
+                        t.name
+                    ),
+                );
+            }
+            if dep.condition != super::DependencyCondition::Started
+                && let Some(t) = target
+                && t.on_demand()
+            {
+                push(
+                    at.clone(),
+                    format!(
+                        "condition {:?} cannot be waited for: {:?} has start = \"on-demand\" and runs only when a message asks for it (name it without a condition: dependants do not wait for it)",
+                        dep.condition.as_str(),
                         t.name
                     ),
                 );
@@ -477,6 +491,86 @@ pub(super) fn start_order(plugins: &[PluginConfig]) -> Vec<String> {
         }
     }
     order
+}
+
+/// `start`, `topics`, `idle_stop` and `on_demand_queue` of one plugin.
+fn check_on_demand(p: &PluginConfig, push: &mut dyn FnMut(&str, String)) {
+    if !p.on_demand() {
+        if !p.topics.is_empty() {
+            push(
+                "topics",
+                "only on-demand plugins declare topics (start = \"on-demand\")".into(),
+            );
+        }
+        return;
+    }
+    if p.protocol == Protocol::None {
+        push(
+            "start",
+            "on-demand plugins must speak the protocol (protocol = \"appfw\"): demand reaches them as bus messages".into(),
+        );
+    }
+    if p.instances > 1 {
+        push(
+            "instances",
+            "an on-demand plugin runs one copy: demand starts one process, not a set".into(),
+        );
+    }
+    if p.topics.is_empty() {
+        // Located at `start`: a missing key has no line of its own.
+        push(
+            "start",
+            "\"on-demand\" needs topics: the topic patterns that start the plugin, e.g. topics = [\"orders.*\", \"report.>\"]".into(),
+        );
+    }
+    for (j, t) in p.topics.iter().enumerate() {
+        if let Err(why) = check_pattern(t) {
+            push(&format!("topics[{j}]"), why);
+        }
+    }
+    if !p.idle_stop.is_zero() && p.idle_stop < std::time::Duration::from_millis(100) {
+        push(
+            "idle_stop",
+            "must be 0s (never stop) or at least 100ms".into(),
+        );
+    }
+    if !(1..=1_000_000).contains(&p.on_demand_queue) {
+        push("on_demand_queue", "must be between 1 and 1000000".into());
+    }
+}
+
+/// Longest topic pattern, bytes (the bus's limit).
+const MAX_PATTERN_LEN: usize = 255;
+
+/// A bus subscription pattern: dot-separated tokens of letters, digits, `_`, `-`, `:`, or `*`
+/// (one token), or a final `>` (one or more). The same rules as the bus's parser (a host test
+/// checks the two agree); kept here so the config crate stands alone.
+pub fn check_pattern(text: &str) -> Result<(), String> {
+    if text.is_empty() || text.len() > MAX_PATTERN_LEN {
+        return Err(format!("pattern must be 1 to {MAX_PATTERN_LEN} bytes long"));
+    }
+    let parts: Vec<&str> = text.split('.').collect();
+    for (i, t) in parts.iter().enumerate() {
+        let ok = match *t {
+            "*" => true,
+            ">" => i + 1 == parts.len(),
+            t => {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'))
+            }
+        };
+        if !ok {
+            return Err(if *t == ">" {
+                format!("'>' must be the last token in pattern {text:?}")
+            } else {
+                format!(
+                    "invalid token {t:?} in pattern {text:?}: tokens are letters, digits, '_', '-', ':', or the wildcards '*' (one token) and a final '>' (the rest)"
+                )
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `[plugins.limits]` and `[[plugins.thresholds]]` of one plugin.

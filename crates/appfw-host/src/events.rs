@@ -165,6 +165,13 @@ pub enum EventKind {
         /// The signal sent to the process group.
         signal: String,
     },
+    /// An on-demand plugin is started because a message or request arrived for it.
+    DemandStart {
+        /// The topic of the first message that waits for it.
+        topic: String,
+        /// Messages and requests waiting for it.
+        queued: u64,
+    },
 }
 
 impl EventKind {
@@ -188,6 +195,7 @@ impl EventKind {
             Self::GaveUp { .. } => "gave_up",
             Self::LimitBreached { .. } => "limit_breached",
             Self::ConfigRejected { .. } => "config_rejected",
+            Self::DemandStart { .. } => "demand_start",
         }
     }
 }
@@ -478,6 +486,9 @@ fn log(ev: &Event) {
                 action = %action,
                 "plugin {plugin}: {resource} {value} over {threshold} for {for_ms} ms ({action})"
             )
+        }
+        EventKind::DemandStart { topic, queued } => {
+            tracing::info!(plugin, event = kind, topic = %topic, queued, "plugin {plugin}: starting on demand (message on {topic}, {queued} waiting)")
         }
         EventKind::StopEscalated { signal } => {
             tracing::warn!(plugin, event = kind, signal = %signal, "plugin {plugin}: did not stop in time, sent {signal}")

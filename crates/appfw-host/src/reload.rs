@@ -405,6 +405,18 @@ impl Reloader {
                 tracing::warn!(plugin = %name, "cannot update settings: {e}");
             }
         }
+        // On-demand keys alone: the owner task applies them to the running plugin (`live` with
+        // unchanged settings restarts nothing).
+        for change in &diff.tune {
+            if let Some(cfg) = plugin(&change.name)
+                && let Err(e) = self
+                    .supervisor
+                    .reconfigure(&change.name, cfg, Apply::Live, self.by.clone(), roll_wait)
+                    .await
+            {
+                tracing::warn!(plugin = %change.name, "cannot apply on-demand settings: {e}");
+            }
+        }
         let added: Vec<_> = diff.start.iter().filter_map(|n| plugin(n)).collect();
         for cfg in &added {
             self.supervisor.add(cfg.clone());

@@ -1,11 +1,12 @@
 //! `echo`: serves requests on `echo` (or `--topic`) by returning the payload, preceded by the
 //! `prefix` from its settings (`[plugins.settings] prefix = "..."`), which it takes live when the
 //! config changes. With `--subscribe PATTERN` it also prints every message published on matching
-//! topics.
+//! topics, in the order they arrive. `--start-delay 300ms` waits that long before connecting (a
+//! slow start, for on-demand tests).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use appfw_examples::flag;
+use appfw_examples::{duration_flag, flag};
 use appfw_sdk::pb::HealthStatus;
 use appfw_sdk::{Plugin, RequestError};
 
@@ -29,6 +30,9 @@ fn prefix_of(settings: &[u8]) -> Result<String, RequestError> {
 async fn main() -> Result<(), appfw_sdk::SdkError> {
     let topic = flag("--topic").unwrap_or_else(|| "echo".into());
     let subscribe = flag("--subscribe");
+    if let Some(d) = duration_flag("--start-delay", None) {
+        tokio::time::sleep(d).await;
+    }
     let prefix = Arc::new(Mutex::new(String::new()));
     let p2 = Arc::clone(&prefix);
     let plugin = Plugin::builder()
@@ -61,13 +65,15 @@ async fn main() -> Result<(), appfw_sdk::SdkError> {
         .await?;
     if let Some(pattern) = subscribe {
         plugin
-            .subscribe(&pattern, |msg| async move {
+            .subscribe(&pattern, |msg| {
+                // Printed before the handler task starts: in arrival order.
                 println!(
                     "echo: got {} from {}: {}",
                     msg.topic,
                     msg.sender,
                     String::from_utf8_lossy(&msg.payload)
                 );
+                async {}
             })
             .await?;
     }

@@ -250,12 +250,18 @@ pub(super) async fn healthz(State(s): State<ApiState>) -> Response {
         let down: Vec<String> = pc
             .depends_on
             .iter()
-            // Every copy of a dependency counts.
+            // Every copy of a dependency counts; an idle on-demand dependency starts when asked:
+            // it counts as up.
             .flat_map(|d| {
                 plugins
                     .iter()
                     .filter(|q| crate::config::group_of(&q.name) == d.name)
-                    .filter(|q| !matches!(q.state, PluginState::Running | PluginState::Completed))
+                    .filter(|q| {
+                        !matches!(
+                            q.state,
+                            PluginState::Running | PluginState::Completed | PluginState::Idle
+                        )
+                    })
                     .map(|q| format!("{} is {}", q.name, q.state))
             })
             .collect();

@@ -147,6 +147,8 @@ async fn readyz(State(s): State<ApiState>) -> Response {
         .filter(|p| required(&p.name))
         // A plugin an operator stopped on purpose does not hold readiness hostage.
         .filter(|p| !matches!(p.state, PluginState::Running | PluginState::Completed) && !p.held)
+        // An on-demand plugin is ready to be started: only a failed one is not.
+        .filter(|p| p.on_demand.is_none() || p.state == PluginState::Failed)
         .map(|p| format!("{} is {}", p.name, p.state))
         .collect();
     if not_ready.is_empty() {

@@ -3,8 +3,10 @@
 //! Routing reads an immutable snapshot of the subscription table (swapped atomically when a
 //! subscription changes), so publishing never takes a lock or asks a plugin's owner task.
 //! Payloads are relayed as the same bytes; only the small header is rewritten (sender stamped,
-//! receiver's subscription id set).
+//! receiver's subscription id set). On-demand plugins that are not running yet are the one
+//! exception: their traffic waits in a bounded queue behind a lock (see [`demand`]).
 
+mod demand;
 mod topic;
 
 use std::collections::{BTreeSet, HashMap};
@@ -20,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
+pub use demand::{Demand, DemandStatus};
 pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};
 
 use crate::metrics::{Metrics, TopicStat};
@@ -27,6 +30,9 @@ use crate::metrics::{Metrics, TopicStat};
 /// How long a publisher waits for a full subscriber queue before the message is dropped for
 /// that subscriber (and counted).
 const DELIVERY_WAIT: Duration = Duration::from_secs(1);
+
+/// The server connection of a request queued for an on-demand plugin (connection ids start at 1).
+const NO_SERVER: u64 = 0;
 
 /// One plugin connection as the bus sees it.
 #[derive(Debug)]
@@ -46,11 +52,15 @@ struct Sub {
     pattern: Pattern,
     kind: SubscriptionKind,
     group: Option<Arc<str>>,
+    /// The demand of an on-demand plugin's subscription, with its index in the table's demands.
+    demand: Option<(usize, Arc<Demand>)>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Table {
     subs: Vec<Arc<Sub>>,
+    /// The on-demand plugins.
+    demands: Vec<Arc<Demand>>,
 }
 
 struct PendingReq {
@@ -153,11 +163,22 @@ impl Bus {
         lock(&self.inner.pending).by_id.len()
     }
 
-    fn edit_table(&self, f: impl FnOnce(&mut Vec<Arc<Sub>>)) {
+    fn edit_table(&self, f: impl FnOnce(&mut Table)) {
         let _guard = lock(&self.inner.edit);
-        let mut subs = self.inner.table.load().subs.clone();
-        f(&mut subs);
-        self.inner.table.store(Arc::new(Table { subs }));
+        let mut table = Table::clone(&self.inner.table.load());
+        f(&mut table);
+        self.inner.table.store(Arc::new(table));
+    }
+
+    /// The demand of an on-demand plugin, if `plugin` is one.
+    pub fn demand(&self, plugin: &str) -> Option<Arc<Demand>> {
+        self.inner
+            .table
+            .load()
+            .demands
+            .iter()
+            .find(|d| d.plugin_name() == plugin)
+            .cloned()
     }
 
     /// Adds a subscription of `link` with id `id`.
@@ -175,27 +196,40 @@ impl Bus {
             _ => SubscriptionKind::Events,
         };
         let group = (!sub.queue_group.is_empty()).then(|| Arc::from(sub.queue_group.as_str()));
-        let new = Arc::new(Sub {
-            link: Arc::clone(link),
-            id,
-            pattern,
-            kind,
-            group,
-        });
-        self.edit_table(|subs| {
-            subs.retain(|s| !(s.link.conn_id == link.conn_id && s.id == id));
-            subs.push(new);
-        });
+        let add = || {
+            self.edit_table(|t| {
+                let demand = t
+                    .demands
+                    .iter()
+                    .position(|d| d.plugin_name() == &*link.plugin)
+                    .map(|i| (i, Arc::clone(&t.demands[i])));
+                t.subs
+                    .retain(|s| !(s.link.conn_id == link.conn_id && s.id == id));
+                t.subs.push(Arc::new(Sub {
+                    link: Arc::clone(link),
+                    id,
+                    pattern,
+                    kind,
+                    group,
+                    demand,
+                }));
+            });
+        };
+        match self.demand(&link.plugin) {
+            Some(d) => self.demand_subscribe(&d, link, add),
+            None => add(),
+        }
         Ok(())
     }
 
     /// Drops subscription `id` of `link`.
     pub fn unsubscribe(&self, link: &Link, id: u64) -> Result<(), pb::Error> {
         let mut found = false;
-        self.edit_table(|subs| {
-            let before = subs.len();
-            subs.retain(|s| !(s.link.conn_id == link.conn_id && s.id == id));
-            found = subs.len() != before;
+        self.edit_table(|t| {
+            let before = t.subs.len();
+            t.subs
+                .retain(|s| !(s.link.conn_id == link.conn_id && s.id == id));
+            found = t.subs.len() != before;
         });
         if found {
             Ok(())
@@ -211,7 +245,10 @@ impl Bus {
     /// Forgets a connection: its subscriptions go, requests it was serving fail with
     /// `responder_gone`, requests it made are dropped.
     pub async fn disconnect(&self, link: &Link) {
-        self.edit_table(|subs| subs.retain(|s| s.link.conn_id != link.conn_id));
+        self.edit_table(|t| t.subs.retain(|s| s.link.conn_id != link.conn_id));
+        if let Some(d) = self.demand(&link.plugin) {
+            self.demand_disconnected(&d, link);
+        }
         let orphaned: Vec<PendingReq> = {
             let mut p = lock(&self.inner.pending);
             let ids: Vec<u64> = p
@@ -250,9 +287,40 @@ impl Bus {
             t.bytes.fetch_add(len, Ordering::Relaxed);
         });
         let table = self.inner.table.load_full();
+        // On-demand plugins not live yet take the message through their queue; whether each is
+        // live is read once, so a plugin turning live meanwhile gets it exactly once.
+        let mut small = [false; 64];
+        let mut big = Vec::new();
+        let cold: &mut [bool] = if table.demands.len() <= small.len() {
+            &mut small[..table.demands.len()]
+        } else {
+            big.resize(table.demands.len(), false);
+            &mut big
+        };
+        if !table.demands.is_empty() {
+            let mut stamped = Frame {
+                header: frame.header.clone(),
+                payload: frame.payload.clone(),
+            };
+            stamped.header.sender = from.plugin.to_string();
+            stamped.header.request_id = 0;
+            for (i, d) in table.demands.iter().enumerate() {
+                if !d.is_live() {
+                    cold[i] = true;
+                    self.demand_publish(d, &stamped);
+                }
+            }
+        }
+        let skip = |s: &Sub| match &s.demand {
+            Some((i, _)) => cold.get(*i).copied().unwrap_or(true),
+            None => false,
+        };
         let mut groups_done: Vec<&str> = Vec::new();
         for (i, sub) in table.subs.iter().enumerate() {
-            if sub.kind != SubscriptionKind::Events || !sub.pattern.matches(&frame.header.topic) {
+            if sub.kind != SubscriptionKind::Events
+                || !sub.pattern.matches(&frame.header.topic)
+                || skip(sub)
+            {
                 continue;
             }
             let target = match &sub.group {
@@ -262,9 +330,12 @@ impl Bus {
                         continue;
                     }
                     groups_done.push(g);
-                    self.pick_group_member(&table, i, g, &frame.header.topic)
+                    self.pick_group_member(&table, i, g, &frame.header.topic, &skip)
                 }
             };
+            if let Some((_, d)) = &target.demand {
+                d.touch();
+            }
             let mut out = Frame {
                 header: frame.header.clone(),
                 payload: frame.payload.clone(),
@@ -283,13 +354,16 @@ impl Bus {
         first: usize,
         group: &str,
         topic: &str,
+        skip: &dyn Fn(&Sub) -> bool,
     ) -> &'a Arc<Sub> {
+        // `first` itself is never skipped, so there is at least one member.
         let members: Vec<&Arc<Sub>> = table.subs[first..]
             .iter()
             .filter(|s| {
                 s.kind == SubscriptionKind::Events
                     && s.group.as_deref() == Some(group)
                     && s.pattern.matches(topic)
+                    && !skip(s)
             })
             .collect();
         let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
@@ -316,6 +390,52 @@ impl Bus {
             }
             Err(TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Queues `frame` to `link` without waiting (under a demand's lock): a full queue drops it.
+    fn try_deliver(&self, link: &Link, frame: Frame) {
+        let stats = &self.inner.stats;
+        match link.outbox.try_send(frame) {
+            Ok(()) => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %link.plugin, "plugin queue full: queued message dropped");
+            }
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// [`Bus::reply_error`] without waiting.
+    fn reply_error_now(&self, to: &Link, request_id: u64, sender: &str, e: pb::Error) {
+        self.inner
+            .stats
+            .request_errors
+            .fetch_add(1, Ordering::Relaxed);
+        let mut f = Frame::new(FrameType::Reply, Bytes::new());
+        f.header.request_id = request_id;
+        f.header.sender = sender.to_string();
+        f.header.error = Some(e);
+        self.try_deliver(to, f);
+    }
+
+    fn add_pending(&self, host_id: u64, req: PendingReq) {
+        let deadline_ms = req.deadline_ms;
+        let mut p = lock(&self.inner.pending);
+        p.by_id.insert(host_id, req);
+        let earliest = p.by_deadline.first().is_none_or(|&(d, _)| deadline_ms < d);
+        p.by_deadline.insert((deadline_ms, host_id));
+        if earliest {
+            self.inner.earlier_deadline.notify_one();
+        }
+    }
+
+    fn take_pending(&self, host_id: u64) -> Option<PendingReq> {
+        let mut p = lock(&self.inner.pending);
+        let r = p.by_id.remove(&host_id)?;
+        p.by_deadline.remove(&(r.deadline_ms, host_id));
+        Some(r)
     }
 
     async fn reply_error(&self, to: &Link, request_id: u64, sender: &str, e: pb::Error) {
@@ -352,21 +472,31 @@ impl Bus {
             return self.reply_error(from, origin_id, "$host", e).await;
         }
         let table = self.inner.table.load_full();
+        // A live server first; an on-demand plugin is started only when nobody can answer now.
         let servers: Vec<&Arc<Sub>> = table
             .subs
             .iter()
-            .filter(|s| s.kind == SubscriptionKind::Requests && s.pattern.matches(topic))
+            .filter(|s| {
+                s.kind == SubscriptionKind::Requests
+                    && s.pattern.matches(topic)
+                    && s.demand.as_ref().is_none_or(|(_, d)| d.is_live())
+            })
             .collect();
-        if servers.is_empty() {
-            let e = error(
-                ErrorKind::Temporary,
-                "no_responders",
-                format!("nobody serves {topic:?}"),
-            );
-            return self.reply_error(from, origin_id, "$host", e).await;
-        }
-        let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
-        let server = servers[n % servers.len()];
+        let demand = if servers.is_empty() {
+            match self.demand_for(&table, topic) {
+                Some(d) => Some(d),
+                None => {
+                    let e = error(
+                        ErrorKind::Temporary,
+                        "no_responders",
+                        format!("nobody serves {topic:?}"),
+                    );
+                    return self.reply_error(from, origin_id, "$host", e).await;
+                }
+            }
+        } else {
+            None
+        };
         let host_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let len = frame.payload.len() as u64;
         let topic_stat = self.inner.metrics.with_topic(topic, |t| {
@@ -374,30 +504,34 @@ impl Bus {
             t.bytes.fetch_add(len, Ordering::Relaxed);
             Arc::clone(t)
         });
-        {
-            let mut p = lock(&self.inner.pending);
-            p.by_id.insert(
-                host_id,
-                PendingReq {
-                    origin: Arc::clone(from),
-                    origin_id,
-                    server_conn: server.link.conn_id,
-                    deadline_ms,
-                    started: std::time::Instant::now(),
-                    topic: topic_stat,
-                },
-            );
-            let earliest = p.by_deadline.first().is_none_or(|&(d, _)| deadline_ms < d);
-            p.by_deadline.insert((deadline_ms, host_id));
-            if earliest {
-                self.inner.earlier_deadline.notify_one();
-            }
-        }
+        let req = PendingReq {
+            origin: Arc::clone(from),
+            origin_id,
+            server_conn: NO_SERVER,
+            deadline_ms,
+            started: std::time::Instant::now(),
+            topic: topic_stat,
+        };
         let mut out = frame;
         out.header.sender = from.plugin.to_string();
         out.header.request_id = host_id;
-        out.header.subscription_id = server.id;
         out.header.deadline_unix_ms = deadline_ms;
+        if let Some(d) = demand {
+            return self.demand_request(d, from, req, out);
+        }
+        let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
+        let server = servers[n % servers.len()];
+        if let Some((_, d)) = &server.demand {
+            d.touch();
+        }
+        self.add_pending(
+            host_id,
+            PendingReq {
+                server_conn: server.link.conn_id,
+                ..req
+            },
+        );
+        out.header.subscription_id = server.id;
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.deliver(&server.link, out).await;
     }
@@ -624,6 +758,158 @@ mod tests {
         let got = ra.try_recv().unwrap();
         assert_eq!(got.header.error.unwrap().code, "responder_gone");
         assert_eq!(bus.subscription_count(), 0);
+    }
+
+    fn topics(t: &[&str]) -> Vec<String> {
+        t.iter().map(|s| s.to_string()).collect()
+    }
+
+    async fn woken(d: &Demand) -> bool {
+        tokio::time::timeout(Duration::from_millis(200), d.wake().notified())
+            .await
+            .is_ok()
+    }
+
+    fn payloads(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            out.push(String::from_utf8_lossy(&f.payload).into_owned());
+        }
+        out
+    }
+
+    fn numbered(topic: &str, n: usize) -> Frame {
+        let mut f = Frame::new(FrameType::Publish, Bytes::from(n.to_string()));
+        f.header.topic = topic.into();
+        f
+    }
+
+    #[tokio::test]
+    async fn on_demand_traffic_waits_for_the_subscriptions_then_flows_in_order() {
+        let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
+        let (a, mut ra) = link("a", 1);
+        let d = bus
+            .declare("od", Some((&topics(&["orders.>", "svc"]), 10)))
+            .unwrap();
+        for i in 0..3 {
+            bus.publish(&a, numbered("orders.new", i)).await.unwrap();
+        }
+        assert!(woken(&d).await, "the first message wakes the owner task");
+        assert_eq!(d.pending_demand(), Some(("orders.new".to_string(), 3)));
+        bus.request(&a, request("svc", 42)).await;
+        bus.publish(&a, numbered("elsewhere", 9)).await.unwrap();
+        assert_eq!(d.status().queued, 4, "undeclared topics are not held");
+        assert!(ra.try_recv().is_err(), "nothing answered yet");
+        bus.demand_starting(&d);
+        let (od, mut rod) = link("od", 2);
+        bus.subscribe(&od, 1, "orders.>", &pb::Subscribe::default())
+            .unwrap();
+        assert_eq!(payloads(&mut rod), ["0", "1", "2"], "delivered in order");
+        assert!(!d.is_live(), "svc is not subscribed yet");
+        // Published between the two SUBSCRIBEs: delivered at once, after the queued ones.
+        bus.publish(&a, numbered("orders.new", 3)).await.unwrap();
+        assert_eq!(payloads(&mut rod), ["3"]);
+        bus.subscribe(&od, 2, "svc", &serving()).unwrap();
+        let req = rod.try_recv().unwrap();
+        assert_eq!(req.header.subscription_id, 2);
+        assert_eq!(req.header.sender, "a");
+        assert!(
+            d.is_live(),
+            "every declared topic is subscribed and nothing waits"
+        );
+        assert!(d.status().last_cold_start_ms.is_some());
+        let mut rep = Frame::new(FrameType::Reply, Bytes::from_static(b"ok"));
+        rep.header.request_id = req.header.request_id;
+        bus.reply(&od, rep).await;
+        assert_eq!(ra.try_recv().unwrap().header.request_id, 42);
+        // Live: routed like any plugin.
+        bus.publish(&a, numbered("orders.new", 4)).await.unwrap();
+        assert_eq!(payloads(&mut rod), ["4"]);
+        assert!(d.idle_for() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_full_on_demand_queue_refuses_requests_and_counts_dropped_messages() {
+        let metrics = Arc::new(Metrics::new(100));
+        let bus = Bus::new(Duration::from_secs(5), Arc::clone(&metrics));
+        let (a, mut ra) = link("a", 1);
+        let d = bus.declare("od", Some((&topics(&["t"]), 2))).unwrap();
+        for i in 0..3 {
+            bus.publish(&a, numbered("t", i)).await.unwrap();
+        }
+        assert_eq!(d.status().queued, 2);
+        assert_eq!(d.counters().dropped.load(Ordering::Relaxed), 1);
+        bus.request(&a, request("t", 7)).await;
+        let e = ra.try_recv().unwrap().header.error.unwrap();
+        assert_eq!(e.code, "overloaded");
+        assert_eq!(e.kind, ErrorKind::Temporary as i32);
+        assert!(e.message.contains("on_demand_queue"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn a_queued_request_keeps_its_deadline() {
+        let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
+        let (a, mut ra) = link("a", 1);
+        let d = bus.declare("od", Some((&topics(&["slow"]), 10))).unwrap();
+        let mut f = request("slow", 9);
+        f.header.deadline_unix_ms = now_unix_ms() + 50;
+        bus.request(&a, f).await;
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(bus.clone().run_expiry(cancel.clone()));
+        let got = tokio::time::timeout(Duration::from_secs(5), ra.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.header.error.unwrap().code, "deadline_exceeded");
+        // The process that comes up later does not get the expired request.
+        bus.demand_starting(&d);
+        let (od, mut rod) = link("od", 2);
+        bus.subscribe(&od, 1, "slow", &serving()).unwrap();
+        assert!(rod.try_recv().is_err());
+        assert_eq!(bus.pending_requests(), 0);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn held_plugins_refuse_at_once_and_live_servers_come_first() {
+        let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
+        let (a, mut ra) = link("a", 1);
+        let d = bus
+            .declare("od", Some((&topics(&["svc", "x"]), 10)))
+            .unwrap();
+        bus.request(&a, request("x", 1)).await;
+        assert!(woken(&d).await);
+        bus.demand_refuse(&d, "plugin_stopped", "od is stopped".into());
+        let e = ra.try_recv().unwrap().header.error.unwrap();
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("plugin_stopped", "od is stopped")
+        );
+        bus.request(&a, request("x", 2)).await;
+        assert_eq!(
+            ra.try_recv().unwrap().header.error.unwrap().code,
+            "plugin_stopped"
+        );
+        bus.request(&a, request("nobody", 3)).await;
+        assert_eq!(
+            ra.try_recv().unwrap().header.error.unwrap().code,
+            "no_responders"
+        );
+        // Another plugin serving the topic answers without waking the on-demand one.
+        bus.demand_cold(&d);
+        let (b, mut rb) = link("b", 3);
+        bus.subscribe(&b, 1, "svc", &serving()).unwrap();
+        bus.request(&a, request("svc", 4)).await;
+        assert!(rb.try_recv().is_ok());
+        assert!(!woken(&d).await);
+        // No longer on-demand: what waits is refused.
+        bus.request(&a, request("x", 5)).await;
+        assert!(bus.declare("od", None).is_none());
+        assert_eq!(
+            ra.try_recv().unwrap().header.error.unwrap().code,
+            "no_responders"
+        );
     }
 
     #[tokio::test]

@@ -67,6 +67,24 @@ impl Pattern {
         &self.text
     }
 
+    /// Whether every topic `other` matches, this one matches too.
+    pub fn covers(&self, other: &Self) -> bool {
+        let mut theirs = other.tokens.iter();
+        for tok in &self.tokens {
+            let Some(t) = theirs.next() else {
+                return false;
+            };
+            match (tok, t) {
+                // One or more tokens: theirs has at least one here, whatever it is.
+                (Token::Tail, _) => return true,
+                (Token::Star, Token::Literal(_) | Token::Star) => {}
+                (Token::Literal(a), Token::Literal(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+        theirs.next().is_none()
+    }
+
     /// Whether `topic` matches. Allocation-free.
     pub fn matches(&self, topic: &str) -> bool {
         let mut parts = topic.split('.');
@@ -111,6 +129,52 @@ mod tests {
         for (p, t, want) in cases {
             assert_eq!(Pattern::parse(p).unwrap().matches(t), want, "{p} vs {t}");
         }
+    }
+
+    #[test]
+    fn covering_is_pattern_containment() {
+        let cases = [
+            (">", "a.*", true),
+            ("a.>", "a.b.>", true),
+            ("a.>", "a", false),
+            ("a.*", "a.b", true),
+            ("a.*", "a.*", true),
+            ("a.*", "a.>", false),
+            ("a.b", "a.*", false),
+            ("*.b", "a.b", true),
+            ("a.*.c", "a.x.c", true),
+            ("a.*", "a.b.c", false),
+        ];
+        for (a, b, want) in cases {
+            let (pa, pb) = (Pattern::parse(a).unwrap(), Pattern::parse(b).unwrap());
+            assert_eq!(pa.covers(&pb), want, "{a} covers {b}");
+        }
+    }
+
+    #[test]
+    fn the_config_checks_patterns_like_the_bus() {
+        for p in [
+            "a",
+            "a.*",
+            "a.>",
+            ">",
+            "*",
+            "a.>.b",
+            "a..b",
+            "",
+            "a b",
+            "a.b-c:d_e",
+            "a.*x",
+            "é",
+        ] {
+            assert_eq!(
+                Pattern::parse(p).is_ok(),
+                appfw_config::check_pattern(p).is_ok(),
+                "{p:?}"
+            );
+        }
+        let long = "a".repeat(MAX_TOPIC_LEN + 1);
+        assert!(Pattern::parse(&long).is_err() && appfw_config::check_pattern(&long).is_err());
     }
 
     #[test]

@@ -304,6 +304,49 @@ pub fn render(
             }
         }
     }
+    {
+        let demand = lock(&metrics.demand);
+        let fam = s.family(
+            "appfw_plugin_demand_starts",
+            "Starts of an on-demand plugin caused by a message or request",
+            MetricType::Counter,
+        );
+        for (plugin, d) in demand.iter() {
+            fam.push((
+                labels(&[("plugin", plugin)]),
+                Value::Counter(d.starts.load(Ordering::Relaxed) as f64),
+            ));
+        }
+        let fam = s.family(
+            "appfw_plugin_demand_dropped",
+            "Messages for an on-demand plugin dropped while it was not running (queue full, or a topic it never subscribed to)",
+            MetricType::Counter,
+        );
+        for (plugin, d) in demand.iter() {
+            fam.push((
+                labels(&[("plugin", plugin)]),
+                Value::Counter(d.dropped.load(Ordering::Relaxed) as f64),
+            ));
+        }
+        let fam = s.family(
+            "appfw_plugin_cold_start_seconds",
+            "On-demand cold starts: the message that woke the plugin, to its delivery to the new process",
+            MetricType::Histogram,
+        );
+        for (plugin, d) in demand.iter() {
+            let (sum, count, buckets) = d.cold_start.snapshot();
+            if count > 0 {
+                fam.push((
+                    labels(&[("plugin", plugin)]),
+                    Value::Histogram {
+                        sum,
+                        count,
+                        buckets,
+                    },
+                ));
+            }
+        }
+    }
     let total = |s: &mut Snapshot, name: &str, help: &str, v: u64| {
         s.family(name, help, MetricType::Counter)
             .push((Vec::new(), Value::Counter(v as f64)));

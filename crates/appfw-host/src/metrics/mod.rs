@@ -113,6 +113,20 @@ pub struct TopicStat {
     pub latency: AtomicHistogram,
 }
 
+/// What one on-demand plugin's demand did.
+#[derive(Debug, Default)]
+pub struct DemandCounters {
+    /// Starts caused by a message or request.
+    pub starts: AtomicU64,
+    /// Messages dropped while it was not running: its queue was full, or it never subscribed to
+    /// their topic.
+    pub dropped: AtomicU64,
+    /// Time from the message that woke it to that message's delivery to the new process.
+    pub cold_start: AtomicHistogram,
+    /// The last of those, nanoseconds (0: none yet).
+    pub last_cold_start_ns: AtomicU64,
+}
+
 /// The plugin-sent series of one plugin (its latest batch, capped).
 #[derive(Debug, Default)]
 struct PluginSeries {
@@ -126,6 +140,7 @@ struct PluginSeries {
 pub struct Metrics {
     restarts: Mutex<BTreeMap<(String, RestartReason), u64>>,
     logs: Mutex<BTreeMap<String, Arc<LogCounters>>>,
+    demand: Mutex<BTreeMap<String, Arc<DemandCounters>>>,
     topics: ArcSwap<HashMap<Box<str>, Arc<TopicStat>>>,
     topics_edit: Mutex<()>,
     plugins: Mutex<BTreeMap<String, PluginSeries>>,
@@ -140,6 +155,7 @@ impl Metrics {
         Self {
             restarts: Mutex::default(),
             logs: Mutex::default(),
+            demand: Mutex::default(),
             topics: ArcSwap::from_pointee(HashMap::new()),
             topics_edit: Mutex::new(()),
             plugins: Mutex::default(),
@@ -158,6 +174,11 @@ impl Metrics {
     /// The log line counters of `plugin` (kept for the capture tasks and the connection).
     pub fn log_counters(&self, plugin: &str) -> Arc<LogCounters> {
         Arc::clone(lock(&self.logs).entry(plugin.to_string()).or_default())
+    }
+
+    /// The demand counters of an on-demand plugin.
+    pub fn demand_counters(&self, plugin: &str) -> Arc<DemandCounters> {
+        Arc::clone(lock(&self.demand).entry(plugin.to_string()).or_default())
     }
 
     /// Runs `f` on the counters of `topic`. Allocation-free once the topic was seen.

@@ -57,6 +57,8 @@ enum AfterExit {
     Stop,
     Restart,
     Quit,
+    /// An on-demand plugin stopped for idleness: back to `idle`.
+    Idle,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +99,10 @@ enum Input {
     Probe(Option<ProbeResult>),
     Timer,
     Sample,
+    /// A message arrived for an on-demand plugin with no process.
+    Demand,
+    /// Subscription grace or idle check of an on-demand plugin.
+    DemandTimer,
 }
 
 /// What the owner task knows of one probe.
@@ -116,6 +122,10 @@ const LIVE_UPDATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a process whose connection closed may take to exit by itself.
 const CONN_LOST_GRACE: Duration = Duration::from_millis(500);
+
+/// How long an on-demand plugin has after its handshake to subscribe to what waits for it;
+/// what it has not taken by then is dropped (requests refused).
+const SUBSCRIBE_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) struct Actor {
     name: Arc<str>,
@@ -167,16 +177,26 @@ pub(crate) struct Actor {
     escalate: bool,
     /// The reason of the restart under way (for the `spawned` event).
     restarting: Option<RestartReason>,
+    /// The bus side of an on-demand plugin.
+    demand: Option<Arc<crate::bus::Demand>>,
+    /// When the next subscription-grace or idle check of an on-demand plugin is due.
+    demand_at: Option<Instant>,
+    /// When the current process finished its handshake.
+    ready_at: Option<Instant>,
 }
 
 impl Actor {
     pub(crate) fn new(cfg: PluginConfig, ctx: Arc<Ctx>, rx: mpsc::Receiver<Command>) -> Self {
         Self {
             name: Arc::from(cfg.name.as_str()),
+            state: if cfg.on_demand() {
+                PluginState::Idle
+            } else {
+                PluginState::Stopped
+            },
             cfg,
             ctx,
             rx,
-            state: PluginState::Stopped,
             since: SystemTime::now(),
             proc: None,
             restarts: 0,
@@ -205,6 +225,9 @@ impl Actor {
             by: Origin::Host,
             escalate: false,
             restarting: None,
+            demand: None,
+            demand_at: None,
+            ready_at: None,
         }
     }
 
@@ -291,6 +314,7 @@ impl Actor {
 
     pub(crate) async fn run(mut self) {
         self.setup_resources();
+        self.apply_demand_config().await;
         loop {
             match self.next_input().await {
                 Input::Cmd(Some(cmd)) => {
@@ -325,9 +349,15 @@ impl Actor {
                 }
                 Input::Timer => self.on_timer().await,
                 Input::Sample => self.on_sample(),
+                Input::Demand => self.on_demand_wake().await,
+                Input::DemandTimer => self.on_demand_timer(),
             }
         }
         self.timer = None;
+        if self.demand.take().is_some() {
+            // Nobody will start it any more: what waits for it is refused.
+            self.ctx.bus.declare(&self.name, None);
+        }
         if let Some(cg) = self.cgroup.take() {
             // Whatever is left (nothing, after the exit sweep) goes, then the group.
             cg.sweep(Duration::from_secs(2)).await;
@@ -346,7 +376,11 @@ impl Actor {
         };
         let timer = self.timer;
         let sample_at = self.sample_at;
+        let demand_at = self.demand_at;
+        let demand = self.demand.as_deref();
         tokio::select! {
+            () = async move { match demand { Some(d) => d.wake().notified().await, None => pending().await } } => Input::Demand,
+            () = async move { match demand_at { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => Input::DemandTimer,
             cmd = self.rx.recv() => Input::Cmd(cmd),
             st = async move { match exit { Some(f) => f.await.ok(), None => pending().await } } => Input::Exit(st),
             ev = async move { match conn_rx { Some(r) => r.recv().await, None => pending().await } } => Input::Conn(ev),
@@ -391,6 +425,7 @@ impl Actor {
             held: self.held,
             usage: running.and(self.usage),
             instance: self.cfg.instance.clone(),
+            on_demand: self.demand.as_ref().map(|d| d.status()),
         }
     }
 
@@ -427,6 +462,7 @@ impl Actor {
             let from = self.state;
             self.state = to;
             self.since = SystemTime::now();
+            self.sync_demand(reason);
             emit(
                 &self.ctx,
                 &self.name,
@@ -516,13 +552,185 @@ impl Actor {
         false
     }
 
+    /// Keeps the bus's view of an on-demand plugin in line with its state (called on changes).
+    fn sync_demand(&self, reason: &str) {
+        let Some(d) = &self.demand else { return };
+        let (bus, name) = (&self.ctx.bus, &self.name);
+        match self.state {
+            PluginState::Starting => bus.demand_starting(d),
+            // Live once it subscribed (the bus sees that), or at the end of the grace.
+            PluginState::Running | PluginState::Unhealthy => {}
+            PluginState::Stopped if self.held => bus.demand_refuse(
+                d,
+                "plugin_stopped",
+                format!("{name} is stopped by an operator; `appfw start {name}` starts it"),
+            ),
+            PluginState::Failed => bus.demand_refuse(
+                d,
+                "plugin_failed",
+                format!("{name} failed ({reason}); `appfw start {name}` starts it again"),
+            ),
+            PluginState::Idle
+            | PluginState::Stopping
+            | PluginState::Stopped
+            | PluginState::Backoff
+            | PluginState::Completed => bus.demand_cold(d),
+        }
+    }
+
+    /// Declares the plugin on-demand to the bus (or not any more), after a start or a reload.
+    async fn apply_demand_config(&mut self) {
+        if !self.cfg.on_demand() {
+            if self.demand.take().is_some() {
+                self.ctx.bus.declare(&self.name, None);
+                self.demand_at = None;
+                self.ready_at = None;
+                if self.state == PluginState::Idle {
+                    self.spawn("start = \"always\"").await;
+                }
+            }
+            return;
+        }
+        let d = self.ctx.bus.declare(
+            &self.name,
+            Some((&self.cfg.topics, self.cfg.on_demand_queue)),
+        );
+        let fresh = self.demand.is_none();
+        self.demand = d;
+        let conn = self
+            .proc
+            .as_ref()
+            .filter(|p| p.ready && p.phase == StopPhase::None)
+            .and_then(|p| p.conn.as_ref())
+            .map(|c| c.link.conn_id);
+        if fresh {
+            match (self.state, conn, &self.demand) {
+                // Running already (a reload made it on-demand): it subscribed long ago.
+                (PluginState::Running | PluginState::Unhealthy, Some(conn), Some(d)) => {
+                    self.ctx.bus.demand_live(d, conn);
+                    d.touch();
+                }
+                (PluginState::Stopped | PluginState::Completed, _, _) if !self.held => {
+                    self.set_state(PluginState::Idle, "start = \"on-demand\"");
+                }
+                _ => self.sync_demand(""),
+            }
+        }
+        if conn.is_some() {
+            self.schedule_demand_check();
+        }
+    }
+
+    /// When to look again at an on-demand plugin: the end of its subscription grace, or when it
+    /// would have been idle for `idle_stop`.
+    fn schedule_demand_check(&mut self) {
+        let Some(d) = &self.demand else {
+            self.demand_at = None;
+            return;
+        };
+        let mut next = self
+            .ready_at
+            .map(|r| SUBSCRIBE_GRACE.saturating_sub(r.elapsed()));
+        if !self.cfg.idle_stop.is_zero() {
+            // Not sooner than 100 ms: a request still being served is looked at again then.
+            let left = self
+                .cfg
+                .idle_stop
+                .saturating_sub(d.idle_for())
+                .max(Duration::from_millis(100));
+            next = Some(next.map_or(left, |n| n.min(left)));
+        }
+        self.demand_at = next.map(|n| Instant::now() + n);
+    }
+
+    /// A message arrived for an on-demand plugin with no process: start it (once; a plugin that
+    /// is held, failed, backing off or still stopping is left alone, and started again at its
+    /// exit when demand arrived meanwhile).
+    async fn on_demand_wake(&mut self) {
+        let Some(d) = self.demand.clone() else { return };
+        let startable = match self.state {
+            PluginState::Idle | PluginState::Completed => true,
+            PluginState::Stopped => !self.held,
+            _ => false,
+        };
+        if !startable || self.proc.is_some() {
+            return;
+        }
+        let Some((topic, queued)) = d.pending_demand() else {
+            return;
+        };
+        d.counters()
+            .starts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Traffic on its topics started it: the host's own rule.
+        self.by = Origin::Policy;
+        emit(
+            &self.ctx,
+            &self.name,
+            &self.by,
+            EventKind::DemandStart {
+                topic: topic.clone(),
+                queued: queued as u64,
+            },
+        );
+        self.spawn(&format!("demand: message on {topic}")).await;
+    }
+
+    /// Ends the subscription grace, and stops an on-demand plugin idle for `idle_stop`.
+    fn on_demand_timer(&mut self) {
+        self.demand_at = None;
+        let Some(d) = self.demand.clone() else { return };
+        let Some(p) = self
+            .proc
+            .as_ref()
+            .filter(|p| p.ready && p.phase == StopPhase::None)
+        else {
+            return;
+        };
+        let conn = p.conn.as_ref().map(|c| c.link.conn_id);
+        if self
+            .ready_at
+            .is_some_and(|r| r.elapsed() >= SUBSCRIBE_GRACE)
+        {
+            self.ctx.bus.demand_settle(&d);
+            self.ready_at = None;
+        }
+        let idle_stop = self.cfg.idle_stop;
+        let busy = conn.is_some_and(|c| self.ctx.bus.serving(c) > 0);
+        if !idle_stop.is_zero()
+            && d.idle_for() >= idle_stop
+            && !busy
+            && matches!(self.state, PluginState::Running | PluginState::Unhealthy)
+        {
+            self.after_exit = AfterExit::Idle;
+            self.begin_stop(&format!(
+                "idle for {}",
+                humantime::format_duration(idle_stop)
+            ));
+            return;
+        }
+        self.schedule_demand_check();
+    }
+
     /// Takes a new config: live settings delivery when possible, else a restart if running.
     async fn reconfigure(&mut self, cfg: PluginConfig, apply: Apply) -> Reconfigured {
         let limits_changed = cfg.limits != self.cfg.limits || cfg.thresholds != self.cfg.thresholds;
+        let demand_changed = cfg.start != self.cfg.start
+            || cfg.topics != self.cfg.topics
+            || cfg.idle_stop != self.cfg.idle_stop
+            || cfg.on_demand_queue != self.cfg.on_demand_queue;
+        let settings_changed = cfg.settings != self.cfg.settings;
         self.cfg = cfg;
         if limits_changed {
             // cgroup limits take effect at once, on the running process too.
             self.setup_resources();
+        }
+        if demand_changed {
+            self.apply_demand_config().await;
+        }
+        if apply == Apply::Live && !settings_changed {
+            // Only on-demand keys changed (a "tune" of the reload).
+            return Reconfigured::Applied;
         }
         let Some(p) = self.proc.as_ref().filter(|p| p.phase == StopPhase::None) else {
             return Reconfigured::Stored;
@@ -594,7 +802,7 @@ impl Actor {
                 self.waiters.push(reply);
                 self.timer = None;
                 let to = match self.state {
-                    PluginState::Backoff => PluginState::Stopped,
+                    PluginState::Backoff | PluginState::Idle => PluginState::Stopped,
                     s => s,
                 };
                 self.set_state(to, "stop requested");
@@ -825,6 +1033,12 @@ impl Actor {
                 p.ready = true;
                 p.caps = capabilities;
                 if p.phase == StopPhase::None {
+                    if let Some(d) = &self.demand {
+                        // The idle clock starts at the handshake; the plugin subscribes now.
+                        d.touch();
+                        self.ready_at = Some(Instant::now());
+                        self.schedule_demand_check();
+                    }
                     self.start_probes();
                     self.set_state(
                         PluginState::Running,
@@ -1147,6 +1361,8 @@ impl Actor {
         };
         self.timer = None;
         self.sample_at = None;
+        self.demand_at = None;
+        self.ready_at = None;
         // Anything the plugin left behind in its process group goes with it, and with the
         // cgroup, everything else it started (frozen, then killed), before any restart.
         let _ = p.child.signal_group(Signal::KILL);
@@ -1270,6 +1486,7 @@ impl Actor {
                 return true;
             }
             AfterExit::Stop => self.set_state(PluginState::Stopped, "stopped by request"),
+            AfterExit::Idle => self.set_state(PluginState::Idle, &reason),
             AfterExit::Restart => {
                 self.count_restart();
                 self.spawn("restart requested").await;
@@ -1286,6 +1503,10 @@ impl Actor {
                     self.spawn(&format!("restarting after {reason}")).await;
                 }
             }
+        }
+        // Demand that arrived while it was stopping starts it again.
+        if self.state == PluginState::Idle {
+            self.on_demand_wake().await;
         }
         false
     }
@@ -1317,8 +1538,11 @@ impl Actor {
             RestartPolicy::Never => false,
         };
         if !restart {
+            // An on-demand plugin that finished its work waits for the next demand.
             let to = if failure {
                 PluginState::Failed
+            } else if self.cfg.on_demand() {
+                PluginState::Idle
             } else {
                 PluginState::Completed
             };

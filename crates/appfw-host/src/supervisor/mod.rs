@@ -141,6 +141,9 @@ pub struct PluginStatus {
     /// Which copy this is, for a plugin with `instances > 1`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<crate::config::Instance>,
+    /// For an on-demand plugin: its topics, what waits for it, its cold starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<crate::bus::DemandStatus>,
 }
 
 /// One named health check of a plugin.
@@ -238,6 +241,8 @@ pub enum Reconfigured {
     Restarted,
     /// Stored; it applies at the next start (the plugin is not running).
     Stored,
+    /// On-demand keys applied to the running plugin, without a restart.
+    Applied,
 }
 
 /// How a plugin takes a new config.
@@ -596,8 +601,9 @@ impl Supervisor {
         Ok(out)
     }
 
-    /// Starts `plugins` (the `autostart` ones) in dependency order: a plugin that others depend
-    /// on is waited for (until it settles, at most `wait`) before they start.
+    /// Starts `plugins` (the `autostart` ones, not the on-demand ones) in dependency order: a
+    /// plugin that others depend on is waited for (until it settles, at most `wait`) before they
+    /// start; an on-demand dependency is not waited for (it runs only when asked).
     pub(crate) async fn start_all(
         &self,
         plugins: &[PluginConfig],
@@ -608,7 +614,7 @@ impl Supervisor {
             let Some(cfg) = plugins.iter().find(|p| &p.name == name) else {
                 continue;
             };
-            if !cfg.autostart {
+            if !cfg.autostart || cfg.on_demand() {
                 continue;
             }
             // Its dependencies started earlier in the order; wait for each to reach the
@@ -682,6 +688,11 @@ impl Supervisor {
                 Ok(st) => st,
                 Err(e) => return Err(e.to_string()),
             };
+            if st.on_demand.is_some() {
+                // On-demand: it starts when asked, not for its dependants (validation allows
+                // only the plain condition on it).
+                return Ok(());
+            }
             let met = match cond {
                 Condition::Started => st.state == PluginState::Running,
                 Condition::Healthy => {
