@@ -70,6 +70,7 @@ pub struct Host {
     store: Arc<crate::store::Store>,
     spawner: Option<(Spawner, std::thread::JoinHandle<()>)>,
     cgroups: Option<Arc<crate::resources::CgroupRoot>>,
+    logs: Arc<crate::logs::Logs>,
     _data_dir: DataDir,
 }
 
@@ -124,11 +125,18 @@ impl Host {
         let (restarted_tx, mut restarted_rx) = tokio::sync::mpsc::channel::<(Arc<str>, bool)>(256);
         tasks.spawn(bus.clone().run_expiry(cancel.child_token()));
 
+        let logs = Arc::new(
+            crate::logs::Logs::start(&layout.logs_dir(), &config.logs, events.clone(), None)
+                .map_err(|source| HostError::Io {
+                    what: "cannot start the log writer",
+                    source,
+                })?,
+        );
         let ctx = Arc::new(Ctx {
             events: events.clone(),
             bus: bus.clone(),
             spawner: spawner.clone(),
-            logs_dir: layout.logs_dir(),
+            logs: Arc::clone(&logs),
             base_dir: config.base_dir(),
             supervisor: arc_swap::ArcSwap::from_pointee(config.supervisor.clone()),
             generation: std::sync::atomic::AtomicU64::new(1),
@@ -281,6 +289,7 @@ impl Host {
             store,
             spawner: Some((spawner, spawner_thread)),
             cgroups,
+            logs,
             _data_dir: data_dir,
         })
     }
@@ -344,6 +353,15 @@ impl Host {
             {
                 tracing::error!("the spawner thread did not end within 5 s; exiting without it");
             }
+        }
+        // Every plugin has stopped: write what their capture queued, then stop the log threads.
+        let logs = Arc::clone(&self.logs);
+        let stop = tokio::task::spawn_blocking(move || logs.stop());
+        if tokio::time::timeout(std::time::Duration::from_secs(10), stop)
+            .await
+            .is_err()
+        {
+            tracing::error!("the log writer did not finish within 10 s");
         }
         // Flush the store last, after the final events.
         match Arc::try_unwrap(self.store) {
