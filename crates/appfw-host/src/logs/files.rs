@@ -435,6 +435,74 @@ mod tests {
         assert!(dir.path().join("q.legacy.log").exists());
     }
 
+    /// A real full disk: a 1 MiB tmpfs (needs root to mount; skipped otherwise).
+    #[test]
+    fn a_full_disk_drops_counted_lines_and_resumes_with_a_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs (not root?)");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _guard = Unmount(dir.path());
+        let filler = dir.path().join("filler");
+        std::fs::write(&filler, vec![0u8; 900 * 1024]).unwrap();
+        let (mut f, mut seq) = LogFile::open(dir.path(), "p", opts(1 << 30)).unwrap();
+        let mut outcomes = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Fill the disk.
+        while !matches!(outcomes.last(), Some(Outcome::StartedDropping(_))) {
+            assert!(Instant::now() < deadline);
+            outcomes.push(f.write(&records(seq..=seq + 99), seq, seq + 99, 100));
+            seq += 100;
+        }
+        let first_dropped = seq - 100;
+        assert_eq!(f.write(&records(seq..=seq), seq, seq, 1), Outcome::Dropped);
+        seq += 1;
+        // Space returns: the next retry (at most a second later) writes, with a note first.
+        std::fs::remove_file(&filler).unwrap();
+        let resumed = loop {
+            assert!(Instant::now() < deadline, "never resumed");
+            let o = f.write(&records(seq..=seq), seq, seq, 1);
+            seq += 1;
+            if let Outcome::Resumed(n) = o {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let dropped_lines = seq - 1 - first_dropped;
+        assert_eq!(resumed, dropped_lines, "every line not written is counted");
+        let text = std::fs::read(current_path(dir.path(), "p")).unwrap();
+        let recs: Vec<_> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| record::parse(l).unwrap())
+            .collect();
+        assert!(recs.windows(2).all(|w| w[0].seq < w[1].seq));
+        let note = &recs[recs.len() - 2];
+        assert_eq!(note.kind, Kind::Host);
+        assert_eq!(note.seq, seq - 2, "the note takes the last dropped number");
+        let text = String::from_utf8_lossy(note.payload);
+        assert!(
+            text.starts_with(&format!(
+                "dropped {resumed} lines (seq {first_dropped}..{})",
+                seq - 2
+            )),
+            "{text}"
+        );
+        assert_eq!(recs.last().unwrap().seq, seq - 1);
+    }
+
     #[test]
     fn rotated_lists_by_first_seq_and_prefers_the_plain_file() {
         let dir = tempfile::tempdir().unwrap();
