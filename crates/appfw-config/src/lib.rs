@@ -374,6 +374,14 @@ pub struct LogsConfig {
     /// `block` (default): a plugin that writes faster than its file is written waits; `drop`:
     /// its lines are dropped and counted instead.
     pub policy: LogPolicy,
+    /// Oldest line kept in the searchable index. Default `7d`.
+    #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
+    pub index_max_age: Duration,
+    /// Size of the store above which the oldest indexed lines are deleted. Default `1GiB`.
+    #[serde(with = "human_size")]
+    #[schemars(with = "String")]
+    pub index_max_size: u64,
     /// Level of the host's own log: `trace`, `debug`, `info`, `warn`, `error`, or a
     /// tracing-subscriber filter like `info,appfw_host::bus=debug`. `RUST_LOG` wins. Default
     /// `info`.
@@ -390,6 +398,8 @@ impl Default for LogsConfig {
             compress: true,
             max_line: 64 * 1024,
             policy: LogPolicy::Block,
+            index_max_age: Duration::from_secs(7 * 24 * 3600),
+            index_max_size: 1024 * 1024 * 1024,
             host_level: "info".into(),
         }
     }

@@ -71,6 +71,7 @@ pub struct Host {
     spawner: Option<(Spawner, std::thread::JoinHandle<()>)>,
     cgroups: Option<Arc<crate::resources::CgroupRoot>>,
     logs: Arc<crate::logs::Logs>,
+    indexer: Option<crate::store::logs::Indexer>,
     _data_dir: DataDir,
 }
 
@@ -125,12 +126,28 @@ impl Host {
         let (restarted_tx, mut restarted_rx) = tokio::sync::mpsc::channel::<(Arc<str>, bool)>(256);
         tasks.spawn(bus.clone().run_expiry(cancel.child_token()));
 
+        let indexer = crate::store::logs::Indexer::start(
+            &layout.store_file(),
+            &layout.logs_dir(),
+            crate::store::logs::IndexRetention {
+                max_age: config.logs.index_max_age,
+                max_size: config.logs.index_max_size,
+            },
+        )?;
+        let progress = Arc::clone(indexer.progress());
+        let indexed: crate::logs::janitor::Indexed =
+            Arc::new(move |plugin: &str, seq: u64| progress.indexed(plugin, seq));
         let logs = Arc::new(
-            crate::logs::Logs::start(&layout.logs_dir(), &config.logs, events.clone(), None)
-                .map_err(|source| HostError::Io {
-                    what: "cannot start the log writer",
-                    source,
-                })?,
+            crate::logs::Logs::start(
+                &layout.logs_dir(),
+                &config.logs,
+                events.clone(),
+                Some(indexed),
+            )
+            .map_err(|source| HostError::Io {
+                what: "cannot start the log writer",
+                source,
+            })?,
         );
         let ctx = Arc::new(Ctx {
             events: events.clone(),
@@ -290,6 +307,7 @@ impl Host {
             spawner: Some((spawner, spawner_thread)),
             cgroups,
             logs,
+            indexer: Some(indexer),
             _data_dir: data_dir,
         })
     }
@@ -362,6 +380,18 @@ impl Host {
             .is_err()
         {
             tracing::error!("the log writer did not finish within 10 s");
+        }
+        // Then index what the files hold, so a clean stop leaves nothing unindexed.
+        if let Some(ix) = self.indexer.take() {
+            let stop = tokio::task::spawn_blocking(move || ix.stop());
+            if tokio::time::timeout(std::time::Duration::from_secs(30), stop)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "the log index did not catch up within 30 s; it resumes at the next start"
+                );
+            }
         }
         // Flush the store last, after the final events.
         match Arc::try_unwrap(self.store) {
