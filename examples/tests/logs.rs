@@ -100,3 +100,161 @@ fn crash_mid_line_long_lines_invalid_utf8_and_colours_are_kept() {
     let last = ev["last_output"].as_array().unwrap();
     assert_eq!(last.last().unwrap(), "stdout: partial", "{ev}");
 }
+
+fn lines(host: &TestHost, query: &str) -> Vec<String> {
+    let (code, v) = host.get(&format!("/api/v1/logs?{query}"));
+    assert_eq!(code, 200, "{v}");
+    v["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_index_answers_every_filter_through_the_api_and_the_cli() {
+    let script = r#"printf '{"level":"error","msg":"db timeout after 30s","db":"main"}\n'; printf '{"level":"info","msg":"served","path":"/a"}\n'; printf '\033[1mplain\033[0m timeout line\n'; printf 'to stderr\n' >&2; exec sleep 1000"#;
+    let cfg = format!(
+        "[[plugins]]\nname = \"s\"\ncommand = \"sh\"\nargs = [\"-c\", {script:?}]\nprotocol = \"none\"\n\n[[plugins]]\nname = \"other\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo other timeout; exec sleep 1000\"]\nprotocol = \"none\"\n"
+    );
+    let host = start(&cfg);
+    wait_for(T, "4 lines of s indexed", || {
+        (lines(&host, "plugin=s").len() == 4).then_some(())
+    });
+    wait_for(T, "other indexed", || {
+        (lines(&host, "plugin=other").len() == 1).then_some(())
+    });
+    // stdout and stderr are separate pipes: their order is only kept within each.
+    let mut all = lines(&host, "plugin=s");
+    all.retain(|l| l != "to stderr");
+    assert_eq!(
+        all,
+        ["db timeout after 30s", "served", "plain timeout line"]
+    );
+    let mut warn = lines(&host, "plugin=s&level=warn");
+    warn.sort();
+    assert_eq!(warn, ["db timeout after 30s", "to stderr"]);
+    assert_eq!(lines(&host, "level=error"), ["db timeout after 30s"]);
+    let mut found = lines(&host, "q=timeout");
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "db timeout after 30s",
+            "other timeout",
+            "plain timeout line"
+        ]
+    );
+    assert_eq!(
+        lines(&host, "q=%22timeout%20line%22"),
+        ["plain timeout line"]
+    );
+    assert_eq!(lines(&host, "q=%22line%20timeout%22"), Vec::<String>::new());
+    assert_eq!(lines(&host, "field=db%3Dmain"), ["db timeout after 30s"]);
+    assert_eq!(lines(&host, "field=path%3D%2Fa&plugin=s"), ["served"]);
+    assert_eq!(lines(&host, "since=1h&plugin=other"), ["other timeout"]);
+    assert!(lines(&host, "until=1h").is_empty());
+    let (code, v) = host.get("/api/v1/logs?plugin=s&q=timeout&limit=1");
+    assert_eq!(code, 200);
+    assert_eq!(v["lines"][0]["message"], "plain timeout line");
+    let cursor = v["next_cursor"].as_i64().unwrap();
+    assert_eq!(
+        lines(
+            &host,
+            &format!("plugin=s&q=timeout&limit=1&cursor={cursor}")
+        ),
+        ["db timeout after 30s"]
+    );
+    for (bad, want) in [
+        (
+            "level=loud",
+            "level=\"loud\": expected trace, debug, info, warn or error",
+        ),
+        (
+            "since=yesterday",
+            "since=\"yesterday\": expected RFC 3339 time or a duration like 1h",
+        ),
+        ("field=nokey", "field=\"nokey\": expected key=value"),
+        ("limit=0", "limit=\"0\": expected a number from 1 to 10000"),
+        ("colour=red", "unknown parameter \"colour\""),
+    ] {
+        let (code, v) = host.get(&format!("/api/v1/logs?{bad}"));
+        assert_eq!(code, 400, "{bad}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with(want), "{bad}: {msg}");
+    }
+    // The CLI: filters, plain text without colour when not a terminal, JSON.
+    let (code, out, err) = host.cli(&["logs", "s", "--level", "warn", "--grep", "timeout"]);
+    assert_eq!(code, 0, "{err}");
+    let out: Vec<&str> = out.lines().collect();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].contains(" s ") && out[0].contains("ERROR db timeout after 30s db=main"),
+        "{}",
+        out[0]
+    );
+    assert!(!out[0].contains('\x1b'));
+    let (code, out, _) = host.cli(&["logs", "--json", "-n", "2", "--field", "db=main"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["level"], "error");
+    assert_eq!(v["fields"]["db"], "main");
+    let (code, _, err) = host.cli(&["logs", "--level", "loud"]);
+    assert_eq!(code, 1, "{err}");
+}
+
+/// The live tail (server-sent events) gets a line within a second of its write.
+#[test]
+fn the_live_tail_delivers_within_a_second() {
+    use std::io::{Read, Write};
+    let work = tempfile::tempdir().unwrap();
+    let go = work.path().join("go");
+    let script = format!(
+        "i=0; while true; do if [ -e {go} ]; then rm {go}; echo \"tick $i\"; i=$((i+1)); fi; sleep 0.02; done",
+        go = go.display()
+    );
+    let cfg = format!(
+        "[[plugins]]\nname = \"tick\"\ncommand = \"sh\"\nargs = [\"-c\", {script:?}]\nprotocol = \"none\"\n"
+    );
+    let host = start(&cfg);
+    host.wait_all_running(T);
+    let mut s = std::os::unix::net::UnixStream::connect(host.data().join("api.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    write!(
+        s,
+        "GET /api/v1/logs/stream?plugin=tick HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+        host.token
+    )
+    .unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let mut read_until = |needle: &str, deadline: std::time::Instant, got: &mut String| {
+        while !got.contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in:\n{got}"
+            );
+            match s.read(&mut buf) {
+                Ok(0) => panic!("stream ended:\n{got}"),
+                Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    read_until("text/event-stream", std::time::Instant::now() + T, &mut got);
+    for i in 0..3 {
+        std::fs::write(&go, "").unwrap();
+        let written = std::time::Instant::now();
+        read_until(
+            &format!("\"message\":\"tick {i}\""),
+            written + Duration::from_secs(1),
+            &mut got,
+        );
+        eprintln!("tick {i} arrived after {:?}", written.elapsed());
+    }
+}

@@ -149,6 +149,7 @@ impl Host {
                 source,
             })?,
         );
+        metrics.set_log_index(Arc::clone(indexer.progress()));
         let ctx = Arc::new(Ctx {
             events: events.clone(),
             bus: bus.clone(),
@@ -217,6 +218,7 @@ impl Host {
             metrics,
             store: Arc::clone(&store),
             started: Instant::now(),
+            cancel: cancel.child_token(),
         };
         let mut api_addr = None;
         let tcp = if config.api.listen.is_empty() {

@@ -19,7 +19,7 @@ pub mod read;
 pub mod record;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -130,7 +130,11 @@ impl Logs {
     }
 
     /// Opens `plugin`'s current file, numbering on from its last record.
-    pub fn open(&self, plugin: &str) -> std::io::Result<Arc<PluginLog>> {
+    pub fn open(
+        &self,
+        plugin: &str,
+        counters: Arc<crate::metrics::LogCounters>,
+    ) -> std::io::Result<Arc<PluginLog>> {
         let (file, next) = LogFile::open(&self.dir, plugin, FileOptions::from_config(&self.cfg))?;
         Ok(Arc::new(PluginLog {
             name: Arc::from(plugin),
@@ -142,7 +146,7 @@ impl Logs {
             writer: self.writer.clone(),
             policy: self.cfg.policy,
             max_line: usize::try_from(self.cfg.max_line).unwrap_or(usize::MAX),
-            dropped: AtomicU64::new(0),
+            counters,
             events: self.events.clone(),
         }))
     }
@@ -180,6 +184,15 @@ fn write_job(mut job: Job, events: &Events, janitor: &std::sync::mpsc::SyncSende
         let mut f = job.log.file.lock().unwrap_or_else(PoisonError::into_inner);
         f.write(&job.buf, job.first, job.last, job.lines)
     };
+    if matches!(
+        outcome,
+        Outcome::Written | Outcome::Rotated | Outcome::Resumed(_)
+    ) {
+        job.log
+            .counters
+            .written_seq
+            .fetch_max(job.last, Ordering::Relaxed);
+    }
     match outcome {
         Outcome::Written => {}
         Outcome::Rotated => {
@@ -187,10 +200,16 @@ fn write_job(mut job: Job, events: &Events, janitor: &std::sync::mpsc::SyncSende
             let _ = janitor.try_send(Some(job.log.name.to_string()));
         }
         Outcome::Dropped => {
-            job.log.dropped.fetch_add(job.lines, Ordering::Relaxed);
+            job.log
+                .counters
+                .dropped
+                .fetch_add(job.lines, Ordering::Relaxed);
         }
         Outcome::StartedDropping(reason) => {
-            job.log.dropped.fetch_add(job.lines, Ordering::Relaxed);
+            job.log
+                .counters
+                .dropped
+                .fetch_add(job.lines, Ordering::Relaxed);
             events.emit(
                 Some(&job.log.name),
                 EventKind::LogDropped {
@@ -243,7 +262,7 @@ pub struct PluginLog {
     writer: mpsc::Sender<Msg>,
     policy: LogPolicy,
     max_line: usize,
-    dropped: AtomicU64,
+    counters: Arc<crate::metrics::LogCounters>,
     events: Events,
 }
 
@@ -258,7 +277,7 @@ impl std::fmt::Debug for PluginLog {
 impl PluginLog {
     /// Lines dropped so far (disk full, or `policy = "drop"`).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.counters.dropped.load(Ordering::Relaxed)
     }
 
     /// Waits until everything queued so far is written (or `timeout` runs out).
@@ -322,7 +341,7 @@ impl PluginLog {
     }
 
     fn count_drop(&self, seq: &mut Seq, lines: u64) {
-        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        self.counters.dropped.fetch_add(lines, Ordering::Relaxed);
         match &mut seq.dropped {
             Some(n) => *n += lines,
             None => {

@@ -29,6 +29,8 @@ pub const INDEX_BATCH: usize = 4096;
 pub const INDEX_DELAY: Duration = Duration::from_millis(100);
 /// How often the files are looked at when nothing is new.
 const POLL: Duration = Duration::from_millis(50);
+/// How often the logs directory is listed for new plugins.
+const SCAN_EVERY: Duration = Duration::from_millis(100);
 /// How often the index is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -197,7 +199,8 @@ impl State {
         let mut pending_since: Option<Instant> = None;
         loop {
             let stopping = stop.load(Ordering::Acquire);
-            if stopping || last_scan.elapsed() >= Duration::from_secs(1) {
+            // New plugins appear with their first line: look often (one readdir).
+            if stopping || last_scan.elapsed() >= SCAN_EVERY {
                 self.scan();
                 last_scan = Instant::now();
             }

@@ -949,7 +949,11 @@ impl Actor {
         let mut child = child;
         let mut capture = Vec::new();
         if self.output.is_none() {
-            match self.ctx.logs.open(&self.name) {
+            match self
+                .ctx
+                .logs
+                .open(&self.name, self.ctx.metrics.log_counters(&self.name))
+            {
                 Ok(f) => self.output = Some(f),
                 Err(e) => tracing::error!(plugin = %self.name, "cannot open output file: {e}"),
             }
