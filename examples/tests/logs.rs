@@ -258,3 +258,51 @@ fn the_live_tail_delivers_within_a_second() {
         eprintln!("tick {i} arrived after {:?}", written.elapsed());
     }
 }
+
+/// The host's own log: JSON lines in the data directory, with the plugin's name as a field,
+/// and a level changed through the API without a restart.
+#[test]
+fn host_log_is_json_lines_and_its_level_changes_at_run_time() {
+    let cfg = "[logs]\nhost_level = \"info\"\n\n[[plugins]]\nname = \"napper\"\ncommand = \"sleep\"\nargs = [\"1000\"]\nprotocol = \"none\"\n";
+    let host = start(cfg);
+    host.wait_all_running(T);
+    let file = host.data().join("host.jsonl");
+    let records = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect()
+    };
+    let started = |pid: u64| {
+        let want = format!("plugin napper: started, pid {pid}");
+        move |r: &serde_json::Value| r["message"] == want.as_str() && r["plugin"] == "napper"
+    };
+    let pid = host.plugin("napper")["pid"].as_u64().unwrap();
+    wait_for(T, "the start in host.jsonl", || {
+        records().iter().any(started(pid)).then_some(())
+    });
+    // The testkit runs the host with --log-level debug: the flag wins over the config.
+    let (code, v) = host.get("/api/v1/log-level");
+    assert_eq!((code, v["level"].as_str()), (200, Some("debug")));
+    let (code, v) = host.send("PUT", "/api/v1/log-level", r#"{"level":"warn"}"#);
+    assert_eq!((code, v["level"].as_str()), (200, Some("warn")), "{v}");
+    host.post("/api/v1/plugins/napper/restart?wait=10s");
+    let pid2 = host.wait_plugin("napper", "running", T, |p| p["pid"].as_u64() != Some(pid))["pid"]
+        .as_u64()
+        .unwrap();
+    host.send("PUT", "/api/v1/log-level", r#"{"level":"info"}"#);
+    host.post("/api/v1/plugins/napper/restart?wait=10s");
+    let pid3 = host.wait_plugin("napper", "running", T, |p| p["pid"].as_u64() != Some(pid2))["pid"]
+        .as_u64()
+        .unwrap();
+    wait_for(T, "the third start in host.jsonl", || {
+        records().iter().any(started(pid3)).then_some(())
+    });
+    assert!(
+        !records().iter().any(started(pid2)),
+        "info records are not written while the level is warn"
+    );
+    let (code, v) = host.send("PUT", "/api/v1/log-level", r#"{"level":"loud"}"#);
+    assert_eq!(code, 400, "{v}");
+}

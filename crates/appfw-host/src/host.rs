@@ -56,6 +56,8 @@ pub struct HostOptions {
     pub layers: Layers,
     /// Data directory given on the command line (wins over everything else).
     pub data_dir: Option<PathBuf>,
+    /// The host's own log, when the caller set up one the host may steer (file, level).
+    pub log: Option<Arc<dyn crate::hostlog::LogControl>>,
 }
 
 /// A started host. Stop it with [`Host::shutdown`].
@@ -88,6 +90,19 @@ impl Host {
         )?;
         let data_dir = DataDir::open(&root)?;
         let layout = data_dir.layout().clone();
+        if let Some(log) = &opts.log {
+            if let Err(e) = log.open_file(&layout.host_log()) {
+                tracing::warn!(
+                    "cannot write the host log {}: {e}",
+                    layout.host_log().display()
+                );
+            }
+            if !log.fixed_by_flag()
+                && let Err(e) = log.set_level(&config.logs.host_level)
+            {
+                tracing::warn!("logs.host_level: {e}");
+            }
+        }
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let retention = crate::store::Retention {
@@ -219,6 +234,7 @@ impl Host {
             store: Arc::clone(&store),
             started: Instant::now(),
             cancel: cancel.child_token(),
+            log: opts.log.clone(),
         };
         let mut api_addr = None;
         let tcp = if config.api.listen.is_empty() {

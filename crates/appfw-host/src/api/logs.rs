@@ -193,3 +193,35 @@ impl Drop for Tail {
         self.task.abort();
     }
 }
+
+/// `GET /api/v1/log-level`: the host log's filter.
+pub(super) async fn get_level(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let log = s
+        .log
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this host's log cannot be steered"))?;
+    Ok(Json(serde_json::json!({ "level": log.level() })).into_response())
+}
+
+/// `PUT /api/v1/log-level` with `{"level": "debug"}` (or a filter like
+/// `info,appfw_host::bus=debug`): takes effect at once, until the next host start.
+pub(super) async fn put_level(
+    State(s): State<ApiState>,
+    body: String,
+) -> Result<Response, ApiError> {
+    let log = s
+        .log
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this host's log cannot be steered"))?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
+        ApiError::bad_request(format!("body: {e}; expected {{\"level\": \"debug\"}}"))
+    })?;
+    let level = v["level"]
+        .as_str()
+        .ok_or_else(|| ApiError::bad_request("body: expected {\"level\": \"debug\"}"))?;
+    crate::config::check_level(level).map_err(|e| ApiError::bad_request(format!("level: {e}")))?;
+    log.set_level(level)
+        .map_err(|e| ApiError::bad_request(format!("level: {e}")))?;
+    tracing::info!("host log level set to {level} through the API");
+    Ok(Json(serde_json::json!({ "level": log.level() })).into_response())
+}

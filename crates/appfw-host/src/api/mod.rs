@@ -65,6 +65,8 @@ pub struct ApiState {
     pub started: Instant,
     /// Cancelled when the host stops (ends live tails).
     pub cancel: tokio_util::sync::CancellationToken,
+    /// The host's own log, when it can be steered.
+    pub log: Option<Arc<dyn crate::hostlog::LogControl>>,
 }
 
 /// Builds the router.
@@ -77,6 +79,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/events", get(events))
         .route("/logs", get(logs::logs))
         .route("/logs/stream", get(logs::stream))
+        .route("/log-level", get(logs::get_level).put(logs::put_level))
         .route("/config", get(get_config).put(put_config))
         .route("/config/reload", post(reload_config))
         .route("/config/plan", post(plan_config))
