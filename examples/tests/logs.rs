@@ -13,6 +13,9 @@ use common::*;
 
 const T: Duration = Duration::from_secs(60);
 
+/// The flood keeps both cores busy: the latency test does not run beside it.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn all(host: &TestHost, plugin: &str) -> Vec<OwnedRecord> {
     let (recs, bad) = records(&host.data().join("logs"), plugin, 0).unwrap();
     assert_eq!(bad, 0, "every line of the files is a record");
@@ -21,6 +24,9 @@ fn all(host: &TestHost, plugin: &str) -> Vec<OwnedRecord> {
 
 #[test]
 fn a_flood_of_a_million_lines_is_captured_whole_in_order_across_rotations() {
+    let _heavy = HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let cfg = "[logs]\nmax_file_size = \"4MiB\"\nkeep_files = 0\nkeep_days = 0\n\n[[plugins]]\nname = \"flood\"\ncommand = \"{bin}/flooder\"\nargs = [\"--lines\", \"1000000\"]\nprotocol = \"none\"\nrestart = \"never\"\n";
     let host = start(cfg);
     host.wait_plugin("flood", "completed", T, |_| true);
@@ -207,6 +213,9 @@ fn the_index_answers_every_filter_through_the_api_and_the_cli() {
 /// The live tail (server-sent events) gets a line within a second of its write.
 #[test]
 fn the_live_tail_delivers_within_a_second() {
+    let _heavy = HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     use std::io::{Read, Write};
     let work = tempfile::tempdir().unwrap();
     let go = work.path().join("go");
@@ -234,7 +243,10 @@ fn the_live_tail_delivers_within_a_second() {
         while !got.contains(needle) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "no {needle:?} in:\n{got}"
+                "no {needle:?} in:\n{got}\nindexed: {:?}\nfiles: {:?}",
+                lines(&host, "plugin=tick"),
+                std::fs::read_dir(host.data().join("logs"))
+                    .map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
             );
             match s.read(&mut buf) {
                 Ok(0) => panic!("stream ended:\n{got}"),

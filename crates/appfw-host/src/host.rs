@@ -158,6 +158,7 @@ impl Host {
                 &config.logs,
                 events.clone(),
                 Some(indexed),
+                Some(Arc::clone(indexer.waker())),
             )
             .map_err(|source| HostError::Io {
                 what: "cannot start the log writer",

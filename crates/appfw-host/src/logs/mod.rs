@@ -74,12 +74,14 @@ impl std::fmt::Debug for Logs {
 
 impl Logs {
     /// Starts the writer and janitor threads for the files in `dir`. `indexed` tells the
-    /// janitor which records the index has read (`None`: no index, everything is deletable).
+    /// janitor which records the index has read (`None`: no index, everything is deletable);
+    /// `wake` is told after each write (the index).
     pub fn start(
         dir: &Path,
         cfg: &LogsConfig,
         events: Events,
         indexed: Option<janitor::Indexed>,
+        wake: Option<Arc<crate::store::logs::Wake>>,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let (wtx, mut wrx) = mpsc::channel::<Msg>(WRITER_QUEUE);
@@ -91,7 +93,12 @@ impl Logs {
             .spawn(move || {
                 while let Some(m) = wrx.blocking_recv() {
                     match m {
-                        Msg::Write(job) => write_job(job, &ev, &jtx2),
+                        Msg::Write(job) => {
+                            write_job(job, &ev, &jtx2);
+                            if let Some(w) = &wake {
+                                w.wake();
+                            }
+                        }
                         Msg::Sync(tx) => {
                             let _ = tx.send(());
                         }

@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,8 @@ use crate::logs::record::{self, Kind};
 pub const INDEX_BATCH: usize = 4096;
 /// Longest an indexed record waits for its commit while the files are quiet.
 pub const INDEX_DELAY: Duration = Duration::from_millis(100);
-/// How often the files are looked at when nothing is new.
-const POLL: Duration = Duration::from_millis(50);
+/// How long the index sleeps when nothing is new and the writer does not wake it.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// How often the logs directory is listed for new plugins.
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 /// How often the index is pruned.
@@ -87,9 +87,37 @@ impl Progress {
     }
 }
 
+/// Wakes the index thread when the log writer wrote something, so an idle host does not poll.
+#[derive(Debug, Default)]
+pub struct Wake {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    /// Something was written.
+    pub fn wake(&self) {
+        *self.flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.cv.notify_one();
+    }
+
+    /// Waits until woken or `d` passed.
+    fn wait(&self, d: Duration) {
+        let mut g = self.flag.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*g {
+            g = self
+                .cv
+                .wait_timeout(g, d)
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+        *g = false;
+    }
+}
+
 /// The indexer thread.
 pub struct Indexer {
     stop: Arc<AtomicBool>,
+    wake: Arc<Wake>,
     thread: Option<JoinHandle<()>>,
     progress: Arc<Progress>,
 }
@@ -120,7 +148,9 @@ impl Indexer {
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Wake::default());
         let mut state = State {
+            wake: Arc::clone(&wake),
             conn,
             db: db.to_path_buf(),
             logs: logs.to_path_buf(),
@@ -136,6 +166,7 @@ impl Indexer {
             .map_err(StoreError::Thread)?;
         Ok(Self {
             stop,
+            wake,
             thread: Some(thread),
             progress,
         })
@@ -146,9 +177,15 @@ impl Indexer {
         &self.progress
     }
 
+    /// What the log writer calls after each write.
+    pub fn waker(&self) -> &Arc<Wake> {
+        &self.wake
+    }
+
     /// Indexes what the files hold now, commits, and stops (blocking).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
+        self.wake.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -160,12 +197,17 @@ struct Tail {
     /// Next sequence number to index.
     next: u64,
     src: Option<Source>,
+    /// Where reading stopped at the end of the current file (inode, offset): the file is closed
+    /// while nothing new comes (no descriptor per idle plugin), and reopened there.
+    resume: Option<(u64, u64)>,
 }
 
 struct Source {
     reader: BufReader<Box<dyn Read + Send>>,
     /// The current file (rather than a rotated one), and its inode.
     current: Option<u64>,
+    /// Bytes of it read so far.
+    offset: u64,
     /// An unfinished last line of the current file.
     partial: Vec<u8>,
 }
@@ -181,6 +223,7 @@ struct Row {
 }
 
 struct State {
+    wake: Arc<Wake>,
     conn: Connection,
     db: PathBuf,
     logs: PathBuf,
@@ -197,10 +240,12 @@ impl State {
             .unwrap_or_else(Instant::now);
         let mut last_prune = Instant::now();
         let mut pending_since: Option<Instant> = None;
+        let mut woken = true;
         loop {
             let stopping = stop.load(Ordering::Acquire);
-            // New plugins appear with their first line: look often (one readdir).
-            if stopping || last_scan.elapsed() >= SCAN_EVERY {
+            // New plugins appear with their first line: look after every wake-up (the write
+            // may be a new plugin's first), and while busy at most every SCAN_EVERY.
+            if stopping || woken || last_scan.elapsed() >= SCAN_EVERY {
                 self.scan();
                 last_scan = Instant::now();
             }
@@ -229,8 +274,9 @@ impl State {
                 self.prune();
                 last_prune = Instant::now();
             }
+            woken = !progressed;
             if !progressed {
-                std::thread::sleep(POLL);
+                self.wake.wait(IDLE_WAIT);
             }
         }
     }
@@ -257,8 +303,14 @@ impl State {
                 continue;
             }
             let next = self.progress.slot(&plugin).load(Ordering::Acquire) + 1;
-            self.tails
-                .insert(Arc::from(plugin.as_str()), Tail { next, src: None });
+            self.tails.insert(
+                Arc::from(plugin.as_str()),
+                Tail {
+                    next,
+                    src: None,
+                    resume: None,
+                },
+            );
         }
     }
 
@@ -272,7 +324,7 @@ impl State {
         let mut line = Vec::new();
         while n < max {
             if tail.src.is_none() {
-                tail.src = open_source(&logs, plugin, tail.next);
+                tail.src = open_source(&logs, plugin, tail.next, tail.resume.take());
                 if tail.src.is_none() {
                     break;
                 }
@@ -280,6 +332,7 @@ impl State {
             let Some(src) = tail.src.as_mut() else { break };
             line.clear();
             let got = src.reader.read_until(b'\n', &mut line).unwrap_or(0);
+            src.offset += got as u64;
             if got > 0 && line.last() == Some(&b'\n') {
                 let full: &[u8] = if src.partial.is_empty() {
                     &line
@@ -307,6 +360,9 @@ impl State {
                 Some(ino) => {
                     let now = std::fs::metadata(current_path(&logs, plugin)).map(|m| m.ino());
                     if now.ok() == Some(ino) {
+                        // Caught up: close it, and come back to the start of the unfinished line.
+                        tail.resume = Some((ino, src.offset - src.partial.len() as u64));
+                        tail.src = None;
                         break;
                     }
                     // Rotated away under us: it is complete now; read its rest, then reopen.
@@ -419,32 +475,44 @@ fn delete_where(c: &Connection, cond: &str, arg: i64) -> rusqlite::Result<()> {
 }
 
 /// Opens the file holding record `next` of `plugin`: the first rotated file that ends at or
-/// after it, else the current file.
-fn open_source(logs: &Path, plugin: &str, next: u64) -> Option<Source> {
+/// after it, else the current file; at `resume` (inode, offset) if it is the same file.
+fn open_source(logs: &Path, plugin: &str, next: u64, resume: Option<(u64, u64)>) -> Option<Source> {
+    let at = |file: &mut File, ino: u64| -> u64 {
+        match resume {
+            Some((i, off)) if i == ino && file.seek(SeekFrom::Start(off)).is_ok() => off,
+            _ => 0,
+        }
+    };
     for f in rotated(&archive_dir(logs, plugin)) {
         if f.last < next {
             continue;
         }
-        let file = File::open(&f.path)
+        let mut file = File::open(&f.path)
             .or_else(|_| File::open(f.path.with_extension("log.gz")))
             .ok()?;
         let gz = f.gz || !f.path.exists();
-        let inner: Box<dyn Read + Send> = if gz {
-            Box::new(flate2::read::MultiGzDecoder::new(file))
+        // A gzipped file is read from its start (records before `next` are skipped).
+        let (inner, offset): (Box<dyn Read + Send>, u64) = if gz {
+            (Box::new(flate2::read::MultiGzDecoder::new(file)), 0)
         } else {
-            Box::new(file)
+            let ino = file.metadata().ok()?.ino();
+            let off = at(&mut file, ino);
+            (Box::new(file), off)
         };
         return Some(Source {
             reader: BufReader::with_capacity(256 * 1024, inner),
             current: None,
+            offset,
             partial: Vec::new(),
         });
     }
-    let file = File::open(current_path(logs, plugin)).ok()?;
+    let mut file = File::open(current_path(logs, plugin)).ok()?;
     let ino = file.metadata().ok()?.ino();
+    let offset = at(&mut file, ino);
     Some(Source {
         reader: BufReader::with_capacity(256 * 1024, Box::new(file)),
         current: Some(ino),
+        offset,
         partial: Vec::new(),
     })
 }
@@ -727,6 +795,8 @@ mod tests {
     fn wait_indexed(ix: &Indexer, plugin: &str, seq: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ix.progress().indexed(plugin, seq) {
+            // Written without the log writer, which would wake it.
+            ix.waker().wake();
             assert!(
                 Instant::now() < deadline,
                 "{plugin} not indexed up to {seq}"
