@@ -6,7 +6,9 @@
 //! limits), (c) supervisord capturing it (`stdout_logfile`, rotated at 64 MB; skipped with a
 //! message when not installed), (d) appfw capturing it into rotated record files
 //! (`max_file_size = 64MiB`, compression off so the timing is the capture's, not gzip's).
-//! Rounds are interleaved (a b c d, a b c d, ...) and medians reported.
+//! Rounds are interleaved (a b c d, a b c d, ...) and medians reported; before each run the
+//! bench waits for the page cache to be written back (`sync`), so no run is throttled by the
+//! writeback of the one before.
 //!
 //! During (d) the index runs too: its largest lag (from `/metrics`) is sampled, and the time
 //! until it has caught up gives the indexing rate. Once the rounds are done, the index holds
@@ -350,12 +352,18 @@ fn main() {
     if !sup {
         println!("supervisord not installed: (c) skipped");
     }
+    // Each run starts with no dirty pages: the previous run's writeback must not throttle it.
+    let settle = || rustix::fs::sync();
     for r in 0..rounds {
+        settle();
         a.push(direct(lines, false));
+        settle();
         b.push(direct(lines, true));
+        settle();
         if sup && let Some(x) = supervisord(lines) {
             c.push(x);
         }
+        settle();
         let x = appfw(&host_bin, lines, r, &mut host);
         println!(
             "round {r}: file {:.2} M/s, cat {:.2} M/s, supervisord {}, appfw {:.2} M/s (index {:.0} lines/s, max lag {:.0} lines)",

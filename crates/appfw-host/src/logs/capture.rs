@@ -25,42 +25,90 @@ const MAX_READ: usize = 1024 * 1024;
 const POOL: usize = 4;
 
 /// The last lines a plugin printed (at most 20, at most 4 KiB), kept for the exit event: what a
-/// crashing process said last is usually why it crashed.
+/// crashing process said last is usually why it crashed. A chunk costs one lock and one copy of
+/// its last lines; they are split and formatted only when the exit event asks.
 #[derive(Debug, Default)]
 pub struct OutputTail {
-    lines: Mutex<std::collections::VecDeque<String>>,
+    chunks: Mutex<std::collections::VecDeque<(Kind, Vec<u8>)>>,
 }
 
 impl OutputTail {
     const LINES: usize = 20;
     const BYTES: usize = 4096;
 
-    fn push(&self, kind: Kind, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let mut entry = format!("{}: {}", kind.name(), text);
-        if entry.len() > 512 {
-            let mut cut = 512;
-            while !entry.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            entry.truncate(cut);
-            entry.push_str(" [...]");
+    /// Keeps `lines` (whole lines, each ending with a newline, except a partial last one).
+    fn push(&self, kind: Kind, lines: &[u8]) {
+        if lines.is_empty() {
+            return;
         }
-        let mut l = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        l.push_back(entry);
-        while l.len() > Self::LINES || l.iter().map(String::len).sum::<usize>() > Self::BYTES {
-            l.pop_front();
+        let mut c = self.chunks.lock().unwrap_or_else(PoisonError::into_inner);
+        c.push_back((kind, lines.to_vec()));
+        while c.len() > Self::LINES
+            || (c.len() > 1 && c.iter().map(|(_, b)| b.len()).sum::<usize>() > 2 * Self::BYTES)
+        {
+            c.pop_front();
         }
     }
 
     /// The lines, oldest first, and forgets them (the next process starts a new tail).
     pub fn take(&self) -> Vec<String> {
-        self.lines
+        let chunks: Vec<_> = self
+            .chunks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
-            .collect()
+            .collect();
+        let mut lines = std::collections::VecDeque::new();
+        for (kind, bytes) in &chunks {
+            let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+            for line in body.split(|b| *b == b'\n') {
+                let text = String::from_utf8_lossy(line);
+                let mut entry = format!("{}: {}", kind.name(), text);
+                if entry.len() > 512 {
+                    let mut cut = 512;
+                    while !entry.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    entry.truncate(cut);
+                    entry.push_str(" [...]");
+                }
+                lines.push_back(entry);
+            }
+        }
+        while lines.len() > Self::LINES
+            || lines.iter().map(String::len).sum::<usize>() > Self::BYTES
+        {
+            lines.pop_front();
+        }
+        lines.into()
     }
+}
+
+/// The end of `chunk` holding its last `OutputTail::LINES` complete lines (at most 4 KiB).
+fn last_lines(chunk: &[u8]) -> &[u8] {
+    let Some(end) = memchr::memrchr(b'\n', chunk) else {
+        return &[];
+    };
+    let whole = &chunk[..=end];
+    let floor = whole.len().saturating_sub(OutputTail::BYTES);
+    let mut start = end;
+    for _ in 0..OutputTail::LINES {
+        match memchr::memrchr(b'\n', &whole[floor..start]) {
+            Some(i) => start = floor + i,
+            None => {
+                start = floor;
+                break;
+            }
+        }
+    }
+    let from = if start == end {
+        end
+    } else if start == floor && floor == 0 {
+        0
+    } else {
+        start + 1
+    };
+    &whole[from.min(whole.len())..]
 }
 
 struct RateLimit {
@@ -208,11 +256,12 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
         let mut seq = log.next.lock().await;
         let first = log.note_drops(&mut seq, &stamp, &mut buf);
         let start = seq.next;
-        let mut next = seq.next;
+        let mut digits = record::SeqText::new(start);
         split(&mut carry, &raw, log.max_line, |line, end| {
-            record::write(&mut buf, next, &stamp, kind, end, line);
-            next += 1;
+            record::write_digits(&mut buf, digits.text(), &stamp, kind, end, line);
+            digits.incr();
         });
+        let next = digits.value();
         seq.next = next;
         let lines = next - start;
         if lines == 0 && first.is_none() {
@@ -221,7 +270,8 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
             continue;
         }
         counters.inc_by(level, lines);
-        side_effects(&plugin, kind, &buf, lines, budget, &mut rate, &tail);
+        tail.push(kind, last_lines(&raw));
+        echo_some(&plugin, kind, &buf, lines, budget, &mut rate);
         let job = Job {
             log: Arc::clone(&log),
             buf,
@@ -256,17 +306,8 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     rate.roll(&plugin, kind);
 }
 
-/// The exit-event tail and the host-log echo, from the formatted records: only the last 20
-/// and the first `budget` lines of a chunk are looked at.
-fn side_effects(
-    plugin: &str,
-    kind: Kind,
-    buf: &[u8],
-    lines: u64,
-    budget: u32,
-    rate: &mut RateLimit,
-    tail: &OutputTail,
-) {
+/// The host-log echo: only the first `budget` lines of a chunk are looked at.
+fn echo_some(plugin: &str, kind: Kind, buf: &[u8], lines: u64, budget: u32, rate: &mut RateLimit) {
     let echoed = u64::from(budget).min(lines);
     let mut rest = buf;
     for _ in 0..echoed {
@@ -281,24 +322,6 @@ fn side_effects(
         rest = &rest[i + 1..];
     }
     rate.suppressed += lines - echoed;
-    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
-    let mut from = body.len();
-    let mut last = Vec::new();
-    for _ in 0..OutputTail::LINES {
-        let start = memchr::memrchr(b'\n', &body[..from]).map_or(0, |i| i + 1);
-        if let Ok(r) = record::parse(&body[start..from])
-            && r.kind == kind
-        {
-            last.push(r.payload);
-        }
-        if start == 0 {
-            break;
-        }
-        from = start - 1;
-    }
-    for l in last.iter().rev() {
-        tail.push(kind, l);
-    }
 }
 
 fn echo(plugin: &str, kind: Kind, line: &[u8], rate: &mut RateLimit) {
@@ -361,6 +384,26 @@ mod tests {
         let (out, carry) = run(&[b"aaaaa"], 4);
         assert_eq!(out, [(b"aaaa".to_vec(), C)]);
         assert_eq!(carry, b"a");
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_lines_of_each_chunk() {
+        assert_eq!(last_lines(b"a\nb\nc"), b"a\nb\n");
+        assert_eq!(last_lines(b"no newline"), b"");
+        let many: Vec<u8> = (0..30)
+            .flat_map(|i| format!("l{i}\n").into_bytes())
+            .collect();
+        assert_eq!(last_lines(&many), &many[many.len() - 80..]);
+        let t = OutputTail::default();
+        t.push(Kind::Stdout, last_lines(&many));
+        t.push(Kind::Stderr, b"oops\n");
+        t.push(Kind::Stdout, b"partial");
+        let got = t.take();
+        assert_eq!(got.len(), 20);
+        assert_eq!(got[17], "stdout: l29");
+        assert_eq!(got[18], "stderr: oops");
+        assert_eq!(got[19], "stdout: partial");
+        assert!(t.take().is_empty());
     }
 
     #[test]

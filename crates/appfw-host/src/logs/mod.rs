@@ -115,7 +115,10 @@ impl Logs {
         let jdir = dir.to_path_buf();
         let janitor = std::thread::Builder::new()
             .name("appfw-log-janitor".into())
-            .spawn(move || janitor_loop(&jdir, &keep, &jrx))?;
+            .spawn(move || {
+                background_priority();
+                janitor_loop(&jdir, &keep, &jrx);
+            })?;
         Ok(Self {
             dir: dir.to_path_buf(),
             cfg: cfg.clone(),
@@ -175,6 +178,13 @@ impl Logs {
             let _ = t.join();
         }
     }
+}
+
+/// Lowers the calling thread's CPU priority to the lowest (nice 19): compression and indexing
+/// are derived work, and under a flood they must not take the CPU the capture path needs; they
+/// catch up when the CPU is free. (On Linux the nice value of a thread id is the thread's own.)
+pub(crate) fn background_priority() {
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
 }
 
 async fn sync(writer: &mpsc::Sender<Msg>, timeout: Duration) -> bool {

@@ -29,6 +29,8 @@ pub const INDEX_BATCH: usize = 4096;
 pub const INDEX_DELAY: Duration = Duration::from_millis(100);
 /// How long the index sleeps when nothing is new and the writer does not wake it.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How long a stopping index may keep reading to catch up before it commits and ends.
+const STOP_CATCH_UP: Duration = Duration::from_secs(10);
 /// How often the logs directory is listed for new plugins.
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 /// How often the index is pruned.
@@ -97,8 +99,12 @@ pub struct Wake {
 impl Wake {
     /// Something was written.
     pub fn wake(&self) {
-        *self.flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.cv.notify_one();
+        let mut f = self.flag.lock().unwrap_or_else(PoisonError::into_inner);
+        // Already flagged: the index has not waited since, no wake-up (syscall) is needed.
+        if !*f {
+            *f = true;
+            self.cv.notify_one();
+        }
     }
 
     /// Waits until woken or `d` passed.
@@ -162,7 +168,10 @@ impl Indexer {
         let st = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("appfw-log-index".into())
-            .spawn(move || state.run(&st))
+            .spawn(move || {
+                crate::logs::background_priority();
+                state.run(&st);
+            })
             .map_err(StoreError::Thread)?;
         Ok(Self {
             stop,
@@ -241,6 +250,7 @@ impl State {
         let mut last_prune = Instant::now();
         let mut pending_since: Option<Instant> = None;
         let mut woken = true;
+        let mut stop_at: Option<Instant> = None;
         loop {
             let stopping = stop.load(Ordering::Acquire);
             // New plugins appear with their first line: look after every wake-up (the write
@@ -266,7 +276,12 @@ impl State {
                 self.commit();
                 pending_since = None;
             }
-            if stopping && !progressed {
+            if stopping
+                && (!progressed
+                    || stop_at.get_or_insert_with(Instant::now).elapsed() >= STOP_CATCH_UP)
+            {
+                // Caught up, or out of time: what is left is indexed at the next start (the
+                // position is committed with the rows).
                 self.commit();
                 break;
             }
