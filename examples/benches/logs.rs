@@ -297,16 +297,27 @@ fn queries(host: &TestHost, n: usize) {
     println!("index: {total} lines");
     for (label, q) in [
         (
-            "rare keyword (1 line in 1000)",
+            "rare word (1 line in 1000)",
             "q=timeout&limit=100".to_string(),
         ),
         (
-            "keyword + plugin + level",
+            "rare word + plugin + level",
             "q=timeout&plugin=flood0&level=info&limit=100".to_string(),
         ),
-        ("a unique number", format!("q={}&limit=100", total / 3)),
+        (
+            "rare word + plugin + last hour",
+            "q=timeout&plugin=flood1&since=1h&limit=100".to_string(),
+        ),
+        (
+            "a number (one line per round)",
+            "q=1234567&limit=100".to_string(),
+        ),
         ("phrase", "q=%22line%2012345%22&limit=100".to_string()),
         ("common word (every line)", "q=flood&limit=100".to_string()),
+        (
+            "common word + plugin (the middle one)",
+            "q=flood&plugin=flood1&limit=100".to_string(),
+        ),
     ] {
         let mut ms = Vec::with_capacity(n);
         let mut found = 0;

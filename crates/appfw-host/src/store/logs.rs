@@ -398,8 +398,9 @@ impl State {
                 let mut ins = tx.prepare_cached(
                     "INSERT INTO log_lines (plugin, seq, time_us, level, stream, message, fields) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?;
-                let mut fts =
-                    tx.prepare_cached("INSERT INTO log_fts (rowid, message) VALUES (?1, ?2)")?;
+                let mut fts = tx.prepare_cached(
+                    "INSERT INTO log_fts (rowid, message, plugin) VALUES (?1, ?2, ?3)",
+                )?;
                 for r in &self.rows {
                     ins.execute(rusqlite::params![
                         &*r.plugin,
@@ -410,7 +411,11 @@ impl State {
                         r.message,
                         r.fields
                     ])?;
-                    fts.execute(rusqlite::params![tx.last_insert_rowid(), r.message])?;
+                    fts.execute(rusqlite::params![
+                        tx.last_insert_rowid(),
+                        r.message,
+                        &*r.plugin
+                    ])?;
                 }
                 let mut pos = tx.prepare_cached(
                     "INSERT INTO log_positions (plugin, seq) VALUES (?1, ?2) ON CONFLICT (plugin) DO UPDATE SET seq = excluded.seq",
@@ -695,17 +700,21 @@ pub struct LogLine {
     pub fields: Option<serde_json::Value>,
 }
 
-/// Turns user words and "phrases" into an FTS5 query where every token is a quoted string (so
-/// nothing in the input is FTS syntax).
+/// Turns user words and "phrases" into an FTS5 query on the message column where every token
+/// is a quoted string (so nothing in the input is FTS syntax).
 pub fn fts_query(text: &str) -> Option<String> {
     let mut parts = Vec::new();
     for (i, chunk) in text.split('"').enumerate() {
         if i % 2 == 1 {
             if !chunk.trim().is_empty() {
-                parts.push(format!("\"{}\"", chunk.trim()));
+                parts.push(format!("message : \"{}\"", chunk.trim()));
             }
         } else {
-            parts.extend(chunk.split_whitespace().map(|w| format!("\"{w}\"")));
+            parts.extend(
+                chunk
+                    .split_whitespace()
+                    .map(|w| format!("message : \"{w}\"")),
+            );
         }
     }
     (!parts.is_empty()).then(|| parts.join(" "))
@@ -714,55 +723,71 @@ pub fn fts_query(text: &str) -> Option<String> {
 impl Store {
     /// Indexed lines matching `q`: the newest `limit`, oldest first.
     pub fn query_logs(&self, q: &LogQuery) -> Result<Vec<LogLine>, StoreError> {
-        let mut sql = String::from(
-            "SELECT id, plugin, seq, time_us, level, stream, message, fields FROM log_lines WHERE 1=1",
-        );
+        let text = q.text.as_deref().and_then(fts_query);
+        // With words, the full-text index leads, walked in rowid (= id) order so the newest
+        // `limit` matches end the walk: a word on every line costs `limit` rows, not millions.
+        let (mut sql, id) = if text.is_some() {
+            (
+                String::from(
+                    "SELECT l.id, l.plugin, l.seq, l.time_us, l.level, l.stream, l.message, l.fields FROM log_fts f JOIN log_lines l ON l.id = f.rowid WHERE f.log_fts MATCH ?",
+                ),
+                "f.rowid",
+            )
+        } else {
+            (
+                String::from(
+                    "SELECT l.id, l.plugin, l.seq, l.time_us, l.level, l.stream, l.message, l.fields FROM log_lines l WHERE 1=1",
+                ),
+                "l.id",
+            )
+        };
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(t) = text {
+            // The plugin as a column of the full-text index: the two intersect there, by rowid.
+            let t = match &q.plugin {
+                Some(p) => format!("plugin : \"{}\" {t}", p.replace('"', "")),
+                None => t,
+            };
+            args.push(t.into());
+        }
         let mut add = |clause: &str, v: rusqlite::types::Value| {
             sql.push_str(clause);
             args.push(v);
         };
-        if let Some(t) = q.text.as_deref().and_then(fts_query) {
-            add(
-                " AND id IN (SELECT rowid FROM log_fts WHERE log_fts MATCH ?)",
-                t.into(),
-            );
-        }
         if let Some(p) = &q.plugin {
-            add(" AND plugin = ?", p.clone().into());
+            add(" AND l.plugin = ?", p.clone().into());
         }
         if let Some(l) = q.min_level {
-            add(" AND level >= ?", i64::from(l).into());
+            add(" AND l.level >= ?", i64::from(l).into());
         }
         if let Some(s) = q.since_us {
             add(
-                " AND time_us >= ?",
+                " AND l.time_us >= ?",
                 i64::try_from(s).unwrap_or(i64::MAX).into(),
             );
         }
         if let Some(u) = q.until_us {
             add(
-                " AND time_us < ?",
+                " AND l.time_us < ?",
                 i64::try_from(u).unwrap_or(i64::MAX).into(),
             );
         }
         if let Some(b) = q.before {
-            add(" AND id < ?", b.into());
+            add(&format!(" AND {id} < ?"), b.into());
         }
         if let Some(a) = q.after {
-            add(" AND id > ?", a.into());
+            add(&format!(" AND {id} > ?"), a.into());
         }
         for (k, v) in &q.fields {
-            sql.push_str(" AND json_extract(fields, ?) = ?");
+            sql.push_str(" AND json_extract(l.fields, ?) = ?");
             args.push(format!("$.\"{}\"", k.replace('"', "")).into());
             args.push(v.clone().into());
         }
         // Tailing reads forward from a cursor; everything else wants the newest.
-        sql.push_str(if q.after.is_some() {
-            " ORDER BY id ASC"
-        } else {
-            " ORDER BY id DESC"
-        });
+        sql.push_str(&format!(
+            " ORDER BY {id} {}",
+            if q.after.is_some() { "ASC" } else { "DESC" }
+        ));
         sql.push_str(&format!(" LIMIT {}", q.limit.clamp(1, 10_000)));
         let mut out = self.read(|c| {
             let mut stmt = c.prepare(&sql)?;
@@ -1048,10 +1073,13 @@ mod tests {
 
     #[test]
     fn fts_queries_quote_every_token() {
-        assert_eq!(fts_query("a b"), Some("\"a\" \"b\"".into()));
+        assert_eq!(
+            fts_query("a b"),
+            Some("message : \"a\" message : \"b\"".into())
+        );
         assert_eq!(
             fts_query("x \"db timeout\" OR"),
-            Some("\"x\" \"db timeout\" \"OR\"".into())
+            Some("message : \"x\" message : \"db timeout\" message : \"OR\"".into())
         );
         assert_eq!(fts_query("  "), None);
     }

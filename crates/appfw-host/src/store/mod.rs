@@ -44,7 +44,8 @@ pub const MIGRATIONS: &[&str] = &[
         first_seq INTEGER NOT NULL
     );",
     // 3: the log index: lines derived from the plugins' record files, full-text searchable
-    // (contentless FTS5: the text is in log_lines once), and how far each plugin is indexed.
+    // (contentless FTS5: the text is in log_lines once; the plugin is a column too, so words
+    // and a plugin intersect inside the full-text index), and how far each plugin is indexed.
     "CREATE TABLE log_lines (
         id INTEGER PRIMARY KEY,
         plugin TEXT NOT NULL,
@@ -57,7 +58,7 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX log_lines_plugin ON log_lines (plugin, id);
     CREATE INDEX log_lines_time ON log_lines (time_us);
-    CREATE VIRTUAL TABLE log_fts USING fts5 (message, content = '', contentless_delete = 1);
+    CREATE VIRTUAL TABLE log_fts USING fts5 (message, plugin, content = '', contentless_delete = 1);
     CREATE TABLE log_positions (
         plugin TEXT PRIMARY KEY,
         seq INTEGER NOT NULL
