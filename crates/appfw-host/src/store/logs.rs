@@ -726,7 +726,18 @@ impl Store {
         let text = q.text.as_deref().and_then(fts_query);
         // With words, the full-text index leads, walked in rowid (= id) order so the newest
         // `limit` matches end the walk: a word on every line costs `limit` rows, not millions.
-        let (mut sql, id) = if text.is_some() {
+        // A phrase is matched oldest first instead (FTS5 checks positions newest first only by
+        // loading whole doclists, slow for a common word in the phrase), its matches collected
+        // and then ordered.
+        let phrase = q.text.as_deref().is_some_and(|t| t.contains('"'));
+        let (mut sql, id) = if text.is_some() && phrase {
+            (
+                String::from(
+                    "SELECT l.id, l.plugin, l.seq, l.time_us, l.level, l.stream, l.message, l.fields FROM log_lines l WHERE l.id IN (SELECT rowid FROM log_fts WHERE log_fts MATCH ?)",
+                ),
+                "l.id",
+            )
+        } else if text.is_some() {
             (
                 String::from(
                     "SELECT l.id, l.plugin, l.seq, l.time_us, l.level, l.stream, l.message, l.fields FROM log_fts f JOIN log_lines l ON l.id = f.rowid WHERE f.log_fts MATCH ?",
