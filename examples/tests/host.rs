@@ -38,7 +38,7 @@ fn examples_start_and_answer_requests_through_the_bus() {
             .find(|l| l.contains("echo replied \"tick"))
             .map(str::to_string)
     });
-    assert!(line.contains(" stdout tick "), "{line}");
+    assert!(line.contains(" o tick "), "{line}");
     // Health reports from the SDK reach the host.
     let t = host.wait_plugin("ticker", "running", T, |p| p["health"] == "healthy");
     assert_eq!(t["health_message"], "ticking");
@@ -322,10 +322,10 @@ fn a_flooding_plugin_loses_no_line_and_keeps_answering_heartbeats() {
     let host = start(&cfg);
     let log = wait_for(Duration::from_secs(60), "the flood's last line", || {
         let l = host.plugin_log("flooder");
-        l.contains("stdout flood line 199999\n").then_some(l)
+        l.contains(" o flood line 199999\n").then_some(l)
     });
     let mut expected = 0u64;
-    for line in log.lines().filter(|l| l.contains(" stdout flood line ")) {
+    for line in log.lines().filter(|l| l.contains(" o flood line ")) {
         let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert_eq!(n, expected, "lines arrive once each, in order");
         expected += 1;

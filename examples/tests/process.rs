@@ -84,7 +84,7 @@ fn clean_environment_umask_and_user() {
         let l = host.plugin_log("envy");
         l.contains("APPFW_PLUGIN_NAME=envy").then_some(l)
     });
-    assert!(env.contains(" stdout ONLY=me"), "{env}");
+    assert!(env.contains(" o ONLY=me"), "{env}");
     assert!(
         !env.contains("HOME=") && !env.contains("PATH="),
         "nothing inherited: {env}"

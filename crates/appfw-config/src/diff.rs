@@ -128,6 +128,10 @@ impl ConfigDiff {
             d.host
                 .push(host("store", false, "takes effect when the host restarts"));
         }
+        if old.logs != new.logs {
+            d.host
+                .push(host("logs", false, "takes effect when the host restarts"));
+        }
         if old.metrics != new.metrics {
             d.host.push(host(
                 "metrics.max_series_per_plugin",

@@ -122,6 +122,9 @@ pub struct Config {
     /// The embedded store (`<data_dir>/appfw.db`).
     #[serde(default)]
     pub store: StoreConfig,
+    /// Plugin output capture, files, index and host logs.
+    #[serde(default)]
+    pub logs: LogsConfig,
     /// The plugins, started in this order and stopped in reverse.
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
@@ -325,6 +328,79 @@ impl Default for StoreConfig {
         Self {
             events_max_rows: 100_000,
             events_max_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// What capture does when the plugin writes faster than its log file is written.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LogPolicy {
+    /// Stop reading the plugin's pipes until the file writer catches up: the plugin slows down,
+    /// no line is lost.
+    #[default]
+    Block,
+    /// Keep reading and drop what cannot be queued; dropped lines are counted, and a record in
+    /// the file says how many.
+    Drop,
+}
+
+/// `[logs]`: plugin output files (`<data_dir>/logs/<plugin>.log`, rotated into
+/// `<data_dir>/logs/<plugin>/`), their index and the host's own log.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Size at which a plugin's log file is rotated. Default `64MiB`.
+    #[serde(with = "human_size")]
+    #[schemars(with = "String")]
+    pub max_file_size: u64,
+    /// Age of its first record at which a plugin's log file is rotated. Default `1d`.
+    #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
+    pub max_age: Duration,
+    /// Rotated files kept per plugin (0: no limit by count). Default 10.
+    pub keep_files: u32,
+    /// Days a rotated file is kept (0: no limit by age). Default 7.
+    pub keep_days: u32,
+    /// Whether rotated files are gzipped (in the background). Default true.
+    pub compress: bool,
+    /// Longest line kept in one record; longer lines are split into records marked as
+    /// continued. Default `64KiB`.
+    #[serde(with = "human_size")]
+    #[schemars(with = "String")]
+    pub max_line: u64,
+    /// `block` (default): a plugin that writes faster than its file is written waits; `drop`:
+    /// its lines are dropped and counted instead.
+    pub policy: LogPolicy,
+    /// Oldest line kept in the searchable index. Default `7d`.
+    #[serde(with = "human_duration")]
+    #[schemars(with = "String")]
+    pub index_max_age: Duration,
+    /// Size of the store above which the oldest indexed lines are deleted. Default `1GiB`.
+    #[serde(with = "human_size")]
+    #[schemars(with = "String")]
+    pub index_max_size: u64,
+    /// Level of the host's own log: `trace`, `debug`, `info`, `warn`, `error`, or a
+    /// tracing-subscriber filter like `info,appfw_host::bus=debug`. `RUST_LOG` wins. Default
+    /// `info`.
+    pub host_level: String,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            max_file_size: 64 * 1024 * 1024,
+            max_age: Duration::from_secs(24 * 3600),
+            keep_files: 10,
+            keep_days: 7,
+            compress: true,
+            max_line: 64 * 1024,
+            policy: LogPolicy::Block,
+            index_max_age: Duration::from_secs(7 * 24 * 3600),
+            index_max_size: 1024 * 1024 * 1024,
+            host_level: "info".into(),
         }
     }
 }
@@ -1121,6 +1197,23 @@ pub mod opt_human_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         super::human_duration::deserialize(d).map(Some)
     }
+}
+
+/// Checks a log level or a filter like `info,appfw_host::bus=debug`.
+pub fn check_level(filter: &str) -> Result<(), String> {
+    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+    if filter.trim().is_empty() {
+        return Err("must not be empty; use one of trace, debug, info, warn, error, off".into());
+    }
+    for d in filter.split(',') {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l).trim();
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{level:?} is not a level; use one of trace, debug, info, warn, error, off (or target=level)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `n` bytes in binary units, like `64 MiB`.

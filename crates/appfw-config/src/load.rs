@@ -23,8 +23,8 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    ApiConfig, Config, ConfigError, ConfigIssue, MetricsConfig, PluginConfig, StoreConfig,
-    SupervisorConfig,
+    ApiConfig, Config, ConfigError, ConfigIssue, LogsConfig, MetricsConfig, PluginConfig,
+    StoreConfig, SupervisorConfig,
 };
 
 /// Where a value came from.
@@ -621,6 +621,7 @@ const TOP_KEYS: &[&str] = &[
     "supervisor",
     "metrics",
     "store",
+    "logs",
     "plugins",
 ];
 
@@ -665,6 +666,9 @@ fn build(
     let store = take("store").map_or_else(StoreConfig::default, |v| {
         part::<StoreConfig>(v, "store", &origins, source, issues).unwrap_or_default()
     });
+    let logs = take("logs").map_or_else(LogsConfig::default, |v| {
+        part::<LogsConfig>(v, "logs", &origins, source, issues).unwrap_or_default()
+    });
     let plugins = match take("plugins") {
         None => Vec::new(),
         Some(toml::Value::Array(items)) => items
@@ -691,6 +695,7 @@ fn build(
         supervisor,
         metrics,
         store,
+        logs,
         plugins,
         source: source.map(Path::to_path_buf),
         origins,

@@ -177,6 +177,32 @@ fn every_error_class_has_an_exact_located_message() {
             "/etc/appfw.toml:3:1: api.tokens.local: \"local\" is the data directory's token; choose another name",
         ]
     );
+    assert_eq!(
+        errors(
+            "[logs]\nmax_file_size = \"1KiB\"\nmax_age = \"1s\"\nmax_line = 10\nhost_level = \"loud\"\npolicy = \"dropp\"\n"
+        ),
+        ["/etc/appfw.toml:6:1: logs.policy: unknown value `dropp`; did you mean `drop`?",]
+    );
+    assert_eq!(
+        errors(
+            "[logs]\nmax_file_size = \"1KiB\"\nmax_age = \"1s\"\nmax_line = 10\nhost_level = \"info,bus=loud\"\n"
+        ),
+        [
+            "/etc/appfw.toml:2:1: logs.max_file_size: must be at least 64KiB",
+            "/etc/appfw.toml:3:1: logs.max_age: must be at least 1m",
+            "/etc/appfw.toml:4:1: logs.max_line: must be between 256 bytes and 16MiB",
+            "/etc/appfw.toml:5:1: logs.host_level: \"loud\" is not a level; use one of trace, debug, info, warn, error, off (or target=level)",
+        ]
+    );
+    assert_eq!(
+        errors("[logs]\nmax_file_size = \"64KiB\"\nmax_line = \"1MiB\"\n"),
+        ["/etc/appfw.toml:3:1: logs.max_line: must not exceed logs.max_file_size (64.0 KiB)"]
+    );
+    let l = ok("[logs]\nmax_file_size = \"8MiB\"\nkeep_files = 3\npolicy = \"drop\"\n").logs;
+    assert_eq!(
+        (l.max_file_size, l.keep_files, l.policy, l.max_line),
+        (8 * 1024 * 1024, 3, LogPolicy::Drop, 64 * 1024)
+    );
     for (text, want) in cases {
         assert_eq!(errors(text), *want, "for config:\n{text}");
     }

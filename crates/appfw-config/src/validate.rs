@@ -78,6 +78,30 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
     if c.store.events_max_age < std::time::Duration::from_secs(3600) {
         push("store.events_max_age".into(), "must be at least 1h".into());
     }
+    let l = &c.logs;
+    if l.max_file_size < 64 * 1024 {
+        push("logs.max_file_size".into(), "must be at least 64KiB".into());
+    }
+    if l.max_age < std::time::Duration::from_secs(60) {
+        push("logs.max_age".into(), "must be at least 1m".into());
+    }
+    if !(256..=16 * 1024 * 1024).contains(&l.max_line) {
+        push(
+            "logs.max_line".into(),
+            "must be between 256 bytes and 16MiB".into(),
+        );
+    } else if l.max_line > l.max_file_size {
+        push(
+            "logs.max_line".into(),
+            format!(
+                "must not exceed logs.max_file_size ({})",
+                crate::format_size(l.max_file_size)
+            ),
+        );
+    }
+    if let Err(why) = crate::check_level(&l.host_level) {
+        push("logs.host_level".into(), why);
+    }
     if !(1..=1_000_000).contains(&c.metrics.max_series_per_plugin) {
         push(
             "metrics.max_series_per_plugin".into(),

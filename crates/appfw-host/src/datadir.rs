@@ -103,7 +103,11 @@ impl Layout {
     pub fn store_file(&self) -> PathBuf {
         self.root.join("appfw.db")
     }
-    /// Per-plugin output files.
+    /// The host's own log, JSON lines.
+    pub fn host_log(&self) -> PathBuf {
+        self.root.join("host.jsonl")
+    }
+    /// Per-plugin log files (`<plugin>.log`, rotated into `<plugin>/`).
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
     }

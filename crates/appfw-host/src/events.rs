@@ -172,6 +172,19 @@ pub enum EventKind {
         /// Messages and requests waiting for it.
         queued: u64,
     },
+    /// The plugin's output is being dropped: its log file cannot be written (disk full), or
+    /// `logs.policy = "drop"` and the writer is behind.
+    LogDropped {
+        /// Why.
+        reason: String,
+        /// Sequence number of the first line dropped.
+        from_seq: u64,
+    },
+    /// Output is written again after a [`EventKind::LogDropped`].
+    LogResumed {
+        /// Lines dropped meanwhile.
+        dropped: u64,
+    },
 }
 
 impl EventKind {
@@ -196,6 +209,8 @@ impl EventKind {
             Self::LimitBreached { .. } => "limit_breached",
             Self::ConfigRejected { .. } => "config_rejected",
             Self::DemandStart { .. } => "demand_start",
+            Self::LogDropped { .. } => "log_dropped",
+            Self::LogResumed { .. } => "log_resumed",
         }
     }
 }
@@ -489,6 +504,22 @@ fn log(ev: &Event) {
         }
         EventKind::DemandStart { topic, queued } => {
             tracing::info!(plugin, event = kind, topic = %topic, queued, "plugin {plugin}: starting on demand (message on {topic}, {queued} waiting)")
+        }
+        EventKind::LogDropped { reason, from_seq } => {
+            tracing::warn!(
+                plugin,
+                event = kind,
+                from_seq,
+                "plugin {plugin}: dropping its output from line {from_seq}: {reason}"
+            )
+        }
+        EventKind::LogResumed { dropped } => {
+            tracing::warn!(
+                plugin,
+                event = kind,
+                dropped,
+                "plugin {plugin}: writing its output again; {dropped} lines were dropped"
+            )
         }
         EventKind::StopEscalated { signal } => {
             tracing::warn!(plugin, event = kind, signal = %signal, "plugin {plugin}: did not stop in time, sent {signal}")

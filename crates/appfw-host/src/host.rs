@@ -56,6 +56,8 @@ pub struct HostOptions {
     pub layers: Layers,
     /// Data directory given on the command line (wins over everything else).
     pub data_dir: Option<PathBuf>,
+    /// The host's own log, when the caller set up one the host may steer (file, level).
+    pub log: Option<Arc<dyn crate::hostlog::LogControl>>,
 }
 
 /// A started host. Stop it with [`Host::shutdown`].
@@ -70,6 +72,8 @@ pub struct Host {
     store: Arc<crate::store::Store>,
     spawner: Option<(Spawner, std::thread::JoinHandle<()>)>,
     cgroups: Option<Arc<crate::resources::CgroupRoot>>,
+    logs: Arc<crate::logs::Logs>,
+    indexer: Option<crate::store::logs::Indexer>,
     _data_dir: DataDir,
 }
 
@@ -86,6 +90,19 @@ impl Host {
         )?;
         let data_dir = DataDir::open(&root)?;
         let layout = data_dir.layout().clone();
+        if let Some(log) = &opts.log {
+            if let Err(e) = log.open_file(&layout.host_log()) {
+                tracing::warn!(
+                    "cannot write the host log {}: {e}",
+                    layout.host_log().display()
+                );
+            }
+            if !log.fixed_by_flag()
+                && let Err(e) = log.set_level(&config.logs.host_level)
+            {
+                tracing::warn!("logs.host_level: {e}");
+            }
+        }
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let retention = crate::store::Retention {
@@ -124,11 +141,36 @@ impl Host {
         let (restarted_tx, mut restarted_rx) = tokio::sync::mpsc::channel::<(Arc<str>, bool)>(256);
         tasks.spawn(bus.clone().run_expiry(cancel.child_token()));
 
+        let indexer = crate::store::logs::Indexer::start(
+            &layout.store_file(),
+            &layout.logs_dir(),
+            crate::store::logs::IndexRetention {
+                max_age: config.logs.index_max_age,
+                max_size: config.logs.index_max_size,
+            },
+        )?;
+        let progress = Arc::clone(indexer.progress());
+        let indexed: crate::logs::janitor::Indexed =
+            Arc::new(move |plugin: &str, seq: u64| progress.indexed(plugin, seq));
+        let logs = Arc::new(
+            crate::logs::Logs::start(
+                &layout.logs_dir(),
+                &config.logs,
+                events.clone(),
+                Some(indexed),
+                Some(Arc::clone(indexer.waker())),
+            )
+            .map_err(|source| HostError::Io {
+                what: "cannot start the log writer",
+                source,
+            })?,
+        );
+        metrics.set_log_index(Arc::clone(indexer.progress()));
         let ctx = Arc::new(Ctx {
             events: events.clone(),
             bus: bus.clone(),
             spawner: spawner.clone(),
-            logs_dir: layout.logs_dir(),
+            logs: Arc::clone(&logs),
             base_dir: config.base_dir(),
             supervisor: arc_swap::ArcSwap::from_pointee(config.supervisor.clone()),
             generation: std::sync::atomic::AtomicU64::new(1),
@@ -192,6 +234,8 @@ impl Host {
             metrics,
             store: Arc::clone(&store),
             started: Instant::now(),
+            cancel: cancel.child_token(),
+            log: opts.log.clone(),
         };
         let mut api_addr = None;
         let tcp = if config.api.listen.is_empty() {
@@ -281,6 +325,8 @@ impl Host {
             store,
             spawner: Some((spawner, spawner_thread)),
             cgroups,
+            logs,
+            indexer: Some(indexer),
             _data_dir: data_dir,
         })
     }
@@ -343,6 +389,27 @@ impl Host {
                 .is_err()
             {
                 tracing::error!("the spawner thread did not end within 5 s; exiting without it");
+            }
+        }
+        // Every plugin has stopped: write what their capture queued, then stop the log threads.
+        let logs = Arc::clone(&self.logs);
+        let stop = tokio::task::spawn_blocking(move || logs.stop());
+        if tokio::time::timeout(std::time::Duration::from_secs(10), stop)
+            .await
+            .is_err()
+        {
+            tracing::error!("the log writer did not finish within 10 s");
+        }
+        // Then index what the files hold, so a clean stop leaves nothing unindexed.
+        if let Some(ix) = self.indexer.take() {
+            let stop = tokio::task::spawn_blocking(move || ix.stop());
+            if tokio::time::timeout(std::time::Duration::from_secs(30), stop)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "the log index did not catch up within 30 s; it resumes at the next start"
+                );
             }
         }
         // Flush the store last, after the final events.

@@ -14,6 +14,8 @@ pub use appfw_config as config;
 pub mod datadir;
 pub mod events;
 mod host;
+pub mod hostlog;
+pub mod logs;
 pub mod metrics;
 pub mod reload;
 pub mod resources;

@@ -64,6 +64,8 @@ enum Command {
     Version(cmd::version::VersionArgs),
     /// Show what happened (starts, exits, restarts, reloads...), from the host's store.
     Events(cmd::events::EventsArgs),
+    /// Show plugin output from the host's searchable index (filters, -f to follow).
+    Logs(cmd::logs::LogsArgs),
     /// Show the health checks as a tree; exit 0 healthy, 1 degraded, 2 unhealthy.
     Health(cmd::health::HealthArgs),
     /// Inspect, validate and change the configuration.
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
             Command::Config(c) => cmd::config::run(&cli, c).await,
             Command::Health(a) => cmd::health::run(&cli, a).await,
             Command::Events(a) => cmd::events::run(&cli, a).await,
+            Command::Logs(a) => cmd::logs::run(&cli, a).await,
         }
     });
     ExitCode::from(code)

@@ -3,6 +3,7 @@
 
 mod error;
 mod health;
+mod logs;
 mod metrics;
 
 use std::sync::Arc;
@@ -62,6 +63,10 @@ pub struct ApiState {
     pub store: Arc<crate::store::Store>,
     /// Start instant, for uptime.
     pub started: Instant,
+    /// Cancelled when the host stops (ends live tails).
+    pub cancel: tokio_util::sync::CancellationToken,
+    /// The host's own log, when it can be steered.
+    pub log: Option<Arc<dyn crate::hostlog::LogControl>>,
 }
 
 /// Builds the router.
@@ -72,6 +77,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/plugins/{name}", get(get_plugin))
         .route("/plugins/{name}/{action}", post(act))
         .route("/events", get(events))
+        .route("/logs", get(logs::logs))
+        .route("/logs/stream", get(logs::stream))
+        .route("/log-level", get(logs::get_level).put(logs::put_level))
         .route("/config", get(get_config).put(put_config))
         .route("/config/reload", post(reload_config))
         .route("/config/plan", post(plan_config))

@@ -258,6 +258,33 @@ pub fn render(
                 ));
             }
         }
+        let fam = s.family(
+            "appfw_log_dropped_lines",
+            "Plugin output lines dropped: disk full, or logs.policy = \"drop\" with the writer behind",
+            MetricType::Counter,
+        );
+        for (plugin, c) in logs.iter() {
+            fam.push((
+                labels(&[("plugin", plugin)]),
+                Value::Counter(c.dropped.load(Ordering::Relaxed) as f64),
+            ));
+        }
+        if let Some(progress) = lock(&metrics.log_index).as_ref() {
+            let indexed = progress.snapshot();
+            let fam = s.family(
+                "appfw_log_index_lag_lines",
+                "Records written to a plugin's log files and not yet in the searchable index",
+                MetricType::Gauge,
+            );
+            for (plugin, c) in logs.iter() {
+                let w = c.written_seq.load(Ordering::Relaxed);
+                let i = indexed.get(plugin).copied().unwrap_or(0);
+                fam.push((
+                    labels(&[("plugin", plugin)]),
+                    Value::Gauge(w.saturating_sub(i) as f64),
+                ));
+            }
+        }
     }
     {
         let topics = metrics.topics.load();

@@ -76,6 +76,10 @@ impl RestartReason {
 #[derive(Debug, Default)]
 pub struct LogCounters {
     by_level: [AtomicU64; 5],
+    /// Sequence number of the last record written to the plugin's files.
+    pub written_seq: AtomicU64,
+    /// Lines dropped (disk full, or `logs.policy = "drop"`).
+    pub dropped: AtomicU64,
 }
 
 impl LogCounters {
@@ -140,6 +144,8 @@ struct PluginSeries {
 pub struct Metrics {
     restarts: Mutex<BTreeMap<(String, RestartReason), u64>>,
     logs: Mutex<BTreeMap<String, Arc<LogCounters>>>,
+    /// How far the log index is, for its lag.
+    log_index: Mutex<Option<Arc<crate::store::logs::Progress>>>,
     demand: Mutex<BTreeMap<String, Arc<DemandCounters>>>,
     topics: ArcSwap<HashMap<Box<str>, Arc<TopicStat>>>,
     topics_edit: Mutex<()>,
@@ -155,6 +161,7 @@ impl Metrics {
         Self {
             restarts: Mutex::default(),
             logs: Mutex::default(),
+            log_index: Mutex::default(),
             demand: Mutex::default(),
             topics: ArcSwap::from_pointee(HashMap::new()),
             topics_edit: Mutex::new(()),
@@ -172,6 +179,12 @@ impl Metrics {
     }
 
     /// The log line counters of `plugin` (kept for the capture tasks and the connection).
+    /// Where the log index's progress is read from at scrape time.
+    pub fn set_log_index(&self, p: Arc<crate::store::logs::Progress>) {
+        *lock(&self.log_index) = Some(p);
+    }
+
+    /// Counters of `plugin`'s log lines.
     pub fn log_counters(&self, plugin: &str) -> Arc<LogCounters> {
         Arc::clone(lock(&self.logs).entry(plugin.to_string()).or_default())
     }

@@ -13,6 +13,7 @@
 //!   files on disk.
 
 mod events;
+pub mod logs;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -41,6 +42,26 @@ pub const MIGRATIONS: &[&str] = &[
         pid INTEGER NOT NULL,
         version TEXT NOT NULL,
         first_seq INTEGER NOT NULL
+    );",
+    // 3: the log index: lines derived from the plugins' record files, full-text searchable
+    // (contentless FTS5: the text is in log_lines once; the plugin is a column too, so words
+    // and a plugin intersect inside the full-text index), and how far each plugin is indexed.
+    "CREATE TABLE log_lines (
+        id INTEGER PRIMARY KEY,
+        plugin TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        time_us INTEGER NOT NULL,
+        level INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        message TEXT NOT NULL,
+        fields TEXT
+    );
+    CREATE INDEX log_lines_plugin ON log_lines (plugin, id);
+    CREATE INDEX log_lines_time ON log_lines (time_us);
+    CREATE VIRTUAL TABLE log_fts USING fts5 (message, plugin, content = '', contentless_delete = 1);
+    CREATE TABLE log_positions (
+        plugin TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
     );",
 ];
 
@@ -94,7 +115,7 @@ pub struct Store {
     events: events::Writer,
 }
 
-fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+pub(crate) fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite {
         path: path.to_path_buf(),
         source,
@@ -261,6 +282,10 @@ mod tests {
             );
             c.query_row("SELECT count(*) FROM runs", [], |r| r.get::<_, i64>(0))
                 .unwrap();
+            c.query_row("SELECT count(*) FROM log_lines, log_positions", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap();
         }
     }
 
@@ -272,7 +297,7 @@ mod tests {
         c.pragma_update(None, "user_version", 99).unwrap();
         let err = migrate(&mut c, &path).unwrap_err().to_string();
         assert!(
-            err.contains("schema version 99, newer than this appfw knows (2)"),
+            err.contains("schema version 99, newer than this appfw knows (3)"),
             "{err}"
         );
     }

@@ -17,13 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::capture::{self, OutputFile, Stream};
 use super::conn::{self, ConnEvent, ConnHandle, ConnParams};
 use super::probe::{self, ProbeResult};
 use super::process::{Child, ProcessSpec, describe};
 use super::{Action, Apply, Ctx, LastExit, PluginState, PluginStatus, Reconfigured, backoff_delay};
 use crate::config::{PluginConfig, Protocol, RestartPolicy};
 use crate::events::{EventKind, Origin, RecoveryStep};
+use crate::logs::capture;
+use crate::logs::record::Kind;
 use crate::metrics::RestartReason;
 use crate::metrics::proc::{ProcSample, Sampler};
 use crate::resources::{PluginCgroup, ProcessLimits, Usage, Watch};
@@ -143,7 +144,8 @@ pub(crate) struct Actor {
     waiters: Vec<oneshot::Sender<PluginStatus>>,
     health: Option<pb::HealthReport>,
     probes: Vec<ProbeState>,
-    output: Option<OutputFile>,
+    /// The plugin's log while a process runs (closed after its capture ended).
+    output: Option<Arc<crate::logs::PluginLog>>,
     warned_root: bool,
     /// Why the next restart happens (the `reason` label of the restart counter).
     restart_cause: RestartReason,
@@ -947,24 +949,27 @@ impl Actor {
         let mut child = child;
         let mut capture = Vec::new();
         if self.output.is_none() {
-            match capture::open_output(&self.ctx.logs_dir, &self.name) {
+            match self
+                .ctx
+                .logs
+                .open(&self.name, self.ctx.metrics.log_counters(&self.name))
+            {
                 Ok(f) => self.output = Some(f),
                 Err(e) => tracing::error!(plugin = %self.name, "cannot open output file: {e}"),
             }
         }
         for (stream, pipe) in [
-            (Stream::Stdout, child.stdout.take().map(OwnedPipe::Out)),
-            (Stream::Stderr, child.stderr.take().map(OwnedPipe::Err)),
+            (Kind::Stdout, child.stdout.take().map(OwnedPipe::Out)),
+            (Kind::Stderr, child.stderr.take().map(OwnedPipe::Err)),
         ] {
             let (Some(pipe), Some(out)) = (pipe, self.output.clone()) else {
                 continue;
             };
             match pipe.into_async() {
                 Ok(r) => capture.push(tokio::spawn(capture::capture(
-                    Arc::clone(&self.name),
+                    out,
                     stream,
                     r,
-                    out,
                     self.ctx.metrics.log_counters(&self.name),
                     Arc::clone(&self.tail),
                 ))),
@@ -1003,6 +1008,7 @@ impl Actor {
                     serde_json::to_vec(&self.cfg.settings).unwrap_or_default(),
                 ),
                 metrics: Arc::clone(&self.ctx.metrics),
+                log: self.output.clone(),
             };
             match conn::start(params, sock, self.ctx.bus.clone(), tx, &self.ctx.cancel) {
                 Ok(c) => {
@@ -1413,11 +1419,12 @@ impl Actor {
             }
         }
         // The output file is reopened at the next start: nothing of a plugin that is not running
-        // stays open in the host. Flushed here; the capture tasks that shared it have ended.
+        // stays open in the host. What the capture tasks queued is written before the exit is
+        // reported, so the file holds the process's last words when `exited` is seen.
         if let Some(out) = self.output.take()
-            && let Ok(mut w) = out.lock()
+            && !out.sync(Duration::from_secs(5)).await
         {
-            let _ = std::io::Write::flush(&mut *w);
+            tracing::warn!(plugin = %self.name, "log writer did not catch up within 5 s");
         }
         let uptime = p.child.started.elapsed();
         let status_text = status

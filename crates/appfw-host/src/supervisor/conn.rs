@@ -85,6 +85,8 @@ pub struct ConnParams {
     pub settings_json: Bytes,
     /// Where LOG and METRICS frames are counted and kept.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The plugin's log file, where LOG frames are written as records.
+    pub log: Option<Arc<crate::logs::PluginLog>>,
 }
 
 /// Requests the host itself sent to the plugin, waiting for their REPLY.
@@ -451,6 +453,9 @@ impl Reader {
                     self.log_counters
                         .inc(pb::Level::try_from(rec.level).unwrap_or(pb::Level::Info));
                     log_record(&self.params.plugin, &rec);
+                    if let Some(log) = &self.params.log {
+                        log.sdk_record(&sdk_json(&rec)).await;
+                    }
                 }
                 Err(e) => return Some(self.protocol_error(e.code(), e.to_string()).await),
             },
@@ -486,6 +491,24 @@ impl Reader {
 
 fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// A LOG frame as the JSON payload of an `l` record.
+fn sdk_json(rec: &pb::LogRecord) -> Vec<u8> {
+    let level = match pb::Level::try_from(rec.level).unwrap_or(pb::Level::Info) {
+        pb::Level::Error => "error",
+        pb::Level::Warn => "warn",
+        pb::Level::Debug => "debug",
+        pb::Level::Trace => "trace",
+        _ => "info",
+    };
+    let fields: std::collections::BTreeMap<_, _> = rec.fields.iter().collect();
+    serde_json::to_vec(&serde_json::json!({
+        "level": level,
+        "message": rec.message,
+        "fields": fields,
+    }))
+    .unwrap_or_default()
 }
 
 fn log_record(plugin: &str, rec: &pb::LogRecord) {

@@ -2,7 +2,6 @@
 //! (see [`process`]), the host side of plugin connections, and output capture.
 
 mod actor;
-mod capture;
 pub(crate) mod conn;
 mod orphans;
 mod probe;
@@ -216,7 +215,7 @@ pub(crate) struct Ctx {
     pub events: Events,
     pub bus: Bus,
     pub spawner: Spawner,
-    pub logs_dir: PathBuf,
+    pub logs: Arc<crate::logs::Logs>,
     pub base_dir: PathBuf,
     /// Swapped by a reload; read at each plugin start.
     pub supervisor: arc_swap::ArcSwap<SupervisorConfig>,

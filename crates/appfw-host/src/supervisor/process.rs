@@ -315,6 +315,14 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
     // The child has its copy; ours must be closed or EOF never comes.
     drop(child_end);
+    // Bigger pipes: a flooding plugin blocks less often, and capture reads bigger chunks (fewer
+    // wake-ups per line). Best effort: the kernel may cap it (pipe-max-size, pipe-user-pages).
+    if let Some(p) = &child.stdout {
+        let _ = rustix::pipe::fcntl_setpipe_size(p, PIPE_SIZE);
+    }
+    if let Some(p) = &child.stderr {
+        let _ = rustix::pipe::fcntl_setpipe_size(p, PIPE_SIZE);
+    }
     Ok(Child {
         pid,
         pidfd,
@@ -326,6 +334,9 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
         started_at: SystemTime::now(),
     })
 }
+
+/// Size asked for the stdout and stderr pipes (the unprivileged default maximum).
+const PIPE_SIZE: usize = 1024 * 1024;
 
 /// The conventional name of a signal number (`SIGKILL`), or `SIG<n>`.
 pub fn signal_name(sig: i32) -> String {

@@ -4,6 +4,7 @@ pub mod action;
 pub mod config;
 pub mod events;
 pub mod health;
+pub mod logs;
 pub mod run;
 pub mod status;
 pub mod version;

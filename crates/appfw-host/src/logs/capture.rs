@@ -1,0 +1,414 @@
+//! Plugin stdout/stderr capture: the hot path. Read a big chunk, split lines, stamp one time
+//! for the chunk, number the lines, queue the buffer for the writer thread. Nothing is parsed
+//! here (the index does that from the files), so a flood is captured at pipe speed.
+//!
+//! Also keeps the last lines for the exit event, and echoes lines into the host log at a
+//! bounded rate (a flooding plugin must not flood the host log).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use appfw_proto::pb::Level;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use super::record::{self, End, Kind, Stamp};
+use super::{Job, PluginLog};
+use crate::config::LogPolicy;
+use crate::metrics::LogCounters;
+
+/// Lines per second per stream echoed into the host log.
+const HOST_LOG_RATE: u32 = 50;
+/// Largest read from a pipe (the pipe is raised to this size too).
+const MAX_READ: usize = 1024 * 1024;
+/// Buffers a stream may have queued for the writer at once: its share of the backlog.
+const POOL: usize = 4;
+
+/// The last lines a plugin printed (at most 20, at most 4 KiB), kept for the exit event: what a
+/// crashing process said last is usually why it crashed. A chunk costs one lock and one copy of
+/// its last lines; they are split and formatted only when the exit event asks.
+#[derive(Debug, Default)]
+pub struct OutputTail {
+    chunks: Mutex<std::collections::VecDeque<(Kind, Vec<u8>)>>,
+}
+
+impl OutputTail {
+    const LINES: usize = 20;
+    const BYTES: usize = 4096;
+
+    /// Keeps `lines` (whole lines, each ending with a newline, except a partial last one).
+    fn push(&self, kind: Kind, lines: &[u8]) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut c = self.chunks.lock().unwrap_or_else(PoisonError::into_inner);
+        c.push_back((kind, lines.to_vec()));
+        while c.len() > Self::LINES
+            || (c.len() > 1 && c.iter().map(|(_, b)| b.len()).sum::<usize>() > 2 * Self::BYTES)
+        {
+            c.pop_front();
+        }
+    }
+
+    /// The lines, oldest first, and forgets them (the next process starts a new tail).
+    pub fn take(&self) -> Vec<String> {
+        let chunks: Vec<_> = self
+            .chunks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        let mut lines = std::collections::VecDeque::new();
+        for (kind, bytes) in &chunks {
+            let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+            for line in body.split(|b| *b == b'\n') {
+                let text = String::from_utf8_lossy(line);
+                let mut entry = format!("{}: {}", kind.name(), text);
+                if entry.len() > 512 {
+                    let mut cut = 512;
+                    while !entry.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    entry.truncate(cut);
+                    entry.push_str(" [...]");
+                }
+                lines.push_back(entry);
+            }
+        }
+        while lines.len() > Self::LINES
+            || lines.iter().map(String::len).sum::<usize>() > Self::BYTES
+        {
+            lines.pop_front();
+        }
+        lines.into()
+    }
+}
+
+/// The end of `chunk` holding its last `OutputTail::LINES` complete lines (at most 4 KiB).
+fn last_lines(chunk: &[u8]) -> &[u8] {
+    let Some(end) = memchr::memrchr(b'\n', chunk) else {
+        return &[];
+    };
+    let whole = &chunk[..=end];
+    let floor = whole.len().saturating_sub(OutputTail::BYTES);
+    let mut start = end;
+    for _ in 0..OutputTail::LINES {
+        match memchr::memrchr(b'\n', &whole[floor..start]) {
+            Some(i) => start = floor + i,
+            None => {
+                start = floor;
+                break;
+            }
+        }
+    }
+    let from = if start == end {
+        end
+    } else if start == floor && floor == 0 {
+        0
+    } else {
+        start + 1
+    };
+    &whole[from.min(whole.len())..]
+}
+
+struct RateLimit {
+    window: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// Starts a new window, reporting what the last one suppressed.
+    fn roll(&mut self, plugin: &str, kind: Kind) {
+        if self.suppressed > 0 {
+            tracing::warn!(
+                plugin,
+                stream = kind.name(),
+                "{} lines not echoed to the host log (rate limit); they are in the plugin's log file",
+                self.suppressed
+            );
+        }
+        self.window = Instant::now();
+        self.used = 0;
+        self.suppressed = 0;
+    }
+
+    /// Lines that may be echoed now.
+    fn budget(&mut self, plugin: &str, kind: Kind) -> u32 {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.roll(plugin, kind);
+        }
+        HOST_LOG_RATE.saturating_sub(self.used)
+    }
+}
+
+/// Splits `chunk`, which follows `carry` (the unfinished line of the previous chunk), into
+/// lines of at most `max` bytes, calling `emit` for each, and leaves its unfinished end in
+/// `carry`. A longer line is cut into pieces marked [`End::Continued`]; none is dropped.
+pub fn split(carry: &mut Vec<u8>, chunk: &[u8], max: usize, mut emit: impl FnMut(&[u8], End)) {
+    let max = max.max(1);
+    let mut rest = chunk;
+    while let Some(i) = memchr::memchr(b'\n', rest) {
+        if carry.is_empty() {
+            pieces(&rest[..i], max, &mut emit);
+        } else {
+            carry.extend_from_slice(&rest[..i]);
+            pieces(carry, max, &mut emit);
+            carry.clear();
+        }
+        rest = &rest[i + 1..];
+    }
+    carry.extend_from_slice(rest);
+    // Only more than `max` is cut: a line of exactly `max` bytes may still end with a newline.
+    if carry.len() > max {
+        let whole = (carry.len() - 1) / max * max;
+        for p in carry[..whole].chunks(max) {
+            emit(p, End::Continued);
+        }
+        carry.drain(..whole);
+    }
+}
+
+fn pieces(line: &[u8], max: usize, emit: &mut impl FnMut(&[u8], End)) {
+    let mut l = line;
+    while l.len() > max {
+        emit(&l[..max], End::Continued);
+        l = &l[max..];
+    }
+    emit(l, End::Newline);
+}
+
+/// Reads `pipe` until EOF (the process and everything holding the pipe exited), writing every
+/// line into `log`.
+pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
+    log: Arc<PluginLog>,
+    kind: Kind,
+    mut pipe: R,
+    counters: Arc<LogCounters>,
+    tail: Arc<OutputTail>,
+) {
+    let level = match kind {
+        Kind::Stderr => Level::Warn,
+        _ => Level::Info,
+    };
+    let plugin = Arc::clone(&log.name);
+    let (back, mut pool) = mpsc::channel::<Vec<u8>>(POOL);
+    for _ in 0..POOL {
+        let _ = back.try_send(Vec::new());
+    }
+    // Not zero-filled: pages are only touched as data arrives, which keeps idle plugins cheap.
+    // Small until the plugin writes a lot: a read that fills the buffer grows it, so a quiet
+    // plugin costs 4 KiB and a flooding one is read in 1 MiB chunks.
+    let mut raw: Vec<u8> = Vec::with_capacity(4 * 1024);
+    let mut carry: Vec<u8> = Vec::new();
+    let mut rate = RateLimit {
+        window: Instant::now(),
+        used: 0,
+        suppressed: 0,
+    };
+    let mut spare: Option<Vec<u8>> = None;
+    loop {
+        // Backpressure: with `block`, no read before a buffer is free, so a plugin that writes
+        // faster than its file is written waits on its full pipe.
+        if log.policy == LogPolicy::Block && spare.is_none() {
+            spare = pool.recv().await;
+        }
+        if raw.len() == raw.capacity() && raw.capacity() < MAX_READ {
+            raw.reserve_exact((raw.capacity() * 16).min(MAX_READ) - raw.len());
+        }
+        raw.clear();
+        let read = pipe.read_buf(&mut raw);
+        // While lines are being suppressed, wake up when the window ends to report them even
+        // if the plugin falls silent.
+        let n = if rate.suppressed > 0 {
+            let left = Duration::from_secs(1).saturating_sub(rate.window.elapsed());
+            match tokio::time::timeout(left, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    rate.roll(&plugin, kind);
+                    continue;
+                }
+            }
+        } else {
+            read.await
+        };
+        match n {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let stamp = Stamp::now();
+        let buf = match spare.take() {
+            Some(b) => Some(b),
+            None => pool.try_recv().ok(),
+        };
+        let Some(mut buf) = buf else {
+            // `drop` policy and all buffers queued: drop whole lines, counted.
+            let mut lines = 0u64;
+            split(&mut carry, &raw, log.max_line, |_, _| lines += 1);
+            if lines > 0 {
+                let mut seq = log.next.lock().await;
+                log.count_drop(&mut seq, lines);
+            }
+            continue;
+        };
+        buf.reserve(raw.len() + raw.len() / 2 + 64);
+        let budget = rate.budget(&plugin, kind);
+        let mut seq = log.next.lock().await;
+        let first = log.note_drops(&mut seq, &stamp, &mut buf);
+        let start = seq.next;
+        let mut digits = record::SeqText::new(start);
+        split(&mut carry, &raw, log.max_line, |line, end| {
+            record::write_digits(&mut buf, digits.text(), &stamp, kind, end, line);
+            digits.incr();
+        });
+        let next = digits.value();
+        seq.next = next;
+        let lines = next - start;
+        if lines == 0 && first.is_none() {
+            drop(seq);
+            spare = Some(buf);
+            continue;
+        }
+        counters.inc_by(level, lines);
+        tail.push(kind, last_lines(&raw));
+        echo_some(&plugin, kind, &buf, lines, budget, &mut rate);
+        let job = Job {
+            log: Arc::clone(&log),
+            buf,
+            first: first.unwrap_or(start),
+            last: next - 1,
+            lines,
+            back: Some(back.clone()),
+        };
+        log.queue(&mut seq, job).await;
+    }
+    if !carry.is_empty() {
+        let stamp = Stamp::now();
+        let mut seq = log.next.lock().await;
+        let mut buf = Vec::with_capacity(carry.len() + 64);
+        let first = log.note_drops(&mut seq, &stamp, &mut buf);
+        let n = seq.next;
+        record::write(&mut buf, n, &stamp, kind, End::Partial, &carry);
+        seq.next += 1;
+        counters.inc(level);
+        tail.push(kind, &carry);
+        echo(&plugin, kind, &carry, &mut rate);
+        let job = Job {
+            log: Arc::clone(&log),
+            buf,
+            first: first.unwrap_or(n),
+            last: n,
+            lines: 1,
+            back: None,
+        };
+        log.queue(&mut seq, job).await;
+    }
+    rate.roll(&plugin, kind);
+}
+
+/// The host-log echo: only the first `budget` lines of a chunk are looked at.
+fn echo_some(plugin: &str, kind: Kind, buf: &[u8], lines: u64, budget: u32, rate: &mut RateLimit) {
+    let echoed = u64::from(budget).min(lines);
+    let mut rest = buf;
+    for _ in 0..echoed {
+        let Some(i) = memchr::memchr(b'\n', rest) else {
+            break;
+        };
+        if let Ok(r) = record::parse(&rest[..i])
+            && r.kind == kind
+        {
+            echo(plugin, kind, r.payload, rate);
+        }
+        rest = &rest[i + 1..];
+    }
+    rate.suppressed += lines - echoed;
+}
+
+fn echo(plugin: &str, kind: Kind, line: &[u8], rate: &mut RateLimit) {
+    rate.used += 1;
+    let text = String::from_utf8_lossy(line);
+    match kind {
+        Kind::Stderr => tracing::warn!(plugin, stream = "stderr", "{text}"),
+        _ => tracing::info!(plugin, stream = "stdout", "{text}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]], max: usize) -> (Vec<(Vec<u8>, End)>, Vec<u8>) {
+        let mut carry = Vec::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            split(&mut carry, c, max, |l, e| out.push((l.to_vec(), e)));
+        }
+        (out, carry)
+    }
+
+    #[test]
+    fn splits_across_chunks_and_cuts_long_lines() {
+        use End::{Continued as C, Newline as N};
+        let (out, carry) = run(&[b"ab\ncd", b"ef\n\ngh"], 10);
+        assert_eq!(
+            out,
+            [
+                (b"ab".to_vec(), N),
+                (b"cdef".to_vec(), N),
+                (b"".to_vec(), N)
+            ]
+        );
+        assert_eq!(carry, b"gh");
+        // Exactly max stays whole; one more is cut.
+        let (out, carry) = run(&[b"0123", b"\n01234\n"], 4);
+        assert_eq!(
+            out,
+            [
+                (b"0123".to_vec(), N),
+                (b"0123".to_vec(), C),
+                (b"4".to_vec(), N)
+            ]
+        );
+        assert!(carry.is_empty());
+        // A long line arriving in small chunks is cut as it comes, never buffered whole.
+        let (out, carry) = run(&[b"aaaa", b"aaaa", b"aa", b"a\n"], 4);
+        assert_eq!(
+            out,
+            [
+                (b"aaaa".to_vec(), C),
+                (b"aaaa".to_vec(), C),
+                (b"aaa".to_vec(), N)
+            ]
+        );
+        assert!(carry.is_empty());
+        let (out, carry) = run(&[b"aaaaa"], 4);
+        assert_eq!(out, [(b"aaaa".to_vec(), C)]);
+        assert_eq!(carry, b"a");
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_lines_of_each_chunk() {
+        assert_eq!(last_lines(b"a\nb\nc"), b"a\nb\n");
+        assert_eq!(last_lines(b"no newline"), b"");
+        let many: Vec<u8> = (0..30)
+            .flat_map(|i| format!("l{i}\n").into_bytes())
+            .collect();
+        assert_eq!(last_lines(&many), &many[many.len() - 80..]);
+        let t = OutputTail::default();
+        t.push(Kind::Stdout, last_lines(&many));
+        t.push(Kind::Stderr, b"oops\n");
+        t.push(Kind::Stdout, b"partial");
+        let got = t.take();
+        assert_eq!(got.len(), 20);
+        assert_eq!(got[17], "stdout: l29");
+        assert_eq!(got[18], "stderr: oops");
+        assert_eq!(got[19], "stdout: partial");
+        assert!(t.take().is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_and_control_bytes_pass_through() {
+        let (out, _) = run(&[b"\xff\xfe\x1b[31mred\r\n"], 100);
+        assert_eq!(out[0].0, b"\xff\xfe\x1b[31mred\r");
+    }
+}

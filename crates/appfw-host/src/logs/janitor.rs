@@ -1,0 +1,180 @@
+//! Background work on rotated files: gzip them, and delete the oldest beyond `keep_files` or
+//! `keep_days` — never one the index has not read to its end.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::files::{Rotated, rotated};
+
+/// Whether the index has read `plugin`'s records up to `seq`.
+pub type Indexed = Arc<dyn Fn(&str, u64) -> bool + Send + Sync>;
+
+/// What the janitor keeps.
+#[derive(Clone)]
+pub struct Keep {
+    /// Rotated files per plugin (0: any number).
+    pub files: u32,
+    /// Age of a rotated file (zero: any age).
+    pub age: Duration,
+    /// Whether to gzip rotated files.
+    pub compress: bool,
+    /// Asked before a file is deleted.
+    pub indexed: Indexed,
+}
+
+/// Gzips `path` (`x.log`) into `x.log.gz` next to it, then deletes it. The temporary file is
+/// removed if anything fails, so a full disk leaves the plain file as it was.
+pub fn compress(path: &Path) -> io::Result<PathBuf> {
+    let gz = path.with_extension("log.gz");
+    let tmp = path.with_extension("log.gz.tmp");
+    let res = (|| {
+        let mut src = std::fs::File::open(path)?;
+        let out = std::fs::File::create(&tmp)?;
+        let mut enc = flate2::write::GzEncoder::new(
+            io::BufWriter::with_capacity(256 * 1024, out),
+            flate2::Compression::fast(),
+        );
+        io::copy(&mut src, &mut enc)?;
+        let mut w = enc.finish()?;
+        w.flush()?;
+        w.get_ref().sync_data()?;
+        std::fs::rename(&tmp, &gz)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::remove_file(path)?;
+    Ok(gz)
+}
+
+/// One pass over one plugin's archive directory. Returns the files deleted.
+pub fn sweep(plugin: &str, dir: &Path, keep: &Keep) -> Vec<PathBuf> {
+    // Leftovers of a compression interrupted by a crash.
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.filter_map(Result::ok) {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".gz.tmp"))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let files = rotated(dir);
+    if keep.compress {
+        for f in files.iter().filter(|f| !f.gz) {
+            if let Err(e) = compress(&f.path) {
+                tracing::warn!(plugin, "cannot compress {}: {e}", f.path.display());
+                break;
+            }
+        }
+    }
+    let files = rotated(dir);
+    let now = SystemTime::now();
+    let excess = if keep.files == 0 {
+        0
+    } else {
+        files.len().saturating_sub(keep.files as usize)
+    };
+    let mut deleted = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let old = !keep.age.is_zero() && age(f, now) > keep.age;
+        if i >= excess && !old {
+            // Sorted oldest first: a younger file within the count is kept, and so is the rest.
+            break;
+        }
+        if !(keep.indexed)(plugin, f.last) {
+            // The index has not read it yet: keep it, and everything newer.
+            break;
+        }
+        match std::fs::remove_file(&f.path) {
+            Ok(()) => deleted.push(f.path.clone()),
+            Err(e) => tracing::warn!(plugin, "cannot delete {}: {e}", f.path.display()),
+        }
+    }
+    deleted
+}
+
+fn age(f: &Rotated, now: SystemTime) -> Duration {
+    std::fs::metadata(&f.path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| now.duration_since(m).ok())
+        .unwrap_or_default()
+}
+
+/// Every plugin archive directory under `logs`, by plugin name.
+pub fn plugin_dirs(logs: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(logs) else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::files::{FileOptions, LogFile};
+    use crate::logs::record::{self, End, Kind, Stamp};
+
+    #[test]
+    fn compresses_then_keeps_n_and_spares_what_the_index_has_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = FileOptions {
+            max_file_size: 200,
+            max_age: Duration::from_secs(3600),
+            max_line: 100,
+        };
+        let (mut f, _) = LogFile::open(dir.path(), "p", opts).unwrap();
+        for s in 1..=40u64 {
+            let mut b = Vec::new();
+            record::write(
+                &mut b,
+                s,
+                &Stamp::now(),
+                Kind::Stdout,
+                End::Newline,
+                b"0123456789012345678901234567890123456789",
+            );
+            f.write(&b, s, s, 1);
+        }
+        let arch = dir.path().join("p");
+        let n = rotated(&arch).len();
+        assert!(n >= 10, "{n}");
+        let watermark = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let w = Arc::clone(&watermark);
+        let keep = Keep {
+            files: 3,
+            age: Duration::ZERO,
+            compress: true,
+            indexed: Arc::new(move |_, seq| seq <= w.load(std::sync::atomic::Ordering::Relaxed)),
+        };
+        assert!(
+            sweep("p", &arch, &keep).is_empty(),
+            "nothing indexed: nothing deleted"
+        );
+        let files = rotated(&arch);
+        assert_eq!(files.len(), n);
+        assert!(files.iter().all(|f| f.gz));
+        // Indexed up to the middle of the third file: the first two go.
+        assert!(files[2].last > files[2].first);
+        watermark.store(files[2].last - 1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(sweep("p", &arch, &keep).len(), 2);
+        watermark.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        let deleted = sweep("p", &arch, &keep);
+        assert_eq!(deleted.len(), n - 2 - 3);
+        assert_eq!(rotated(&arch), files[n - 3..].to_vec());
+        // The kept files decompress to their records.
+        let mut text = String::new();
+        let gz = std::fs::File::open(&files[n - 1].path).unwrap();
+        io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz), &mut text).unwrap();
+        let first = record::parse(text.lines().next().unwrap().as_bytes()).unwrap();
+        assert_eq!(first.seq, files[n - 1].first);
+    }
+}
