@@ -381,3 +381,21 @@ fn a_rolling_restart_halts_at_a_copy_that_stays_unhealthy() {
         host.log()
     );
 }
+
+/// A line written in two pieces (two reads of the pipe) is one line in the exit event's output.
+#[test]
+fn the_exit_event_keeps_a_line_written_in_two_pieces_whole() {
+    let host = start(&sh(
+        "split",
+        "echo first; printf 'half of '; sleep 0.2; printf 'a line\\\\n' >&1; exit 3",
+        "restart = \"never\"",
+    ));
+    let ev = host.wait_event("exited", "split", T, |_| true);
+    let out: Vec<&str> = ev["last_output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(out, ["stdout: first", "stdout: half of a line"], "{ev}");
+}

@@ -257,6 +257,9 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
         let first = log.note_drops(&mut seq, &stamp, &mut buf);
         let start = seq.next;
         let mut digits = record::SeqText::new(start);
+        // A line begun in an earlier read ends in this one: the tail needs its beginning too
+        // (an entry is cut at 512 bytes, so that much is enough).
+        let head = (!carry.is_empty()).then(|| carry[..carry.len().min(512)].to_vec());
         split(&mut carry, &raw, log.max_line, |line, end| {
             record::write_digits(&mut buf, digits.text(), &stamp, kind, end, line);
             digits.incr();
@@ -270,7 +273,14 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
             continue;
         }
         counters.inc_by(level, lines);
-        tail.push(kind, last_lines(&raw));
+        let whole = last_lines(&raw);
+        match head {
+            Some(mut h) if !whole.is_empty() && whole.as_ptr() == raw.as_ptr() => {
+                h.extend_from_slice(whole);
+                tail.push(kind, &h);
+            }
+            _ => tail.push(kind, whole),
+        }
         echo_some(&plugin, kind, &buf, lines, budget, &mut rate);
         let job = Job {
             log: Arc::clone(&log),
