@@ -391,11 +391,9 @@ fn the_exit_event_keeps_a_line_written_in_two_pieces_whole() {
         "restart = \"never\"",
     ));
     let ev = host.wait_event("exited", "split", T, |_| true);
-    let out: Vec<&str> = ev["last_output"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap())
-        .collect();
-    assert_eq!(out, ["stdout: first", "stdout: half of a line"], "{ev}");
+    assert_eq!(
+        last_output(&ev),
+        ["stdout: first", "stdout: half of a line"],
+        "{ev}"
+    );
 }

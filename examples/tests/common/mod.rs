@@ -19,3 +19,13 @@ pub fn start(config: &str) -> TestHost {
     let dir = bin_dir();
     TestHost::start(&build_appfw(&dir), &dir, config)
 }
+
+/// The `last_output` lines of an `exited` event.
+pub fn last_output(ev: &serde_json::Value) -> Vec<String> {
+    ev["last_output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect()
+}
