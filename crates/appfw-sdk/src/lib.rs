@@ -81,7 +81,7 @@ pub use appfw_proto::pb;
 pub use bytes::Bytes;
 pub use error::{RequestError, SdkError};
 pub use metrics::{Counter, Gauge, Histogram, Metrics};
-pub use plugin::{Message, Plugin, PluginBuilder, SubscriptionId};
+pub use plugin::{Message, Overflow, Plugin, PluginBuilder, SubscribeOptions, SubscriptionId};
 
 /// Connects with the defaults, runs `setup` (register handlers, start timers), then serves until
 /// the host asks the plugin to stop, and shuts down gracefully.

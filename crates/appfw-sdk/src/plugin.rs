@@ -76,6 +76,78 @@ impl Message {
     }
 }
 
+/// What the host does with a message for this subscription when its queue in the host is full
+/// (the plugin reads slower than messages arrive).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Publishers wait for room, up to [`SubscribeOptions::block_timeout`] (and their own
+    /// deadline); nothing is lost before that, and a publisher that asked for a receipt
+    /// ([`Plugin::publish_confirmed`]) learns of a message that could not be delivered in time.
+    #[default]
+    Block,
+    /// The oldest queued message is dropped to make room (latest values matter most).
+    DropOldest,
+    /// The new message is dropped (what is queued matters most); publishers never wait.
+    DropNewest,
+}
+
+/// How a subscription is served; see [`Plugin::subscribe_with`].
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeOptions {
+    /// Share messages with the other members of this group (each goes to one of them).
+    pub queue_group: String,
+    /// What happens when the subscription's queue in the host is full.
+    pub overflow: Overflow,
+    /// Messages queued in the host for this subscription before `overflow` applies
+    /// (0: the host's default, 256).
+    pub max_pending: u32,
+    /// [`Overflow::Block`]: the longest a publisher waits for room (zero: the host's default,
+    /// 1 s; the host caps it at 5 s).
+    pub block_timeout: Duration,
+}
+
+impl SubscribeOptions {
+    /// Options with this overflow policy.
+    pub fn overflow(policy: Overflow) -> Self {
+        Self {
+            overflow: policy,
+            ..Self::default()
+        }
+    }
+
+    /// Sets `max_pending`.
+    pub fn max_pending(mut self, n: u32) -> Self {
+        self.max_pending = n;
+        self
+    }
+
+    /// Sets the queue group.
+    pub fn queue_group(mut self, group: impl Into<String>) -> Self {
+        self.queue_group = group.into();
+        self
+    }
+
+    /// Sets the block timeout.
+    pub fn block_timeout(mut self, d: Duration) -> Self {
+        self.block_timeout = d;
+        self
+    }
+
+    fn to_pb(&self, kind: SubscriptionKind) -> pb::Subscribe {
+        pb::Subscribe {
+            kind: kind as i32,
+            queue_group: self.queue_group.clone(),
+            overflow: match self.overflow {
+                Overflow::Block => pb::OverflowPolicy::Block,
+                Overflow::DropOldest => pb::OverflowPolicy::DropOldest,
+                Overflow::DropNewest => pb::OverflowPolicy::DropNewest,
+            } as i32,
+            max_pending: self.max_pending,
+            block_timeout_ms: u32::try_from(self.block_timeout.as_millis()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// Identifies a subscription for [`Plugin::unsubscribe`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SubscriptionId(u64);
@@ -203,6 +275,7 @@ impl PluginBuilder {
         *reader.read_buffer_mut() = read_buf;
 
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let heartbeat_timeout_ms = welcome.heartbeat_timeout_ms;
         let inner = Arc::new(Inner {
             name: welcome.plugin_name.clone(),
             settings: Mutex::new(welcome.settings_json.clone()),
@@ -216,6 +289,12 @@ impl PluginBuilder {
             subs: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
             max_in_flight: self.max_in_flight,
+            event_wait: match heartbeat_timeout_ms {
+                0 => Duration::from_secs(5),
+                ms => Duration::from_millis(u64::from(ms) / 2),
+            },
+            shed: std::sync::OnceLock::new(),
+            shedding: std::sync::atomic::AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             shutdown_grace: Mutex::new(None),
             closed: CancellationToken::new(),
@@ -287,6 +366,12 @@ struct Inner {
     subs: Mutex<HashMap<u64, Handler>>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    /// How long the event loop waits for a free handler slot before it sheds a message: half the
+    /// heartbeat timeout, so PINGs waiting behind it are still answered in time.
+    event_wait: Duration,
+    /// Messages shed that way (created on the first one, so quiet plugins send no series).
+    shed: std::sync::OnceLock<crate::Counter>,
+    shedding: std::sync::atomic::AtomicBool,
     shutdown: CancellationToken,
     shutdown_grace: Mutex<Option<Duration>>,
     closed: CancellationToken,
@@ -383,6 +468,33 @@ impl Plugin {
         self.send(f).await
     }
 
+    /// Publishes and waits (at most `timeout`) until the host has queued the message for every
+    /// subscriber. `Err` with code `slow_subscriber` (temporary) when a `block` subscriber had no
+    /// room before the deadline: the other subscribers got it, that one did not. Needs a host
+    /// with capability `publish_ack` (else `Err` with code `unsupported`).
+    pub async fn publish_confirmed(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<(), RequestError> {
+        if !self.has_capability(caps::PUBLISH_ACK) {
+            return Err(RequestError::permanent(
+                "unsupported",
+                "the host does not confirm publishes (no capability publish_ack)",
+            ));
+        }
+        let mut f = Frame::new(FrameType::Publish, payload.into());
+        f.header.topic = topic.to_string();
+        f.header.deadline_unix_ms = unix_ms(SystemTime::now() + timeout).max(1);
+        self.call(f, topic, timeout).await.map(|_| ())
+    }
+
+    /// Whether the host agreed to capability `name` in the handshake.
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.inner.welcome.capabilities.iter().any(|c| c == name)
+    }
+
     /// Sends a request on `topic` and waits for the reply for at most `timeout`.
     pub async fn request(
         &self,
@@ -402,14 +514,23 @@ impl Plugin {
         payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Message, RequestError> {
+        let mut f = Frame::new(FrameType::Request, payload.into());
+        f.header.topic = topic.to_string();
+        f.header.deadline_unix_ms = unix_ms(SystemTime::now() + timeout).max(1);
+        self.call(f, topic, timeout).await
+    }
+
+    /// Sends `f` with a fresh request id and waits for the REPLY with that id.
+    async fn call(
+        &self,
+        mut f: Frame,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Message, RequestError> {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(id, tx);
-        let mut f = Frame::new(FrameType::Request, payload.into());
-        f.header.topic = topic.to_string();
         f.header.request_id = id;
-        let deadline = SystemTime::now() + timeout;
-        f.header.deadline_unix_ms = unix_ms(deadline).max(1);
         if self.send(f).await.is_err() {
             lock(&self.inner.pending).remove(&id);
             return Err(closed_error());
@@ -433,15 +554,12 @@ impl Plugin {
         &self,
         pattern: &str,
         kind: SubscriptionKind,
-        queue_group: &str,
+        options: &SubscribeOptions,
         handler: Handler,
     ) -> Result<SubscriptionId, SdkError> {
         let id = self.next_id();
         lock(&self.inner.subs).insert(id, handler);
-        let payload = pb::Subscribe {
-            kind: kind as i32,
-            queue_group: queue_group.to_string(),
-        };
+        let payload = options.to_pb(kind);
         match self
             .control_request(FrameType::Subscribe, pattern, id, &payload)
             .await
@@ -513,9 +631,42 @@ impl Plugin {
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.subscribe_with(
+            pattern,
+            SubscribeOptions::default().queue_group(group),
+            handler,
+        )
+        .await
+    }
+
+    /// Like [`Plugin::subscribe`], with the queue group, overflow policy and bounds of `options`.
+    ///
+    /// ```no_run
+    /// # async fn f(plugin: appfw_sdk::Plugin) -> Result<(), appfw_sdk::SdkError> {
+    /// use appfw_sdk::{Overflow, SubscribeOptions};
+    /// // Only the latest prices matter: keep at most 16 queued, dropping the oldest.
+    /// let opts = SubscribeOptions::overflow(Overflow::DropOldest).max_pending(16);
+    /// plugin.subscribe_with("prices.>", opts, |msg| async move { let _ = msg; }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with<F, Fut>(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+        handler: F,
+    ) -> Result<SubscriptionId, SdkError>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let h: EventHandler = Arc::new(move |m| Box::pin(handler(m)));
-        self.add_subscription(pattern, SubscriptionKind::Events, group, Handler::Event(h))
-            .await
+        self.add_subscription(
+            pattern,
+            SubscriptionKind::Events,
+            &options,
+            Handler::Event(h),
+        )
+        .await
     }
 
     /// Serves requests on topics matching `pattern`: the handler's `Ok` bytes become the reply,
@@ -528,8 +679,13 @@ impl Plugin {
         Fut: Future<Output = Result<Bytes, RequestError>> + Send + 'static,
     {
         let h: RequestHandler = Arc::new(move |m| Box::pin(handler(m)));
-        self.add_subscription(pattern, SubscriptionKind::Requests, "", Handler::Request(h))
-            .await
+        self.add_subscription(
+            pattern,
+            SubscriptionKind::Requests,
+            &SubscribeOptions::default(),
+            Handler::Request(h),
+        )
+        .await
     }
 
     /// Drops a subscription.
@@ -780,9 +936,47 @@ async fn dispatch(inner: &Arc<Inner>, frame: Frame) {
             if inner.shutdown.is_cancelled() {
                 return;
             }
+            // Handlers are bounded like requests. Waiting for a slot stops this loop reading,
+            // so the host's queue for us fills and the subscription's overflow policy applies
+            // there; past half the heartbeat timeout the message is shed (counted) instead, so
+            // the PINGs behind it are still answered.
+            // Once a wait ran out, later messages are shed without waiting until a slot frees up,
+            // so a run of them cannot add up past the heartbeat timeout.
+            let permit = match Arc::clone(&inner.in_flight).try_acquire_owned() {
+                Ok(p) => {
+                    inner.shedding.store(false, Ordering::Relaxed);
+                    p
+                }
+                Err(_) => {
+                    let wait = Arc::clone(&inner.in_flight).acquire_owned();
+                    let wait_for = if inner.shedding.load(Ordering::Relaxed) {
+                        Duration::ZERO
+                    } else {
+                        inner.event_wait
+                    };
+                    match tokio::time::timeout(wait_for, wait).await {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            inner.shedding.store(true, Ordering::Relaxed);
+                            inner
+                                .shed
+                                .get_or_init(|| {
+                                    inner.metrics.counter(
+                                        "sdk_messages_shed",
+                                        "Messages dropped by the plugin because its handlers stayed busy",
+                                        &[],
+                                    )
+                                })
+                                .inc();
+                            return;
+                        }
+                    }
+                }
+            };
             let topic = frame.header.topic.clone();
             let fut = handler(Message::from_frame(frame));
             inner.handlers.spawn(async move {
+                let _permit = permit;
                 if AssertUnwindSafe(fut).catch_unwind().await.is_err() {
                     eprintln!("appfw-sdk: handler for {topic:?} panicked; message dropped");
                 }

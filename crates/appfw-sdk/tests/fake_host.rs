@@ -286,3 +286,45 @@ async fn host_closing_the_socket_ends_the_plugin() {
         Err(SdkError::Closed)
     ));
 }
+
+#[tokio::test]
+async fn subscribe_options_reach_the_host_and_confirmed_publishes_report_slow_subscribers() {
+    use appfw_sdk::{Overflow, SubscribeOptions};
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let p = plugin.clone();
+    let sub = tokio::spawn(async move {
+        let opts = SubscribeOptions::overflow(Overflow::DropOldest)
+            .max_pending(16)
+            .block_timeout(Duration::from_millis(250));
+        p.subscribe_with("prices.>", opts, |_| async {}).await
+    });
+    let f = recv_type(&mut host, FrameType::Subscribe).await;
+    let s: pb::Subscribe = f.decode_payload().unwrap();
+    assert_eq!(s.overflow, pb::OverflowPolicy::DropOldest as i32);
+    assert_eq!((s.max_pending, s.block_timeout_ms), (16, 250));
+    let mut ack = Frame::new(FrameType::Reply, Bytes::new());
+    ack.header.request_id = f.header.request_id;
+    host.send(ack).await.unwrap();
+    sub.await.unwrap().unwrap();
+
+    assert!(plugin.has_capability(appfw_proto::caps::PUBLISH_ACK));
+    let p = plugin.clone();
+    let call = tokio::spawn(async move {
+        p.publish_confirmed("prices.eu", "1", Duration::from_secs(5))
+            .await
+    });
+    let f = recv_type(&mut host, FrameType::Publish).await;
+    assert_ne!(f.header.request_id, 0, "a receipt is asked for");
+    assert!(f.header.deadline_unix_ms > now_unix_ms());
+    let mut rep = Frame::new(FrameType::Reply, Bytes::new());
+    rep.header.request_id = f.header.request_id;
+    rep.header.error = Some(pb::Error {
+        kind: ErrorKind::Temporary as i32,
+        code: "slow_subscriber".into(),
+        message: "1 subscriber(s) had no room".into(),
+    });
+    host.send(rep).await.unwrap();
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code, "slow_subscriber");
+    assert!(err.is_temporary());
+}

@@ -7,6 +7,7 @@
 //! exception: their traffic waits in a bounded queue behind a lock (see [`demand`]).
 
 mod demand;
+pub mod outbox;
 mod topic;
 
 use std::collections::{BTreeSet, HashMap};
@@ -18,18 +19,24 @@ use appfw_proto::pb::{self, ErrorKind, FrameType, SubscriptionKind};
 use appfw_proto::{Frame, now_unix_ms};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 pub use demand::{Demand, DemandStatus};
+pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, SendError, SubQueue};
 pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};
 
-use crate::metrics::{Metrics, TopicStat};
+use crate::metrics::{Metrics, SubscriberKey, TopicStat};
 
-/// How long a publisher waits for a full subscriber queue before the message is dropped for
-/// that subscriber (and counted).
+/// How long a reply or host error waits for room in a full connection queue before it is
+/// dropped (and counted); the requester's own deadline still answers it.
 const DELIVERY_WAIT: Duration = Duration::from_secs(1);
+/// Messages of one subscription queued in the host when the subscriber does not say.
+pub const DEFAULT_MAX_PENDING: usize = 256;
+/// How long a publisher waits for a `block` subscriber's room when the subscriber does not say.
+pub const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a subscriber may make publishers wait (a blocked publisher's own traffic waits
+/// behind it).
+pub const MAX_BLOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The server connection of a request queued for an on-demand plugin (connection ids start at 1).
 const NO_SERVER: u64 = 0;
@@ -42,7 +49,7 @@ pub struct Link {
     /// Unique per connection, so a restarted plugin's new connection is a different link.
     pub conn_id: u64,
     /// Frames to write to the plugin.
-    pub outbox: mpsc::Sender<Frame>,
+    pub outbox: Arc<Outbox>,
 }
 
 #[derive(Debug)]
@@ -54,6 +61,8 @@ struct Sub {
     group: Option<Arc<str>>,
     /// The demand of an on-demand plugin's subscription, with its index in the table's demands.
     demand: Option<(usize, Arc<Demand>)>,
+    /// Its bound and overflow policy in the connection's outbox.
+    queue: Arc<SubQueue>,
 }
 
 #[derive(Clone, Default)]
@@ -78,12 +87,32 @@ struct Pending {
     by_deadline: BTreeSet<(u64, u64)>,
 }
 
+/// What became of one copy of a message.
+enum Delivered {
+    Yes,
+    /// Dropped by the subscription's drop policy.
+    Dropped,
+    /// A `block` subscription had no room in time.
+    TimedOut,
+    /// The subscriber's connection is closed.
+    Closed,
+}
+
+/// A deadline in ms since the Unix epoch (0: none) as an instant.
+fn instant_of(deadline_unix_ms: u64) -> Option<tokio::time::Instant> {
+    (deadline_unix_ms != 0).then(|| {
+        let left = deadline_unix_ms.saturating_sub(now_unix_ms());
+        tokio::time::Instant::now() + Duration::from_millis(left)
+    })
+}
+
 /// Counters of the bus.
 #[derive(Debug, Default)]
 pub struct BusStats {
     /// Messages delivered to subscribers.
     pub delivered: AtomicU64,
-    /// Messages dropped because a subscriber's queue stayed full.
+    /// Frames not delivered: a subscription's overflow policy or block timeout, or a reply that
+    /// found its requester's queue full for [`DELIVERY_WAIT`].
     pub dropped: AtomicU64,
     /// Requests forwarded to a server.
     pub requests: AtomicU64,
@@ -196,6 +225,7 @@ impl Bus {
             _ => SubscriptionKind::Events,
         };
         let group = (!sub.queue_group.is_empty()).then(|| Arc::from(sub.queue_group.as_str()));
+        let queue = Arc::new(self.sub_queue(link, pattern.as_str(), kind, sub));
         let add = || {
             self.edit_table(|t| {
                 let demand = t
@@ -212,6 +242,7 @@ impl Bus {
                     kind,
                     group,
                     demand,
+                    queue,
                 }));
             });
         };
@@ -220,6 +251,39 @@ impl Bus {
             None => add(),
         }
         Ok(())
+    }
+
+    fn sub_queue(
+        &self,
+        link: &Link,
+        pattern: &str,
+        kind: SubscriptionKind,
+        sub: &pb::Subscribe,
+    ) -> SubQueue {
+        let policy = match pb::OverflowPolicy::try_from(sub.overflow) {
+            Ok(pb::OverflowPolicy::DropOldest) => Overflow::DropOldest,
+            Ok(pb::OverflowPolicy::DropNewest) => Overflow::DropNewest,
+            _ => Overflow::Block,
+        };
+        let max_pending = match sub.max_pending {
+            0 => DEFAULT_MAX_PENDING,
+            n => (n as usize).min(outbox::OUTBOX_FRAMES),
+        };
+        let block_timeout = match sub.block_timeout_ms {
+            0 => DEFAULT_BLOCK_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)).min(MAX_BLOCK_TIMEOUT),
+        };
+        let stat = self.inner.metrics.subscriber(SubscriberKey {
+            plugin: link.plugin.to_string(),
+            pattern: pattern.to_string(),
+            kind: match kind {
+                SubscriptionKind::Requests => "requests",
+                _ => "events",
+            },
+            group: sub.queue_group.clone(),
+            policy: policy.as_str(),
+        });
+        SubQueue::new(policy, max_pending, block_timeout, stat)
     }
 
     /// Drops subscription `id` of `link`.
@@ -277,15 +341,21 @@ impl Bus {
         }
     }
 
-    /// Delivers a PUBLISH from `from` to every matching subscriber.
+    /// Delivers a PUBLISH from `from` to every matching subscriber, each by its overflow
+    /// policy. `Err` is an invalid topic, or `slow_subscriber` when a `block` subscriber had no
+    /// room before its block timeout or the PUBLISH's deadline (the others got the message).
     pub async fn publish(&self, from: &Link, frame: Frame) -> Result<(), pb::Error> {
         validate_topic(&frame.header.topic)
             .map_err(|m| error(ErrorKind::Permanent, "invalid_topic", m))?;
         let len = frame.payload.len() as u64;
-        self.inner.metrics.with_topic(&frame.header.topic, |t| {
+        let topic_stat = self.inner.metrics.with_topic(&frame.header.topic, |t| {
             t.messages.fetch_add(1, Ordering::Relaxed);
             t.bytes.fetch_add(len, Ordering::Relaxed);
+            Arc::clone(t)
         });
+        let deadline = instant_of(frame.header.deadline_unix_ms);
+        let mut late = 0usize;
+        let mut first_late: Option<(Arc<str>, u64)> = None;
         let table = self.inner.table.load_full();
         // On-demand plugins not live yet take the message through their queue; whether each is
         // live is read once, so a plugin turning live meanwhile gets it exactly once.
@@ -343,9 +413,92 @@ impl Bus {
             out.header.sender = from.plugin.to_string();
             out.header.subscription_id = target.id;
             out.header.request_id = 0;
-            self.deliver(&target.link, out).await;
+            match self.deliver_to(target, out, true, deadline).await {
+                Delivered::Yes | Delivered::Closed => {}
+                Delivered::Dropped => {
+                    topic_stat.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Delivered::TimedOut => {
+                    topic_stat.dropped.fetch_add(1, Ordering::Relaxed);
+                    late += 1;
+                    first_late.get_or_insert_with(|| (Arc::clone(&target.link.plugin), target.id));
+                }
+            }
         }
-        Ok(())
+        match first_late {
+            None => Ok(()),
+            Some((plugin, id)) => Err(error(
+                ErrorKind::Temporary,
+                "slow_subscriber",
+                format!(
+                    "{late} subscriber(s) had no room for the message in time (first: {plugin}, subscription {id}); the others got it"
+                ),
+            )),
+        }
+    }
+
+    /// Queues a message or request for subscription `sub` by its overflow policy, waiting (under
+    /// `block`) until its block timeout or `deadline`, whichever comes first.
+    async fn deliver_to(
+        &self,
+        sub: &Sub,
+        frame: Frame,
+        evict: bool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Delivered {
+        let q = &sub.queue;
+        let outbox = &sub.link.outbox;
+        let outcome = match outbox.offer(frame, q, evict) {
+            Offer::Full(frame) => {
+                let mut until = tokio::time::Instant::now() + q.block_timeout;
+                if let Some(d) = deadline {
+                    until = until.min(d);
+                }
+                outbox.offer_until(frame, q, evict, until).await
+            }
+            other => other,
+        };
+        let stats = &self.inner.stats;
+        let delivered = || {
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
+            q.stat.delivered.fetch_add(1, Ordering::Relaxed);
+        };
+        match outcome {
+            Offer::Queued => {
+                delivered();
+                Delivered::Yes
+            }
+            Offer::QueuedDroppedOldest { first, count } => {
+                delivered();
+                let n = count as u64;
+                stats.dropped.fetch_add(n, Ordering::Relaxed);
+                q.stat.dropped_overflow.fetch_add(n, Ordering::Relaxed);
+                self.inner.metrics.with_topic(&first.header.topic, |t| {
+                    t.dropped.fetch_add(n, Ordering::Relaxed)
+                });
+                if q.should_warn() {
+                    tracing::warn!(plugin = %sub.link.plugin, subscription = sub.id, pattern = sub.pattern.as_str(), "subscriber queue full: oldest message dropped (drop-oldest); counted in appfw_bus_subscriber_dropped_total");
+                }
+                Delivered::Yes
+            }
+            Offer::Dropped => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                q.stat.dropped_overflow.fetch_add(1, Ordering::Relaxed);
+                if q.should_warn() {
+                    tracing::warn!(plugin = %sub.link.plugin, subscription = sub.id, pattern = sub.pattern.as_str(), policy = q.policy.as_str(), "subscriber queue full: new message dropped; counted in appfw_bus_subscriber_dropped_total");
+                }
+                Delivered::Dropped
+            }
+            Offer::Full(_) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                q.stat.dropped_timeout.fetch_add(1, Ordering::Relaxed);
+                if q.should_warn() {
+                    tracing::warn!(plugin = %sub.link.plugin, subscription = sub.id, pattern = sub.pattern.as_str(), "subscriber queue stayed full until the publisher's deadline (block): message not delivered; counted in appfw_bus_subscriber_dropped_total");
+                }
+                Delivered::TimedOut
+            }
+            Offer::Closed => Delivered::Closed,
+        }
     }
 
     fn pick_group_member<'a>(
@@ -370,25 +523,18 @@ impl Bus {
         members[n % members.len()]
     }
 
+    /// Queues a reply or host error for `link`, waiting up to [`DELIVERY_WAIT`] for room.
     async fn deliver(&self, link: &Link, frame: Frame) {
         let stats = &self.inner.stats;
-        match link.outbox.try_send(frame) {
+        match link.outbox.send(frame, DELIVERY_WAIT).await {
             Ok(()) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(frame)) => {
-                match tokio::time::timeout(DELIVERY_WAIT, link.outbox.send(frame)).await {
-                    Ok(Ok(())) => {
-                        stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Err(_)) => {}
-                    Err(_) => {
-                        stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(plugin = %link.plugin, "subscriber queue full for {DELIVERY_WAIT:?}: message dropped");
-                    }
-                }
+            Err(SendError::Full) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %link.plugin, "plugin queue full for {DELIVERY_WAIT:?}: reply dropped");
             }
-            Err(TrySendError::Closed(_)) => {}
+            Err(SendError::Closed) => {}
         }
     }
 
@@ -399,11 +545,11 @@ impl Bus {
             Ok(()) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(_)) => {
+            Err(SendError::Full) => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(plugin = %link.plugin, "plugin queue full: queued message dropped");
             }
-            Err(TrySendError::Closed(_)) => {}
+            Err(SendError::Closed) => {}
         }
     }
 
@@ -533,7 +679,23 @@ impl Bus {
         );
         out.header.subscription_id = server.id;
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.deliver(&server.link, out).await;
+        match self
+            .deliver_to(server, out, false, instant_of(deadline_ms))
+            .await
+        {
+            Delivered::Yes | Delivered::Closed => {}
+            Delivered::Dropped | Delivered::TimedOut => {
+                // Every request gets an answer: this one at once, not at its deadline.
+                if let Some(r) = self.take_pending(host_id) {
+                    let e = error(
+                        ErrorKind::Temporary,
+                        "overloaded",
+                        format!("{}'s queue is full", server.link.plugin),
+                    );
+                    self.reply_error(&r.origin, r.origin_id, "$host", e).await;
+                }
+            }
+        }
     }
 
     /// Routes a REPLY from `from` back to the requester. A reply to a request that was not sent
@@ -619,8 +781,21 @@ impl Bus {
 mod tests {
     use super::*;
 
-    fn link(name: &str, conn: u64) -> (Arc<Link>, mpsc::Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(8);
+    /// The receiving end as the tests read it.
+    struct Rx(OutboxReceiver);
+
+    impl Rx {
+        fn try_recv(&mut self) -> Result<Frame, ()> {
+            self.0.try_recv().ok_or(())
+        }
+        async fn recv(&mut self) -> Option<Frame> {
+            self.0.recv().await
+        }
+    }
+
+    fn link(name: &str, conn: u64) -> (Arc<Link>, Rx) {
+        let (tx, rx) = outbox::outbox_with(8, 1 << 20);
+        let rx = Rx(rx);
         (
             Arc::new(Link {
                 plugin: name.into(),
@@ -634,7 +809,7 @@ mod tests {
     fn serving() -> pb::Subscribe {
         pb::Subscribe {
             kind: SubscriptionKind::Requests as i32,
-            queue_group: String::new(),
+            ..Default::default()
         }
     }
 
@@ -684,6 +859,7 @@ mod tests {
         let g = pb::Subscribe {
             kind: SubscriptionKind::Events as i32,
             queue_group: "workers".into(),
+            ..Default::default()
         };
         bus.subscribe(&b, 1, "jobs", &g).unwrap();
         bus.subscribe(&c, 1, "jobs", &g).unwrap();
@@ -770,7 +946,7 @@ mod tests {
             .is_ok()
     }
 
-    fn payloads(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
+    fn payloads(rx: &mut Rx) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(f) = rx.try_recv() {
             out.push(String::from_utf8_lossy(&f.payload).into_owned());
@@ -910,6 +1086,166 @@ mod tests {
             ra.try_recv().unwrap().header.error.unwrap().code,
             "no_responders"
         );
+    }
+
+    fn with_policy(policy: pb::OverflowPolicy, max_pending: u32) -> pb::Subscribe {
+        pb::Subscribe {
+            kind: SubscriptionKind::Events as i32,
+            overflow: policy as i32,
+            max_pending,
+            ..Default::default()
+        }
+    }
+
+    fn sub_stat(
+        m: &Metrics,
+        plugin: &str,
+        policy: Overflow,
+    ) -> Arc<crate::metrics::SubscriberStat> {
+        m.subscriber(SubscriberKey {
+            plugin: plugin.into(),
+            pattern: "t".into(),
+            kind: "events",
+            group: String::new(),
+            policy: policy.as_str(),
+        })
+    }
+
+    #[tokio::test]
+    async fn slow_subscribers_with_drop_policies_never_slow_the_publisher_or_the_others() {
+        use futures_util::FutureExt;
+        let metrics = Arc::new(Metrics::new(100));
+        let bus = Bus::new(Duration::from_secs(5), Arc::clone(&metrics));
+        let (a, _ra) = link("a", 1);
+        let (fast, mut rfast) = link("fast", 2);
+        let (old, mut rold) = link("old", 3);
+        let (new, mut rnew) = link("new", 4);
+        bus.subscribe(&fast, 1, "t", &with_policy(pb::OverflowPolicy::Block, 4))
+            .unwrap();
+        bus.subscribe(
+            &old,
+            1,
+            "t",
+            &with_policy(pb::OverflowPolicy::DropOldest, 5),
+        )
+        .unwrap();
+        bus.subscribe(
+            &new,
+            1,
+            "t",
+            &with_policy(pb::OverflowPolicy::DropNewest, 5),
+        )
+        .unwrap();
+        let n = 5000;
+        let mut got = Vec::with_capacity(n);
+        for i in 0..n {
+            // now_or_never: the publish completes without ever waiting for the slow two.
+            let done = bus.publish(&a, numbered("t", i)).now_or_never();
+            assert!(matches!(done, Some(Ok(()))), "publish {i} waited or failed");
+            got.extend(payloads(&mut rfast));
+            assert!(old.outbox.len() <= 5 && new.outbox.len() <= 5, "bounded");
+        }
+        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        assert_eq!(got, want, "the fast subscriber got everything, in order");
+        assert_eq!(
+            payloads(&mut rold),
+            ["4995", "4996", "4997", "4998", "4999"]
+        );
+        assert_eq!(payloads(&mut rnew), ["0", "1", "2", "3", "4"]);
+        let lost = (n - 5) as u64;
+        for (plugin, policy) in [("old", Overflow::DropOldest), ("new", Overflow::DropNewest)] {
+            let st = sub_stat(&metrics, plugin, policy);
+            assert_eq!(
+                st.dropped_overflow.load(Ordering::Relaxed),
+                lost,
+                "{plugin}"
+            );
+            assert_eq!(st.pending.load(Ordering::Relaxed), 0, "{plugin} drained");
+        }
+        let fast_stat = sub_stat(&metrics, "fast", Overflow::Block);
+        assert_eq!(fast_stat.delivered.load(Ordering::Relaxed), n as u64);
+        assert_eq!(fast_stat.dropped_timeout.load(Ordering::Relaxed), 0);
+        let topic_dropped = metrics.with_topic("t", |t| t.dropped.load(Ordering::Relaxed));
+        assert_eq!(topic_dropped, 2 * lost, "drops are counted per topic too");
+        assert_eq!(bus.stats().dropped.load(Ordering::Relaxed), 2 * lost);
+    }
+
+    #[tokio::test]
+    async fn block_loses_nothing_and_a_deadline_turns_into_an_error_for_the_publisher() {
+        let metrics = Arc::new(Metrics::new(100));
+        let bus = Bus::new(Duration::from_secs(5), Arc::clone(&metrics));
+        let (a, _ra) = link("a", 1);
+        let (slow, rslow) = link("slow", 2);
+        let (other, mut rother) = link("other", 3);
+        bus.subscribe(&slow, 1, "t", &with_policy(pb::OverflowPolicy::Block, 4))
+            .unwrap();
+        bus.subscribe(
+            &other,
+            1,
+            "t",
+            &with_policy(pb::OverflowPolicy::DropNewest, 1),
+        )
+        .unwrap();
+        // A consumer slower than the publisher: the publisher waits, nothing is lost.
+        let n = 2000;
+        let consumer = tokio::spawn(async move {
+            let mut rx = rslow;
+            let mut seen = Vec::with_capacity(n);
+            while seen.len() < n {
+                let f = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                    .await
+                    .expect("a message in time")
+                    .expect("open");
+                seen.push(String::from_utf8_lossy(&f.payload).into_owned());
+                tokio::task::yield_now().await;
+            }
+            (seen, rx)
+        });
+        for i in 0..n {
+            bus.publish(&a, numbered("t", i)).await.unwrap();
+            let _ = payloads(&mut rother);
+        }
+        let (seen, _rslow) = consumer.await.unwrap();
+        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        assert_eq!(seen, want);
+        let st = sub_stat(&metrics, "slow", Overflow::Block);
+        assert_eq!(st.delivered.load(Ordering::Relaxed), n as u64);
+        assert_eq!(st.dropped_timeout.load(Ordering::Relaxed), 0);
+        // Nobody reads any more: once the queue is full, the publisher's deadline ends the wait
+        // with an error naming the subscriber; the other subscriber still got the message.
+        for i in 0..4 {
+            bus.publish(&a, numbered("t", i)).await.unwrap();
+            let _ = payloads(&mut rother);
+        }
+        let mut f = numbered("t", 99);
+        f.header.deadline_unix_ms = now_unix_ms() + 50;
+        let e = bus.publish(&a, f).await.unwrap_err();
+        assert_eq!(e.code, "slow_subscriber");
+        assert_eq!(e.kind, ErrorKind::Temporary as i32);
+        assert!(e.message.contains("slow"), "{}", e.message);
+        assert_eq!(payloads(&mut rother), ["99"]);
+        assert_eq!(st.dropped_timeout.load(Ordering::Relaxed), 1);
+        assert_eq!(st.pending.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn a_request_to_a_full_server_is_answered_overloaded_at_once() {
+        let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
+        let (a, mut ra) = link("a", 1);
+        let (b, _rb) = link("b", 2);
+        let serve = pb::Subscribe {
+            kind: SubscriptionKind::Requests as i32,
+            overflow: pb::OverflowPolicy::DropNewest as i32,
+            max_pending: 1,
+            ..Default::default()
+        };
+        bus.subscribe(&b, 1, "svc", &serve).unwrap();
+        bus.request(&a, request("svc", 1)).await;
+        bus.request(&a, request("svc", 2)).await;
+        let r = ra.try_recv().unwrap();
+        assert_eq!(r.header.request_id, 2);
+        assert_eq!(r.header.error.unwrap().code, "overloaded");
+        assert_eq!(bus.pending_requests(), 1, "the first one waits for b");
     }
 
     #[tokio::test]

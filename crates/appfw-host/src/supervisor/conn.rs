@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Link};
 
-/// Frames queued for one plugin before senders wait.
-const OUTBOX_CAPACITY: usize = 1024;
+/// How long the reader waits for room to queue its own answers (PONG, acknowledgements) to a
+/// plugin that does not read; a plugin that stuck is caught by the heartbeat.
+const CONTROL_WAIT: Duration = Duration::from_secs(5);
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -129,9 +130,12 @@ impl ConnHandle {
         let outcome = async {
             self.link
                 .outbox
-                .send(f)
+                .send(f, CONTROL_WAIT)
                 .await
-                .map_err(|_| "the connection is closed".to_string())?;
+                .map_err(|e| match e {
+                    crate::bus::SendError::Full => "the plugin's queue is full".to_string(),
+                    crate::bus::SendError::Closed => "the connection is closed".to_string(),
+                })?;
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(reply)) => match reply.header.error {
                     None => Ok(()),
@@ -170,7 +174,7 @@ pub fn start(
     socket.set_nonblocking(true)?;
     let stream = UnixStream::from_std(socket)?;
     let (read_half, mut write_half) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let (tx, mut rx) = crate::bus::outbox::outbox();
     let link = Arc::new(Link {
         plugin: Arc::clone(&params.plugin),
         conn_id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
@@ -205,6 +209,7 @@ pub fn start(
             peer_seq,
             pending: Arc::clone(&pending),
             log_counters: params.metrics.log_counters(&params.plugin),
+            publish_ack: std::sync::atomic::AtomicBool::new(false),
             params,
         };
         let frames = FramedRead::new(read_half, FrameCodec::new(reader.params.max_frame_size));
@@ -227,6 +232,8 @@ struct Reader {
     peer_seq: Arc<AtomicU64>,
     pending: HostPending,
     log_counters: Arc<crate::metrics::LogCounters>,
+    /// Capability `publish_ack` was negotiated: a PUBLISH with a request_id gets a receipt.
+    publish_ack: std::sync::atomic::AtomicBool,
 }
 
 type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
@@ -252,7 +259,10 @@ impl Reader {
     }
 
     async fn send(&self, frame: Frame) {
-        let _ = self.link.outbox.send(frame).await;
+        let frame_type = frame.header.r#type;
+        if let Err(crate::bus::SendError::Full) = self.link.outbox.send(frame, CONTROL_WAIT).await {
+            tracing::warn!(plugin = %self.params.plugin, frame_type, "plugin queue full: frame to the plugin dropped");
+        }
     }
 
     async fn protocol_error(&self, code: &'static str, message: String) -> End {
@@ -324,12 +334,16 @@ impl Reader {
             self.send(Frame::control(FrameType::Refuse, &refuse)).await;
             return Err(End::Event(ConnEvent::Refused { reason }));
         };
-        let capabilities = hello
+        let capabilities: Vec<String> = hello
             .capabilities
             .iter()
             .filter(|c| caps::ALL.contains(&c.as_str()))
             .cloned()
             .collect();
+        self.publish_ack.store(
+            capabilities.iter().any(|c| c == caps::PUBLISH_ACK),
+            Ordering::Relaxed,
+        );
         let mut token = [0u8; 16];
         let _ = rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty());
         let welcome = pb::Welcome {
@@ -390,9 +404,13 @@ impl Reader {
                         last_pong = Instant::now();
                         continue;
                     }
+                    let started = Instant::now();
                     if let Some(end) = self.handle(frame).await {
                         return end;
                     }
+                    // A publisher waiting for a `block` subscriber reads nothing meanwhile, its
+                    // PONGs included: that time is not the plugin's silence.
+                    last_pong += started.elapsed();
                 }
             }
         }
@@ -405,7 +423,17 @@ impl Reader {
         };
         match ty {
             FrameType::Publish => {
-                if let Err(e) = self.bus.publish(&self.link, frame).await {
+                let receipt = frame.header.request_id;
+                let result = self.bus.publish(&self.link, frame).await;
+                if receipt != 0 && self.publish_ack.load(Ordering::Relaxed) {
+                    let mut reply = Frame::new(FrameType::Reply, Bytes::new());
+                    reply.header.request_id = receipt;
+                    reply.header.sender = "$host".into();
+                    reply.header.error = result.err();
+                    self.send(reply).await;
+                } else if let Err(e) = result
+                    && e.code == "invalid_topic"
+                {
                     tracing::warn!(plugin = %self.params.plugin, "publish refused: {}", e.message);
                 }
             }
