@@ -11,6 +11,7 @@
 //! (and fuzzers) can use it.
 
 mod frame;
+pub mod trace;
 pub mod writer;
 
 pub use frame::{Frame, FrameCodec, FrameError, decode_body, encode_frame};

@@ -74,6 +74,7 @@ mod connection;
 mod error;
 pub mod metrics;
 mod plugin;
+pub mod trace;
 
 use std::future::Future;
 
@@ -82,6 +83,7 @@ pub use bytes::Bytes;
 pub use error::{RequestError, SdkError};
 pub use metrics::{Counter, Gauge, Histogram, Metrics};
 pub use plugin::{Message, Overflow, Plugin, PluginBuilder, SubscribeOptions, SubscriptionId};
+pub use trace::TraceContext;
 
 /// Connects with the defaults, runs `setup` (register handlers, start timers), then serves until
 /// the host asks the plugin to stop, and shuts down gracefully.

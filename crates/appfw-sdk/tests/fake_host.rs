@@ -328,3 +328,65 @@ async fn subscribe_options_reach_the_host_and_confirmed_publishes_report_slow_su
     assert_eq!(err.code, "slow_subscriber");
     assert!(err.is_temporary());
 }
+
+#[tokio::test]
+async fn handlers_continue_the_senders_trace_and_sends_outside_start_one() {
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let p = plugin.clone();
+    let serving = tokio::spawn(async move {
+        let inner = p.clone();
+        p.serve("svc", move |req| {
+            let p = inner.clone();
+            async move {
+                let t = req.trace.clone().expect("handlers get a context");
+                assert_eq!(appfw_sdk::TraceContext::current().as_ref(), Some(&t));
+                p.publish("audit", "seen").await.unwrap();
+                let parent = t
+                    .parent_span_id
+                    .map(|s| s.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                Ok(format!(
+                    "{} {} {}",
+                    t.trace_id_hex(),
+                    t.span_id_hex(),
+                    parent.unwrap_or_default()
+                )
+                .into())
+            }
+        })
+        .await
+    });
+    let sub = serve_ack(&mut host).await;
+    serving.await.unwrap().unwrap();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut req = request(sub, 5, b"x", now_unix_ms() + 5000);
+    req.header.traceparent = tp.into();
+    req.header.tracestate = "congo=t61rcWkgMzE".into();
+    host.send(req).await.unwrap();
+    let published = recv_type(&mut host, FrameType::Publish).await;
+    let out = appfw_proto::trace::TraceParent::parse(&published.header.traceparent)
+        .expect("a valid traceparent");
+    assert_eq!(published.header.tracestate, "congo=t61rcWkgMzE");
+    let reply = recv_type(&mut host, FrameType::Reply).await;
+    let text = String::from_utf8(reply.payload.to_vec()).unwrap();
+    let parts: Vec<&str> = text.split(' ').collect();
+    assert_eq!(parts[0], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+    assert_eq!(
+        parts[2], "00f067aa0ba902b7",
+        "the handler's parent is the sender's span"
+    );
+    assert_ne!(parts[1], parts[2], "the handler has a span of its own");
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(
+        hex(&out.trace_id),
+        parts[0],
+        "what the handler sends keeps the trace"
+    );
+    assert_ne!(hex(&out.parent_id), parts[1], "with a new span id");
+    assert_ne!(hex(&out.parent_id), parts[2]);
+
+    // Outside any handler: a new trace.
+    plugin.publish("free", "x").await.unwrap();
+    let f = recv_type(&mut host, FrameType::Publish).await;
+    let t = appfw_proto::trace::TraceParent::parse(&f.header.traceparent).unwrap();
+    assert_ne!(hex(&t.trace_id), parts[0]);
+}

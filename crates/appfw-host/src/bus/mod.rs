@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use appfw_proto::pb::{self, ErrorKind, FrameType, SubscriptionKind};
+use appfw_proto::trace::{TraceParent, valid_tracestate};
 use appfw_proto::{Frame, now_unix_ms};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -96,6 +97,25 @@ enum Delivered {
     TimedOut,
     /// The subscriber's connection is closed.
     Closed,
+}
+
+/// Drops a malformed W3C trace context from a relayed header (the fields, never the frame), so
+/// one plugin's bad value does not reach every receiver's tracer. A `tracestate` without a valid
+/// `traceparent` means nothing and goes too.
+fn sanitize_trace(plugin: &str, h: &mut pb::Header) {
+    if h.traceparent.is_empty() && h.tracestate.is_empty() {
+        return;
+    }
+    if TraceParent::parse(&h.traceparent).is_none() {
+        if !h.traceparent.is_empty() {
+            tracing::debug!(plugin, traceparent = %h.traceparent, "malformed traceparent dropped");
+        }
+        h.traceparent.clear();
+        h.tracestate.clear();
+    } else if !valid_tracestate(&h.tracestate) {
+        tracing::debug!(plugin, "malformed tracestate dropped");
+        h.tracestate.clear();
+    }
 }
 
 /// A deadline in ms since the Unix epoch (0: none) as an instant.
@@ -344,9 +364,10 @@ impl Bus {
     /// Delivers a PUBLISH from `from` to every matching subscriber, each by its overflow
     /// policy. `Err` is an invalid topic, or `slow_subscriber` when a `block` subscriber had no
     /// room before its block timeout or the PUBLISH's deadline (the others got the message).
-    pub async fn publish(&self, from: &Link, frame: Frame) -> Result<(), pb::Error> {
+    pub async fn publish(&self, from: &Link, mut frame: Frame) -> Result<(), pb::Error> {
         validate_topic(&frame.header.topic)
             .map_err(|m| error(ErrorKind::Permanent, "invalid_topic", m))?;
+        sanitize_trace(&from.plugin, &mut frame.header);
         let len = frame.payload.len() as u64;
         let topic_stat = self.inner.metrics.with_topic(&frame.header.topic, |t| {
             t.messages.fetch_add(1, Ordering::Relaxed);
@@ -597,7 +618,8 @@ impl Bus {
     }
 
     /// Routes a REQUEST from `from` to one matching server, or answers it with an error at once.
-    pub async fn request(&self, from: &Arc<Link>, frame: Frame) {
+    pub async fn request(&self, from: &Arc<Link>, mut frame: Frame) {
+        sanitize_trace(&from.plugin, &mut frame.header);
         let origin_id = frame.header.request_id;
         let topic = &frame.header.topic;
         if let Err(m) = validate_topic(topic) {
@@ -700,7 +722,8 @@ impl Bus {
 
     /// Routes a REPLY from `from` back to the requester. A reply to a request that was not sent
     /// to `from` (or already answered or expired) is dropped: a plugin cannot answer for another.
-    pub async fn reply(&self, from: &Link, frame: Frame) {
+    pub async fn reply(&self, from: &Link, mut frame: Frame) {
+        sanitize_trace(&from.plugin, &mut frame.header);
         let host_id = frame.header.request_id;
         let req = {
             let mut p = lock(&self.inner.pending);
@@ -1226,6 +1249,41 @@ mod tests {
         assert_eq!(payloads(&mut rother), ["99"]);
         assert_eq!(st.dropped_timeout.load(Ordering::Relaxed), 1);
         assert_eq!(st.pending.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn malformed_trace_context_is_dropped_and_valid_one_relayed_unchanged() {
+        let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
+        let (a, _ra) = link("a", 1);
+        let (b, mut rb) = link("b", 2);
+        bus.subscribe(&b, 1, "t", &pb::Subscribe::default())
+            .unwrap();
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for (tp, ts, want_tp, want_ts) in [
+            (good, "congo=t61rcWkgMzE", good, "congo=t61rcWkgMzE"),
+            (good, "not a list member", good, ""),
+            ("00-XYZ-00f067aa0ba902b7-01", "congo=1", "", ""),
+            ("", "congo=1", "", ""),
+        ] {
+            let mut f = publish("t", "a");
+            f.header.traceparent = tp.into();
+            f.header.tracestate = ts.into();
+            bus.publish(&a, f).await.unwrap();
+            let got = rb.try_recv().unwrap();
+            assert_eq!(
+                &got.payload[..],
+                b"payload",
+                "the frame itself is delivered"
+            );
+            assert_eq!(
+                (
+                    got.header.traceparent.as_str(),
+                    got.header.tracestate.as_str()
+                ),
+                (want_tp, want_ts),
+                "{tp:?} {ts:?}"
+            );
+        }
     }
 
     #[tokio::test]
