@@ -74,6 +74,7 @@ mod connection;
 mod error;
 pub mod metrics;
 mod plugin;
+pub mod resilience;
 pub mod trace;
 
 use std::future::Future;
@@ -82,7 +83,9 @@ pub use appfw_proto::pb;
 pub use bytes::Bytes;
 pub use error::{RequestError, SdkError};
 pub use metrics::{Counter, Gauge, Histogram, Metrics};
-pub use plugin::{Message, Overflow, Plugin, PluginBuilder, SubscribeOptions, SubscriptionId};
+pub use plugin::{
+    Message, Overflow, Plugin, PluginBuilder, RequestOptions, SubscribeOptions, SubscriptionId,
+};
 pub use trace::TraceContext;
 
 /// Connects with the defaults, runs `setup` (register handlers, start timers), then serves until

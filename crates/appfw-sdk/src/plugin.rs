@@ -5,8 +5,8 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use appfw_proto::pb::{self, FrameType, HealthStatus, Level, SubscriptionKind};
 use appfw_proto::writer::{Sequencer, WriterEnd, write_frames};
@@ -23,6 +23,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::{handshake, stream_from_env};
 use crate::metrics::Metrics;
+use crate::resilience::{
+    AdaptiveLimit, BreakerConfig, CircuitBreaker, RetryPolicy, is_failure, unit_random,
+};
 use crate::trace::TraceContext;
 use crate::{RequestError, SdkError};
 
@@ -33,6 +36,57 @@ type Pending = oneshot::Sender<Result<Message, RequestError>>;
 
 /// Capacity of the outgoing queue; senders wait when it is full (backpressure).
 const OUTBOX_CAPACITY: usize = 1024;
+/// Destinations with a circuit breaker of their own; calls to further ones go unguarded.
+const MAX_BREAKERS: usize = 1000;
+
+/// A destination's breaker and its series.
+struct Breaker {
+    breaker: CircuitBreaker,
+    state: crate::Gauge,
+    opened: crate::Counter,
+    retries: crate::Counter,
+}
+
+/// The adaptive handler limit and its series (created on first use).
+struct Adaptive {
+    limit: AdaptiveLimit,
+    gauge: OnceLock<crate::Gauge>,
+    shed: OnceLock<crate::Counter>,
+}
+
+/// How [`Plugin::request_with`] makes a call.
+#[derive(Clone, Debug)]
+pub struct RequestOptions {
+    /// The caller's deadline for the whole call, retries included.
+    pub timeout: Duration,
+    /// Retry temporary errors (`None`: one attempt).
+    pub retry: Option<RetryPolicy>,
+    /// Guard the destination topic with a circuit breaker.
+    pub circuit_breaker: bool,
+}
+
+impl RequestOptions {
+    /// One attempt within `timeout`, with the destination's circuit breaker.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            retry: None,
+            circuit_breaker: true,
+        }
+    }
+
+    /// Retries temporary errors by `policy`, within the same `timeout`.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Without a circuit breaker.
+    pub fn no_circuit_breaker(mut self) -> Self {
+        self.circuit_breaker = false;
+        self
+    }
+}
 
 /// A message or request as delivered to a handler.
 #[derive(Clone, Debug, Default)]
@@ -185,6 +239,8 @@ pub struct PluginBuilder {
     on_config: Option<ConfigHandler>,
     metrics_interval: Duration,
     new_traces: bool,
+    breaker: BreakerConfig,
+    latency_target: Option<(Duration, usize)>,
 }
 
 /// Called with new settings (a JSON object) sent by the host; `Err` refuses them, and the host
@@ -208,6 +264,8 @@ impl Default for PluginBuilder {
             on_config: None,
             metrics_interval: Duration::from_secs(5),
             new_traces: true,
+            breaker: BreakerConfig::default(),
+            latency_target: None,
         }
     }
 }
@@ -268,6 +326,22 @@ impl PluginBuilder {
         self
     }
 
+    /// The circuit breakers [`Plugin::request_with`] keeps per destination topic (default: open
+    /// after 5 consecutive failures, probe after 5 s, one probe at a time).
+    pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Adapts the number of request handlers allowed at once to their latency: each one slower
+    /// than `target` cuts the limit by a tenth (down to `min`), each one within it while the
+    /// limit is in use raises it by one (up to `max_in_flight`). Requests over the limit are
+    /// answered `overloaded` at once. The limit is the plugin's series `sdk_in_flight_limit`.
+    pub fn latency_target(mut self, target: Duration, min: usize) -> Self {
+        self.latency_target = Some((target, min));
+        self
+    }
+
     /// Whether SIGTERM starts a graceful shutdown (default: yes).
     pub fn handle_sigterm(mut self, yes: bool) -> Self {
         self.handle_sigterm = yes;
@@ -305,6 +379,13 @@ impl PluginBuilder {
         let inner = Arc::new(Inner {
             name: welcome.plugin_name.clone(),
             new_traces: self.new_traces,
+            breaker_config: self.breaker,
+            breakers: Mutex::new(HashMap::new()),
+            adaptive: self.latency_target.map(|(target, min)| Adaptive {
+                limit: AdaptiveLimit::new(target, min, self.max_in_flight),
+                gauge: OnceLock::new(),
+                shed: OnceLock::new(),
+            }),
             settings: Mutex::new(welcome.settings_json.clone()),
             on_config: self.on_config,
             metrics: Metrics::default(),
@@ -383,6 +464,10 @@ pub struct Plugin {
 struct Inner {
     name: String,
     new_traces: bool,
+    breaker_config: BreakerConfig,
+    /// Circuit breakers by destination topic (at most [`MAX_BREAKERS`]).
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    adaptive: Option<Adaptive>,
     welcome: pb::Welcome,
     settings: Mutex<Bytes>,
     on_config: Option<ConfigHandler>,
@@ -526,6 +611,118 @@ impl Plugin {
         f.header.deadline_unix_ms = unix_ms(SystemTime::now() + timeout).max(1);
         self.stamp_trace(&mut f);
         self.call(f, topic, timeout).await.map(|_| ())
+    }
+
+    /// A request with retries of temporary errors (exponential backoff with full jitter, never
+    /// past `options.timeout`) and a circuit breaker per destination topic: after consecutive
+    /// failures (temporary or critical errors) calls fail at once with a temporary
+    /// `circuit_open` error, until a probe call succeeds. The breaker's state is the plugin's
+    /// series `sdk_circuit_breaker_state{topic}` (0 closed, 1 open, 2 half-open, as of the last
+    /// call), with `sdk_circuit_breaker_opened_total` and `sdk_request_retries_total`.
+    ///
+    /// ```no_run
+    /// # async fn f(plugin: appfw_sdk::Plugin) {
+    /// use appfw_sdk::{RequestOptions, resilience::RetryPolicy};
+    /// use std::time::Duration;
+    /// let opts = RequestOptions::new(Duration::from_secs(2)).retry(RetryPolicy::default());
+    /// match plugin.request_with("prices.quote", "EURUSD", &opts).await {
+    ///     Ok(reply) => println!("{:?}", reply.payload),
+    ///     Err(e) => println!("gave up: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn request_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        options: &RequestOptions,
+    ) -> Result<Message, RequestError> {
+        let payload: Bytes = payload.into();
+        let deadline = Instant::now() + options.timeout;
+        let breaker = options
+            .circuit_breaker
+            .then(|| self.breaker(topic))
+            .flatten();
+        let attempts = options.retry.as_ref().map_or(1, |r| r.max_attempts.max(1));
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RequestError::temporary(
+                    "deadline_exceeded",
+                    format!("no reply to {topic:?} within {:?}", options.timeout),
+                ));
+            }
+            let pass = match &breaker {
+                Some(b) => {
+                    let p = b.breaker.admit(Instant::now(), topic);
+                    b.state.set(b.breaker.state(Instant::now()).as_gauge());
+                    Some(p?)
+                }
+                None => None,
+            };
+            let result = self.request_message(topic, payload.clone(), left).await;
+            if let (Some(b), Some(pass)) = (&breaker, pass) {
+                let before = b.breaker.opened.load(Ordering::Relaxed);
+                b.breaker.record(pass, is_failure(&result), Instant::now());
+                if b.breaker.opened.load(Ordering::Relaxed) != before {
+                    b.opened.inc();
+                }
+                b.state.set(b.breaker.state(Instant::now()).as_gauge());
+            }
+            let err = match result {
+                Ok(m) => return Ok(m),
+                Err(e) => e,
+            };
+            attempt += 1;
+            let Some(policy) = options.retry.as_ref() else {
+                return Err(err);
+            };
+            if !err.is_temporary() || attempt >= attempts {
+                return Err(err);
+            }
+            let pause = policy.backoff(attempt - 1, unit_random());
+            if Instant::now() + pause >= deadline {
+                return Err(err);
+            }
+            if let Some(b) = &breaker {
+                b.retries.inc();
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The circuit breaker of `topic` (created on first use), `None` past [`MAX_BREAKERS`].
+    fn breaker(&self, topic: &str) -> Option<Arc<Breaker>> {
+        let mut map = lock(&self.inner.breakers);
+        if let Some(b) = map.get(topic) {
+            return Some(Arc::clone(b));
+        }
+        if map.len() >= MAX_BREAKERS {
+            return None;
+        }
+        let m = &self.inner.metrics;
+        let labels = [("topic", topic)];
+        let b = Arc::new(Breaker {
+            breaker: CircuitBreaker::new(self.inner.breaker_config.clone()),
+            state: m.gauge(
+                "sdk_circuit_breaker_state",
+                "Circuit breaker of a destination topic: 0 closed, 1 open, 2 half-open",
+                &labels,
+            ),
+            opened: m.counter(
+                "sdk_circuit_breaker_opened",
+                "Times the circuit breaker of a destination topic opened",
+                &labels,
+            ),
+            retries: m.counter(
+                "sdk_request_retries",
+                "Requests retried after a temporary error",
+                &labels,
+            ),
+        });
+        map.insert(topic.to_string(), Arc::clone(&b));
+        Some(b)
     }
 
     /// Whether the host agreed to capability `name` in the handshake.
@@ -1095,6 +1292,28 @@ async fn dispatch_request(inner: &Arc<Inner>, frame: Frame) {
         let err = RequestError::temporary("deadline_exceeded", "deadline passed before start");
         return reply(inner, id, Err(err)).await;
     }
+    if let Some(a) = &inner.adaptive {
+        let running = inner.max_in_flight - inner.in_flight.available_permits();
+        if !a.limit.admits(running) {
+            a.shed
+                .get_or_init(|| {
+                    inner.metrics.counter(
+                        "sdk_requests_shed",
+                        "Requests answered overloaded because handler latency lowered the limit",
+                        &[],
+                    )
+                })
+                .inc();
+            let err = RequestError::temporary(
+                "overloaded",
+                format!(
+                    "{running} requests in flight, the limit is {} while handlers are slow",
+                    a.limit.limit()
+                ),
+            );
+            return reply(inner, id, Err(err)).await;
+        }
+    }
     let Ok(permit) = Arc::clone(&inner.in_flight).try_acquire_owned() else {
         let err = RequestError::temporary(
             "overloaded",
@@ -1112,10 +1331,24 @@ async fn dispatch_request(inner: &Arc<Inner>, frame: Frame) {
             return reply(&inner2, id, Err(err)).await;
         }
         let run = AssertUnwindSafe(ctx.scope(handler(msg))).catch_unwind();
+        let started = Instant::now();
         let outcome = match left {
             Some(left) => tokio::time::timeout(left, run).await.ok(),
             None => Some(run.await),
         };
+        if let Some(a) = &inner2.adaptive {
+            let running = inner2.max_in_flight - inner2.in_flight.available_permits();
+            a.limit.observe(started.elapsed(), running);
+            a.gauge
+                .get_or_init(|| {
+                    inner2.metrics.gauge(
+                        "sdk_in_flight_limit",
+                        "Request handlers allowed at once (adapted to their latency)",
+                        &[],
+                    )
+                })
+                .set(a.limit.limit() as f64);
+        }
         let result = match outcome {
             None => Err(RequestError::temporary(
                 "deadline_exceeded",

@@ -46,7 +46,7 @@ fn seed() -> u64 {
 
 /// splitmix64: ids need to be unique, not secret, and a syscall per message would cost more
 /// than the rest of the send.
-fn next_u64() -> u64 {
+pub(crate) fn next_u64() -> u64 {
     RNG.with(|s| {
         let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
         s.set(x);

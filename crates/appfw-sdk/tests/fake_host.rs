@@ -390,3 +390,156 @@ async fn handlers_continue_the_senders_trace_and_sends_outside_start_one() {
     let t = appfw_proto::trace::TraceParent::parse(&f.header.traceparent).unwrap();
     assert_ne!(hex(&t.trace_id), parts[0]);
 }
+
+/// Answers the next REQUEST the plugin sends with `error` (or the payload `ok` when `None`).
+async fn answer(host: &mut Host, error: Option<&str>) -> Frame {
+    let req = recv_type(host, FrameType::Request).await;
+    let mut rep = Frame::new(FrameType::Reply, Bytes::from_static(b"ok"));
+    rep.header.request_id = req.header.request_id;
+    rep.header.error = error.map(|code| pb::Error {
+        kind: ErrorKind::Temporary as i32,
+        code: code.into(),
+        message: "try later".into(),
+    });
+    host.send(rep).await.unwrap();
+    req
+}
+
+fn sample(plugin: &Plugin, name: &str) -> Option<f64> {
+    plugin
+        .metrics()
+        .snapshot()
+        .samples
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| s.value)
+}
+
+#[tokio::test]
+async fn temporary_errors_are_retried_within_the_deadline_and_a_failing_destination_opens_its_circuit()
+ {
+    use appfw_sdk::RequestOptions;
+    use appfw_sdk::resilience::{BreakerConfig, RetryPolicy};
+    let breaker = BreakerConfig {
+        failure_threshold: 3,
+        open_for: Duration::from_millis(100),
+        half_open_probes: 1,
+    };
+    let (plugin, mut host) = connect(Plugin::builder().circuit_breaker(breaker)).await;
+    let retry = RetryPolicy {
+        max_attempts: 5,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        multiplier: 2.0,
+    };
+    // Two temporary failures, then an answer: the caller sees the answer.
+    let p = plugin.clone();
+    let opts = RequestOptions::new(Duration::from_secs(5)).retry(retry.clone());
+    let call = tokio::spawn(async move { p.request_with("svc", "q", &opts).await });
+    answer(&mut host, Some("overloaded")).await;
+    answer(&mut host, Some("no_responders")).await;
+    answer(&mut host, None).await;
+    assert_eq!(&call.await.unwrap().unwrap().payload[..], b"ok");
+    assert_eq!(sample(&plugin, "sdk_request_retries"), Some(2.0));
+
+    // Permanent errors are not retried.
+    let p = plugin.clone();
+    let opts = RequestOptions::new(Duration::from_secs(5)).retry(retry.clone());
+    let call = tokio::spawn(async move { p.request_with("svc", "q", &opts).await });
+    let req = recv_type(&mut host, FrameType::Request).await;
+    let mut rep = Frame::new(FrameType::Reply, Bytes::new());
+    rep.header.request_id = req.header.request_id;
+    rep.header.error = Some(pb::Error {
+        kind: ErrorKind::Permanent as i32,
+        code: "bad_request".into(),
+        message: "no".into(),
+    });
+    host.send(rep).await.unwrap();
+    assert_eq!(call.await.unwrap().unwrap_err().code, "bad_request");
+
+    // Three failures in a row (no retries) open the circuit: the next call fails at once.
+    let once = RequestOptions::new(Duration::from_secs(5));
+    for _ in 0..3 {
+        let p = plugin.clone();
+        let o = once.clone();
+        let call = tokio::spawn(async move { p.request_with("svc", "q", &o).await });
+        answer(&mut host, Some("overloaded")).await;
+        assert_eq!(call.await.unwrap().unwrap_err().code, "overloaded");
+    }
+    let e = plugin.request_with("svc", "q", &once).await.unwrap_err();
+    assert_eq!(e.code, "circuit_open");
+    assert_eq!(sample(&plugin, "sdk_circuit_breaker_state"), Some(1.0));
+    assert_eq!(sample(&plugin, "sdk_circuit_breaker_opened"), Some(1.0));
+    // Retries stop at the caller's deadline rather than waiting for the circuit.
+    let short = RequestOptions::new(Duration::from_millis(30)).retry(retry);
+    let e = plugin.request_with("svc", "q", &short).await.unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+
+    // After the open period one probe goes through; its success closes the circuit.
+    let p = plugin.clone();
+    let prober = tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match p.request_with("svc", "probe", &once).await {
+                Err(e) if e.code == "circuit_open" && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
+    });
+    let probe = answer(&mut host, None).await;
+    assert_eq!(&probe.payload[..], b"probe");
+    assert!(prober.await.unwrap().is_ok());
+    assert_eq!(sample(&plugin, "sdk_circuit_breaker_state"), Some(0.0));
+}
+
+#[tokio::test]
+async fn slow_handlers_lower_the_in_flight_limit_and_requests_over_it_are_shed() {
+    let (plugin, mut host) = connect(
+        Plugin::builder()
+            .max_in_flight(4)
+            .latency_target(Duration::from_millis(1), 1),
+    )
+    .await;
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let p = plugin.clone();
+    let serving = tokio::spawn(async move {
+        p.serve("svc", move |req| {
+            let mut release = release_rx.clone();
+            async move {
+                // Work well over the 1 ms target, then wait for the test (at most 10 s).
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ = tokio::time::timeout(T, release.wait_for(|r| *r)).await;
+                Ok(req.payload)
+            }
+        })
+        .await
+    });
+    let sub = serve_ack(&mut host).await;
+    serving.await.unwrap().unwrap();
+    release_tx.send(true).unwrap();
+    // Handlers slower than the target, one at a time: 4 -> 3 -> 2 -> 1.
+    for id in 1..=3 {
+        host.send(request(sub, id, b"x", now_unix_ms() + 10_000))
+            .await
+            .unwrap();
+        let r = recv_type(&mut host, FrameType::Reply).await;
+        assert!(r.header.error.is_none());
+    }
+    release_tx.send(false).unwrap();
+    host.send(request(sub, 10, b"held", now_unix_ms() + 10_000))
+        .await
+        .unwrap();
+    host.send(request(sub, 11, b"shed", now_unix_ms() + 10_000))
+        .await
+        .unwrap();
+    let r = recv_type(&mut host, FrameType::Reply).await;
+    assert_eq!(r.header.request_id, 11);
+    assert_eq!(r.header.error.unwrap().code, "overloaded");
+    assert_eq!(sample(&plugin, "sdk_requests_shed"), Some(1.0));
+    assert_eq!(sample(&plugin, "sdk_in_flight_limit"), Some(1.0));
+    release_tx.send(true).unwrap();
+    let r = recv_type(&mut host, FrameType::Reply).await;
+    assert_eq!(r.header.request_id, 10);
+}
