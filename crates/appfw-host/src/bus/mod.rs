@@ -406,6 +406,11 @@ impl Bus {
             Some((i, _)) => cold.get(*i).copied().unwrap_or(true),
             None => false,
         };
+        // Targets first, so the last one can take the frame itself instead of a copy (1 -> 1,
+        // the common case, copies no header). Up to 8 on the stack.
+        let mut inline: [Option<&Arc<Sub>>; 8] = [None; 8];
+        let mut spill: Vec<&Arc<Sub>> = Vec::new();
+        let mut count = 0usize;
         let mut groups_done: Vec<&str> = Vec::new();
         for (i, sub) in table.subs.iter().enumerate() {
             if sub.kind != SubscriptionKind::Events
@@ -424,16 +429,33 @@ impl Bus {
                     self.pick_group_member(&table, i, g, &frame.header.topic, &skip)
                 }
             };
+            match inline.get_mut(count) {
+                Some(slot) => *slot = Some(target),
+                None => spill.push(target),
+            }
+            count += 1;
+        }
+        let sender: &str = &from.plugin;
+        frame.header.request_id = 0;
+        for i in 0..count {
+            let target = match inline.get(i) {
+                Some(t) => t.unwrap_or_else(|| unreachable!("filled above")),
+                None => spill[i - inline.len()],
+            };
             if let Some((_, d)) = &target.demand {
                 d.touch();
             }
-            let mut out = Frame {
-                header: frame.header.clone(),
-                payload: frame.payload.clone(),
+            let mut out = if i + 1 == count {
+                std::mem::take(&mut frame)
+            } else {
+                Frame {
+                    header: frame.header.clone(),
+                    payload: frame.payload.clone(),
+                }
             };
-            out.header.sender = from.plugin.to_string();
+            out.header.sender.clear();
+            out.header.sender.push_str(sender);
             out.header.subscription_id = target.id;
-            out.header.request_id = 0;
             match self.deliver_to(target, out, true, deadline).await {
                 Delivered::Yes | Delivered::Closed => {}
                 Delivered::Dropped => {
@@ -530,18 +552,21 @@ impl Bus {
         topic: &str,
         skip: &dyn Fn(&Sub) -> bool,
     ) -> &'a Arc<Sub> {
-        // `first` itself is never skipped, so there is at least one member.
-        let members: Vec<&Arc<Sub>> = table.subs[first..]
+        // `first` itself is never skipped, so there is at least one member. Two passes over the
+        // members (count, then pick) rather than collecting them: no allocation per message.
+        let is_member = |s: &&Arc<Sub>| {
+            s.kind == SubscriptionKind::Events
+                && s.group.as_deref() == Some(group)
+                && s.pattern.matches(topic)
+                && !skip(s)
+        };
+        let members = table.subs[first..].iter().filter(is_member).count().max(1);
+        let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % members;
+        table.subs[first..]
             .iter()
-            .filter(|s| {
-                s.kind == SubscriptionKind::Events
-                    && s.group.as_deref() == Some(group)
-                    && s.pattern.matches(topic)
-                    && !skip(s)
-            })
-            .collect();
-        let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
-        members[n % members.len()]
+            .filter(is_member)
+            .nth(n)
+            .unwrap_or(&table.subs[first])
     }
 
     /// Queues a reply or host error for `link`, waiting up to [`DELIVERY_WAIT`] for room.
