@@ -134,3 +134,26 @@ fn a_slow_subscriber_does_not_slow_the_others_and_its_queue_stays_bounded() {
         "host RSS grew by {grown} KiB while a subscriber lagged"
     );
 }
+
+#[test]
+fn typed_services_fan_out_and_pipeline_stages_work_end_to_end() {
+    let cfg = "[[plugins]]\nname = \"worker\"\ncommand = \"{bin}/patterns\"\nargs = [\"--role\", \"worker\"]\n\n\
+        [[plugins]]\nname = \"client\"\ncommand = \"{bin}/patterns\"\nargs = [\"--role\", \"client\"]\n";
+    let host = start(cfg);
+    host.wait_all_running(T);
+    wait_for(T, "the gathered squares", || {
+        host.plugin_log("client")
+            .contains("patterns: gathered [1, 4, 9, 16, 25]")
+            .then_some(())
+    });
+    let log = wait_for(T, "three squares through the pipeline stage", || {
+        let log = host.plugin_log("client");
+        (log.matches("patterns: squared ").count() == 3).then_some(log)
+    });
+    for y in [1, 4, 9] {
+        assert!(
+            log.contains(&format!("patterns: squared {y} trace ")),
+            "{log}"
+        );
+    }
+}

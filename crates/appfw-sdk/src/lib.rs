@@ -73,6 +73,7 @@
 mod connection;
 mod error;
 pub mod metrics;
+pub mod patterns;
 mod plugin;
 pub mod resilience;
 pub mod trace;

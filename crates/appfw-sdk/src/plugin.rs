@@ -590,6 +590,21 @@ impl Plugin {
         self.send(f).await
     }
 
+    /// Publishes `payload` with its `content_type` (what the typed helpers of
+    /// [`crate::patterns`] use).
+    pub async fn publish_typed(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        content_type: &str,
+    ) -> Result<(), SdkError> {
+        let mut f = Frame::new(FrameType::Publish, payload);
+        f.header.topic = topic.to_string();
+        f.header.content_type = content_type.to_string();
+        self.stamp_trace(&mut f);
+        self.send(f).await
+    }
+
     /// Publishes and waits (at most `timeout`) until the host has queued the message for every
     /// subscriber. `Err` with code `slow_subscriber` (temporary) when a `block` subscriber had no
     /// room before the deadline: the other subscribers got it, that one did not. Needs a host

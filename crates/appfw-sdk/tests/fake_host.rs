@@ -543,3 +543,31 @@ async fn slow_handlers_lower_the_in_flight_limit_and_requests_over_it_are_shed()
     let r = recv_type(&mut host, FrameType::Reply).await;
     assert_eq!(r.header.request_id, 10);
 }
+
+#[tokio::test]
+async fn gather_returns_every_reply_in_order_and_deadline_exceeded_for_the_missing_ones() {
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let p = plugin.clone();
+    let call = tokio::spawn(async move {
+        appfw_sdk::patterns::gather(
+            &p,
+            [("a".to_string(), "1"), ("b".to_string(), "2")],
+            Duration::from_millis(200),
+        )
+        .await
+    });
+    // Both requests are out before any reply: fan-out.
+    let first = recv_type(&mut host, FrameType::Request).await;
+    let second = recv_type(&mut host, FrameType::Request).await;
+    let b = if first.header.topic == "b" {
+        first
+    } else {
+        second
+    };
+    let mut rep = Frame::new(FrameType::Reply, Bytes::from_static(b"two"));
+    rep.header.request_id = b.header.request_id;
+    host.send(rep).await.unwrap();
+    let got = call.await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap_err().code, "deadline_exceeded");
+    assert_eq!(&got[1].as_ref().unwrap()[..], b"two");
+}
