@@ -62,21 +62,13 @@ fn allocs() -> u64 {
 async fn measure(subscribers: usize, n: usize, traced: bool) -> (f64, f64, f64) {
     let bus = Bus::new(Duration::from_secs(30), Arc::new(Metrics::new(100)));
     let (pub_out, _pub_rx) = outbox::outbox();
-    let publisher = Arc::new(Link {
-        plugin: "pub".into(),
-        conn_id: 1,
-        outbox: pub_out,
-    });
+    let publisher = Arc::new(Link::new("pub".into(), 1, pub_out));
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     let received = Arc::new(AtomicU64::new(0));
     for i in 0..subscribers {
         let (out, mut rx) = outbox::outbox();
-        let link = Arc::new(Link {
-            plugin: format!("sub{i}").into(),
-            conn_id: 10 + i as u64,
-            outbox: out,
-        });
+        let link = Arc::new(Link::new(format!("sub{i}").into(), 10 + i as u64, out));
         bus.subscribe(&link, 1, "bench.t", &pb::Subscribe::default())
             .unwrap();
         let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();

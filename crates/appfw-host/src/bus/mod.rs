@@ -51,6 +51,21 @@ pub struct Link {
     pub conn_id: u64,
     /// Frames to write to the plugin.
     pub outbox: Arc<Outbox>,
+    /// Time this plugin's frames spent waiting for `block` subscribers (µs, taken by its
+    /// connection's reader, which does not count it as heartbeat silence).
+    pub waited_us: AtomicU64,
+}
+
+impl Link {
+    /// The bus endpoint of a connection.
+    pub fn new(plugin: Arc<str>, conn_id: u64, outbox: Arc<Outbox>) -> Self {
+        Self {
+            plugin,
+            conn_id,
+            outbox,
+            waited_us: AtomicU64::new(0),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -456,7 +471,7 @@ impl Bus {
             out.header.sender.clear();
             out.header.sender.push_str(sender);
             out.header.subscription_id = target.id;
-            match self.deliver_to(target, out, true, deadline).await {
+            match self.deliver_to(from, target, out, true, deadline).await {
                 Delivered::Yes | Delivered::Closed => {}
                 Delivered::Dropped => {
                     topic_stat.dropped.fetch_add(1, Ordering::Relaxed);
@@ -484,6 +499,7 @@ impl Bus {
     /// `block`) until its block timeout or `deadline`, whichever comes first.
     async fn deliver_to(
         &self,
+        from: &Link,
         sub: &Sub,
         frame: Frame,
         evict: bool,
@@ -493,11 +509,15 @@ impl Bus {
         let outbox = &sub.link.outbox;
         let outcome = match outbox.offer(frame, q, evict) {
             Offer::Full(frame) => {
-                let mut until = tokio::time::Instant::now() + q.block_timeout;
+                let started = tokio::time::Instant::now();
+                let mut until = started + q.block_timeout;
                 if let Some(d) = deadline {
                     until = until.min(d);
                 }
-                outbox.offer_until(frame, q, evict, until).await
+                let outcome = outbox.offer_until(frame, q, evict, until).await;
+                let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                from.waited_us.fetch_add(waited, Ordering::Relaxed);
+                outcome
             }
             other => other,
         };
@@ -727,7 +747,7 @@ impl Bus {
         out.header.subscription_id = server.id;
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
         match self
-            .deliver_to(server, out, false, instant_of(deadline_ms))
+            .deliver_to(from, server, out, false, instant_of(deadline_ms))
             .await
         {
             Delivered::Yes | Delivered::Closed => {}
@@ -844,14 +864,7 @@ mod tests {
     fn link(name: &str, conn: u64) -> (Arc<Link>, Rx) {
         let (tx, rx) = outbox::outbox_with(8, 1 << 20);
         let rx = Rx(rx);
-        (
-            Arc::new(Link {
-                plugin: name.into(),
-                conn_id: conn,
-                outbox: tx,
-            }),
-            rx,
-        )
+        (Arc::new(Link::new(name.into(), conn, tx)), rx)
     }
 
     fn serving() -> pb::Subscribe {
