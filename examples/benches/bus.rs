@@ -10,6 +10,9 @@
 //!    subscriber and in all, payload MB/s. 64 B, 1 KiB, 64 KiB.
 //! 2. `rr`: sequential request/reply round trips, 64 B, p50 / p99.
 //!
+//! 3. `soak` (only by name): 1 KiB to 4 subscribers, one round of 100,000 a second for
+//!    `APPFW_BENCH_BUS_SOAK_SECS` (default 600), sampling the host's RSS every 10 s.
+//!
 //! `APPFW_BENCH_BUS_ROUNDS` (default 5) sets the rounds per side. An argument selects a part.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot measure should stop loudly
@@ -209,34 +212,102 @@ fn relay_throughput(subs: usize, every: u64) -> Setup {
     s
 }
 
+/// A NATS server for the comparison, if `nats-server` is installed (apt: `nats-server`).
+fn nats_server() -> Option<(Child, String)> {
+    let port = appfw_testkit::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_for(Duration::from_secs(10), "nats-server", || {
+        std::net::TcpStream::connect(&addr).ok().map(|_| ())
+    });
+    Some((child, addr))
+}
+
+fn nats_throughput(addr: &str, subs: usize, every: u64) -> Setup {
+    let (dir, report) = new_dir();
+    let report_path = dir.path().join("report.sock").display().to_string();
+    let mut s = Setup {
+        side: Side::Relay(Vec::new()),
+        dir,
+        report,
+        subs,
+    };
+    let mut children = Vec::new();
+    for _ in 0..subs {
+        children.push(load(&[
+            "--role",
+            "sub",
+            "--nats",
+            addr,
+            "--report",
+            &report_path,
+            "--every",
+            &every.to_string(),
+        ]));
+    }
+    s.wait_ready(subs);
+    let ctl = s.path("pub.sock").display().to_string();
+    children.push(load(&["--role", "pub", "--nats", addr, "--control", &ctl]));
+    wait_file(&s.path("pub.sock"));
+    s.side = Side::Relay(children);
+    s
+}
+
 fn throughput(host_bin: &Path, rounds: usize) {
     println!(
         "throughput: publisher -> mediator -> subscribers, {rounds} interleaved rounds per side, medians"
     );
+    let nats = nats_server();
+    if nats.is_none() {
+        println!("(nats-server not installed: no NATS column; apt-get install nats-server)");
+    }
     println!(
-        "| payload | subscribers | appfw msgs/s (per sub) | appfw MB/s (all subs) | relay msgs/s (per sub) | relay MB/s | appfw / relay | host RSS first -> last round |"
+        "| payload | subscribers | appfw msgs/s (per sub) | appfw MB/s (all subs) | relay msgs/s (per sub) | relay MB/s | appfw / relay | NATS msgs/s (per sub) | appfw / NATS | host RSS first -> last round |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (size, n) in [(64u64, 1_000_000u64), (1024, 500_000), (65536, 20_000)] {
         for subs in [1usize, 4] {
             let a = appfw_throughput(host_bin, subs, n);
             let b = relay_throughput(subs, n);
+            let c = nats
+                .as_ref()
+                .map(|(_, addr)| nats_throughput(addr, subs, n));
             // A warm-up round each, not counted.
             a.round(n, size);
             b.round(n, size);
-            let (mut ta, mut tb) = (Vec::new(), Vec::new());
+            if let Some(c) = &c {
+                c.round(n, size);
+            }
+            let (mut ta, mut tb, mut tc) = (Vec::new(), Vec::new(), Vec::new());
             let pid = a.host_pid().unwrap();
             let rss_first = rss_kib(pid);
             for _ in 0..rounds {
                 ta.push(a.round(n, size));
                 tb.push(b.round(n, size));
+                if let Some(c) = &c {
+                    tc.push(c.round(n, size));
+                }
             }
             let rss_last = rss_kib(pid);
             let (ma, mb) = (median(&mut ta), median(&mut tb));
             let rate = |t: f64| n as f64 / t;
             let mbs = |t: f64| (n * size) as f64 * subs as f64 / t / 1e6;
+            let (nats_rate, vs_nats) = if tc.is_empty() {
+                ("-".to_string(), "-".to_string())
+            } else {
+                let mc = median(&mut tc);
+                (
+                    format!("{:.0}", rate(mc)),
+                    format!("{:.0} %", 100.0 * mc / ma),
+                )
+            };
             println!(
-                "| {size} B | {subs} | {:.0} | {:.1} | {:.0} | {:.1} | **{:.0} %** | {} -> {} KiB |",
+                "| {size} B | {subs} | {:.0} | {:.1} | {:.0} | {:.1} | **{:.0} %** | {nats_rate} | {vs_nats} | {} -> {} KiB |",
                 rate(ma),
                 mbs(ma),
                 rate(mb),
@@ -246,6 +317,10 @@ fn throughput(host_bin: &Path, rounds: usize) {
                 rss_last
             );
         }
+    }
+    if let Some((mut child, _)) = nats {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -305,17 +380,62 @@ fn rr(host_bin: &Path, rounds: usize) {
         subs: 1,
     };
     wait_file(&b.path("rr.sock"));
+    // NATS: the same two roles through a nats-server, if installed.
+    let nats = nats_server();
+    let c = nats.as_ref().map(|(_, addr)| {
+        let (dir, report) = new_dir();
+        let report_path = dir.path().join("report.sock").display().to_string();
+        let ctl = dir.path().join("rr.sock").display().to_string();
+        let server = load(&[
+            "--role",
+            "rr-server",
+            "--nats",
+            addr,
+            "--report",
+            &report_path,
+        ]);
+        let mut buf = [0u8; 16];
+        report
+            .recv(&mut buf)
+            .expect("the NATS server's ready report");
+        let client = load(&["--role", "rr-client", "--nats", addr, "--control", &ctl]);
+        let s = Setup {
+            side: Side::Relay(vec![server, client]),
+            dir,
+            report,
+            subs: 1,
+        };
+        wait_file(&s.path("rr.sock"));
+        s
+    });
     let line = format!("rr {count} 64");
     a.command("rr.sock", "rr 1000 64");
     b.command("rr.sock", "rr 1000 64");
+    if let Some(c) = &c {
+        c.command("rr.sock", "rr 1000 64");
+    }
     let (mut a50, mut a99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut c50, mut c99) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        for (s, p50, p99) in [(&a, &mut a50, &mut a99), (&b, &mut b50, &mut b99)] {
+        let mut sides = vec![(&a, &mut a50, &mut a99), (&b, &mut b50, &mut b99)];
+        if let Some(c) = &c {
+            sides.push((c, &mut c50, &mut c99));
+        }
+        for (s, p50, p99) in sides {
             let r = s.command("rr.sock", &line);
             let v: Vec<f64> = r.split_whitespace().map(|x| x.parse().unwrap()).collect();
             p50.push(v[0]);
             p99.push(v[1]);
         }
+    }
+    if !c50.is_empty() {
+        let (m50, m99) = (median(&mut c50), median(&mut c99));
+        println!("request/reply 64 B through nats-server: p50 {m50:.1} us p99 {m99:.1} us");
+    }
+    drop(c);
+    if let Some((mut child, _)) = nats {
+        let _ = child.kill();
+        let _ = child.wait();
     }
     let (a50, a99, b50, b99) = (
         median(&mut a50),
@@ -326,6 +446,45 @@ fn rr(host_bin: &Path, rounds: usize) {
     println!(
         "request/reply 64 B, {count} sequential per round, {rounds} interleaved rounds per side (medians): appfw p50 {a50:.1} us p99 {a99:.1} us | relay p50 {b50:.1} us p99 {b99:.1} us | appfw / relay p50 {:.2}x",
         a50 / b50
+    );
+}
+
+/// A long run at a steady rate: one round of `n` 1 KiB messages to 4 subscribers every second,
+/// sampling the host's RSS every 10 s. Every round waits for every subscriber's count, so no
+/// message is lost unnoticed.
+fn soak(host_bin: &Path, secs: u64) {
+    let n = 100_000;
+    let a = appfw_throughput(host_bin, 4, n);
+    let pid = a.host_pid().unwrap();
+    let start = Instant::now();
+    let mut samples: Vec<(u64, u64)> = vec![(0, rss_kib(pid))];
+    let mut rounds = 0u64;
+    let mut next_sample = 10;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let t0 = Instant::now();
+        a.round(n, 1024);
+        rounds += 1;
+        let at = start.elapsed().as_secs();
+        if at >= next_sample {
+            samples.push((at, rss_kib(pid)));
+            next_sample += 10;
+        }
+        if let Some(rest) = Duration::from_secs(1).checked_sub(t0.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    samples.push((start.elapsed().as_secs(), rss_kib(pid)));
+    let rss: Vec<u64> = samples.iter().map(|s| s.1).collect();
+    let after_first_minute: Vec<u64> = samples.iter().filter(|s| s.0 >= 60).map(|s| s.1).collect();
+    println!(
+        "soak: {secs} s, {rounds} rounds of {n} x 1 KiB to 4 subscribers ({} messages delivered, every one counted); host RSS KiB: start {}, min {}, max {}, end {}; after the first minute: min {}, max {}",
+        rounds * n * 4,
+        rss[0],
+        rss.iter().min().unwrap(),
+        rss.iter().max().unwrap(),
+        rss[rss.len() - 1],
+        after_first_minute.iter().min().copied().unwrap_or(0),
+        after_first_minute.iter().max().copied().unwrap_or(0),
     );
 }
 
@@ -342,5 +501,9 @@ fn main() {
     }
     if want("rr") {
         rr(&host_bin, rounds);
+    }
+    // Ten minutes by default: only when asked for by name.
+    if only.iter().any(|a| a == "soak") {
+        soak(&host_bin, env_num("APPFW_BENCH_BUS_SOAK_SECS", 600));
     }
 }

@@ -14,6 +14,9 @@
 //!   `p50 p99 mean` round-trip times in microseconds.
 //!
 //! Every role answers the host's PINGs.
+//!
+//! With `--nats HOST:PORT` the same roles talk to a NATS server instead (the NATS text protocol,
+//! by hand: `PUB`/`SUB`/`MSG`, request/reply through a reply subject), for comparison.
 
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -357,7 +360,273 @@ fn rr_client() {
     }
 }
 
+/// The NATS side: the same roles over the NATS text protocol.
+mod nats {
+    use super::*;
+    use std::net::TcpStream;
+
+    pub struct Conn {
+        pub w: TcpStream,
+        r: TcpStream,
+        buf: Vec<u8>,
+        lo: usize,
+        hi: usize,
+    }
+
+    /// What arrived.
+    pub enum Event {
+        /// A message: its reply subject and payload, as ranges of the buffer.
+        Msg(Option<Range<usize>>, Range<usize>),
+        Ping,
+        Pong,
+        Other,
+    }
+
+    impl Conn {
+        pub fn connect(addr: &str) -> Self {
+            let w = TcpStream::connect(addr).unwrap_or_else(|e| die(format!("nats {addr}: {e}")));
+            let _ = w.set_nodelay(true);
+            let r = w.try_clone().unwrap_or_else(|e| die(e.to_string()));
+            let mut c = Self {
+                w,
+                r,
+                buf: vec![0; 1 << 20],
+                lo: 0,
+                hi: 0,
+            };
+            c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false}\r\n");
+            c.sync();
+            c
+        }
+
+        pub fn send(&mut self, b: &[u8]) {
+            self.w
+                .write_all(b)
+                .unwrap_or_else(|e| die(format!("nats write: {e}")));
+        }
+
+        /// PING and wait for the PONG: everything sent before is processed by the server.
+        pub fn sync(&mut self) {
+            self.send(b"PING\r\n");
+            loop {
+                match self.next() {
+                    Event::Pong => return,
+                    Event::Ping => self.send(b"PONG\r\n"),
+                    _ => {}
+                }
+            }
+        }
+
+        fn fill(&mut self) {
+            if self.lo > 0 {
+                self.buf.copy_within(self.lo..self.hi, 0);
+                self.hi -= self.lo;
+                self.lo = 0;
+            }
+            if self.hi == self.buf.len() {
+                let n = self.buf.len() * 2;
+                self.buf.resize(n, 0);
+            }
+            let n = self
+                .r
+                .read(&mut self.buf[self.hi..])
+                .unwrap_or_else(|e| die(format!("nats read: {e}")));
+            if n == 0 {
+                die("nats closed".into());
+            }
+            self.hi += n;
+        }
+
+        pub fn next(&mut self) -> Event {
+            loop {
+                let window = &self.buf[self.lo..self.hi];
+                if let Some(eol) = window.windows(2).position(|w| w == b"\r\n") {
+                    let line_start = self.lo;
+                    let line = &self.buf[line_start..line_start + eol];
+                    if line.starts_with(b"MSG ") {
+                        let text = std::str::from_utf8(line).unwrap_or_default();
+                        let parts: Vec<&str> = text.split(' ').collect();
+                        let size: usize = parts.last().and_then(|p| p.parse().ok()).unwrap_or(0);
+                        let body = line_start + eol + 2;
+                        if self.hi < body + size + 2 {
+                            if body + size + 2 > self.buf.len() {
+                                self.buf.resize(body + size + 2, 0);
+                            }
+                            self.fill();
+                            continue;
+                        }
+                        let reply = (parts.len() == 5).then(|| {
+                            // MSG subject sid reply size: the reply subject's position.
+                            let off = parts[0].len() + parts[1].len() + parts[2].len() + 3;
+                            line_start + off..line_start + off + parts[3].len()
+                        });
+                        self.lo = body + size + 2;
+                        return Event::Msg(reply, body..body + size);
+                    }
+                    self.lo = line_start + eol + 2;
+                    return match line {
+                        b"PING" => Event::Ping,
+                        b"PONG" => Event::Pong,
+                        _ => Event::Other,
+                    };
+                }
+                self.fill();
+            }
+        }
+
+        pub fn bytes(&self, r: Range<usize>) -> &[u8] {
+            &self.buf[r]
+        }
+    }
+
+    pub fn sub(addr: &str) {
+        let to = flag("--report").unwrap_or_else(|| die("--report PATH".into()));
+        let every = number_flag("--every", 1_000_000).max(1);
+        let mut c = Conn::connect(addr);
+        c.send(b"SUB bench.t 1\r\n");
+        c.sync();
+        report(&to, "ready");
+        let mut count = 0u64;
+        loop {
+            match c.next() {
+                Event::Msg(..) => {
+                    count += 1;
+                    if count % every == 0 {
+                        report(&to, &count.to_string());
+                    }
+                }
+                Event::Ping => c.send(b"PONG\r\n"),
+                _ => {}
+            }
+        }
+    }
+
+    pub fn publisher(addr: &str) {
+        let (sock, _path) = control();
+        let mut c = Conn::connect(addr);
+        let mut w = c.w.try_clone().unwrap_or_else(|e| die(e.to_string()));
+        std::thread::spawn(move || {
+            loop {
+                if let Event::Ping = c.next() {
+                    c.send(b"PONG\r\n");
+                }
+            }
+        });
+        let mut cmd = [0u8; 256];
+        loop {
+            let (n, from) = sock
+                .recv_from(&mut cmd)
+                .unwrap_or_else(|e| die(e.to_string()));
+            let line = String::from_utf8_lossy(&cmd[..n]).into_owned();
+            let words: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            let [count, size] = words[..] else {
+                die(format!("bad command {line:?}"));
+            };
+            let mut single = format!("PUB bench.t {size}\r\n").into_bytes();
+            single.extend(std::iter::repeat_n(b'x', size as usize));
+            single.extend_from_slice(b"\r\n");
+            let per = (256 * 1024 / single.len()).max(1);
+            let batch = single.repeat(per);
+            let mut left = count as usize;
+            while left > 0 {
+                let k = left.min(per);
+                w.write_all(&batch[..k * single.len()])
+                    .unwrap_or_else(|e| die(format!("publish: {e}")));
+                left -= k;
+            }
+            if let Some(p) = from.as_pathname() {
+                let _ = sock.send_to(b"done", p);
+            }
+        }
+    }
+
+    pub fn rr_server(addr: &str) {
+        let mut c = Conn::connect(addr);
+        c.send(b"SUB bench.rr 1\r\n");
+        c.sync();
+        if let Some(to) = flag("--report") {
+            report(&to, "ready");
+        }
+        let mut out = Vec::new();
+        loop {
+            match c.next() {
+                Event::Msg(Some(reply), body) => {
+                    out.clear();
+                    out.extend_from_slice(b"PUB ");
+                    out.extend_from_slice(c.bytes(reply));
+                    out.extend_from_slice(format!(" {}\r\n", body.len()).as_bytes());
+                    out.extend_from_slice(c.bytes(body));
+                    out.extend_from_slice(b"\r\n");
+                    let o = std::mem::take(&mut out);
+                    c.send(&o);
+                    out = o;
+                }
+                Event::Ping => c.send(b"PONG\r\n"),
+                _ => {}
+            }
+        }
+    }
+
+    pub fn rr_client(addr: &str) {
+        let (sock, _path) = control();
+        let mut c = Conn::connect(addr);
+        c.send(b"SUB _INBOX.bench 1\r\n");
+        c.sync();
+        let mut cmd = [0u8; 256];
+        loop {
+            let (n, from) = sock
+                .recv_from(&mut cmd)
+                .unwrap_or_else(|e| die(e.to_string()));
+            let line = String::from_utf8_lossy(&cmd[..n]).into_owned();
+            let words: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            let [count, size] = words[..] else {
+                die(format!("bad command {line:?}"));
+            };
+            let mut req = format!("PUB bench.rr _INBOX.bench {size}\r\n").into_bytes();
+            req.extend(std::iter::repeat_n(b'x', size as usize));
+            req.extend_from_slice(b"\r\n");
+            let mut rtt = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let t0 = Instant::now();
+                c.send(&req);
+                loop {
+                    match c.next() {
+                        Event::Msg(..) => break,
+                        Event::Ping => c.send(b"PONG\r\n"),
+                        _ => {}
+                    }
+                }
+                rtt.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            rtt.sort_by(f64::total_cmp);
+            let pct = |p: f64| rtt[((rtt.len() as f64 - 1.0) * p).round() as usize];
+            let mean = rtt.iter().sum::<f64>() / rtt.len() as f64;
+            let answer = format!("{:.1} {:.1} {:.1}", pct(0.5), pct(0.99), mean);
+            if let Some(p) = from.as_pathname() {
+                let _ = sock.send_to(answer.as_bytes(), p);
+            }
+        }
+    }
+}
+
 fn main() {
+    if let Some(addr) = flag("--nats") {
+        match flag("--role").as_deref() {
+            Some("pub") => nats::publisher(&addr),
+            Some("sub") => nats::sub(&addr),
+            Some("rr-server") => nats::rr_server(&addr),
+            Some("rr-client") => nats::rr_client(&addr),
+            other => die(format!("unknown --role {other:?}")),
+        }
+    }
     match flag("--role").as_deref() {
         Some("pub") => publisher(),
         Some("sub") => sub(),
