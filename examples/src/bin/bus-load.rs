@@ -371,6 +371,8 @@ mod nats {
         buf: Vec<u8>,
         lo: usize,
         hi: usize,
+        /// Told `lost` when the server drops us (a slow consumer), before exiting.
+        pub report_to: Option<String>,
     }
 
     /// What arrived.
@@ -393,6 +395,7 @@ mod nats {
                 buf: vec![0; 1 << 20],
                 lo: 0,
                 hi: 0,
+                report_to: None,
             };
             c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false}\r\n");
             c.sync();
@@ -427,13 +430,15 @@ mod nats {
                 let n = self.buf.len() * 2;
                 self.buf.resize(n, 0);
             }
-            let n = self
-                .r
-                .read(&mut self.buf[self.hi..])
-                .unwrap_or_else(|e| die(format!("nats read: {e}")));
-            if n == 0 {
-                die("nats closed".into());
-            }
+            let n = match self.r.read(&mut self.buf[self.hi..]) {
+                Ok(0) | Err(_) => {
+                    if let Some(to) = &self.report_to {
+                        report(to, "lost");
+                    }
+                    die("the NATS server closed the connection (slow consumer?)".into());
+                }
+                Ok(n) => n,
+            };
             self.hi += n;
         }
 
@@ -485,6 +490,7 @@ mod nats {
         let mut c = Conn::connect(addr);
         c.send(b"SUB bench.t 1\r\n");
         c.sync();
+        c.report_to = Some(to.clone());
         report(&to, "ready");
         let mut count = 0u64;
         loop {
