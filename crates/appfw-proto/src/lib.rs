@@ -11,6 +11,7 @@
 //! (and fuzzers) can use it.
 
 mod frame;
+pub mod trace;
 pub mod writer;
 
 pub use frame::{Frame, FrameCodec, FrameError, decode_body, encode_frame};
@@ -61,8 +62,11 @@ pub mod caps {
     pub const HEALTH: &str = "health";
     /// CONFIG_UPDATE frames delivered live.
     pub const CONFIG: &str = "config";
+    /// Delivery receipts: a PUBLISH with a non-zero `request_id` is answered by a REPLY once
+    /// every matching subscriber took it (or with an error naming the ones that did not).
+    pub const PUBLISH_ACK: &str = "publish_ack";
     /// Every capability this version of the crate knows.
-    pub const ALL: &[&str] = &[PUBSUB, REQUEST, LOG, METRICS, HEALTH, CONFIG];
+    pub const ALL: &[&str] = &[PUBSUB, REQUEST, LOG, METRICS, HEALTH, CONFIG, PUBLISH_ACK];
 }
 
 /// Current time in milliseconds since the Unix epoch, the unit of `Header.deadline_unix_ms`.

@@ -37,6 +37,24 @@ impl Sequencer {
     }
 }
 
+/// Where a writer takes its frames from: a channel, or the host's outbox.
+pub trait FrameSource {
+    /// Waits for the next frame; `None` once no frame can come any more.
+    fn next_frame(&mut self) -> impl std::future::Future<Output = Option<Frame>> + Send;
+    /// The next frame if one is queued.
+    fn try_next_frame(&mut self) -> Option<Frame>;
+}
+
+impl FrameSource for mpsc::Receiver<Frame> {
+    async fn next_frame(&mut self) -> Option<Frame> {
+        self.recv().await
+    }
+
+    fn try_next_frame(&mut self) -> Option<Frame> {
+        self.try_recv().ok()
+    }
+}
+
 /// Why the writer stopped.
 #[derive(Debug)]
 pub enum WriterEnd {
@@ -49,9 +67,9 @@ pub enum WriterEnd {
 /// Writes frames from `rx` to `sock` until the senders are gone, `finish` is cancelled (after
 /// draining what is queued), or a write fails. A frame that cannot be encoded (larger than
 /// `max_frame`) is passed to `on_drop` and skipped; the connection stays usable.
-pub async fn write_frames<W, F>(
+pub async fn write_frames<W, R, F>(
     sock: &mut W,
-    rx: &mut mpsc::Receiver<Frame>,
+    rx: &mut R,
     seq: &mut Sequencer,
     max_frame: usize,
     finish: &CancellationToken,
@@ -59,14 +77,15 @@ pub async fn write_frames<W, F>(
 ) -> WriterEnd
 where
     W: AsyncWrite + Unpin,
+    R: FrameSource,
     F: FnMut(&Frame, FrameError),
 {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         let first = tokio::select! {
             biased;
-            f = rx.recv() => f,
-            () = finish.cancelled() => rx.try_recv().ok(),
+            f = rx.next_frame() => f,
+            () = finish.cancelled() => rx.try_next_frame(),
         };
         let Some(mut frame) = first else {
             let _ = sock.flush().await;
@@ -79,9 +98,9 @@ where
             if buf.len() >= WRITE_BATCH_BYTES {
                 break;
             }
-            match rx.try_recv() {
-                Ok(next) => frame = next,
-                Err(_) => break,
+            match rx.try_next_frame() {
+                Some(next) => frame = next,
+                None => break,
             }
         }
         if !buf.is_empty() {

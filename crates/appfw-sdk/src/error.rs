@@ -40,6 +40,14 @@ pub enum SdkError {
         /// The host's answer.
         error: RequestError,
     },
+    /// A value could not be encoded for a typed topic.
+    #[error("cannot encode a message for {topic:?}: {error}")]
+    Encode {
+        /// The topic.
+        topic: String,
+        /// Why.
+        error: RequestError,
+    },
     /// I/O failure on the socket.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

@@ -73,7 +73,10 @@
 mod connection;
 mod error;
 pub mod metrics;
+pub mod patterns;
 mod plugin;
+pub mod resilience;
+pub mod trace;
 
 use std::future::Future;
 
@@ -81,7 +84,10 @@ pub use appfw_proto::pb;
 pub use bytes::Bytes;
 pub use error::{RequestError, SdkError};
 pub use metrics::{Counter, Gauge, Histogram, Metrics};
-pub use plugin::{Message, Plugin, PluginBuilder, SubscriptionId};
+pub use plugin::{
+    Message, Overflow, Plugin, PluginBuilder, RequestOptions, SubscribeOptions, SubscriptionId,
+};
+pub use trace::TraceContext;
 
 /// Connects with the defaults, runs `setup` (register handlers, start timers), then serves until
 /// the host asks the plugin to stop, and shuts down gracefully.

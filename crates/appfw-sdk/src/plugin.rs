@@ -5,8 +5,8 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use appfw_proto::pb::{self, FrameType, HealthStatus, Level, SubscriptionKind};
 use appfw_proto::writer::{Sequencer, WriterEnd, write_frames};
@@ -23,6 +23,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::{handshake, stream_from_env};
 use crate::metrics::Metrics;
+use crate::resilience::{
+    AdaptiveLimit, BreakerConfig, CircuitBreaker, RetryPolicy, is_failure, unit_random,
+};
+use crate::trace::TraceContext;
 use crate::{RequestError, SdkError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -32,6 +36,57 @@ type Pending = oneshot::Sender<Result<Message, RequestError>>;
 
 /// Capacity of the outgoing queue; senders wait when it is full (backpressure).
 const OUTBOX_CAPACITY: usize = 1024;
+/// Destinations with a circuit breaker of their own; calls to further ones go unguarded.
+const MAX_BREAKERS: usize = 1000;
+
+/// A destination's breaker and its series.
+struct Breaker {
+    breaker: CircuitBreaker,
+    state: crate::Gauge,
+    opened: crate::Counter,
+    retries: crate::Counter,
+}
+
+/// The adaptive handler limit and its series (created on first use).
+struct Adaptive {
+    limit: AdaptiveLimit,
+    gauge: OnceLock<crate::Gauge>,
+    shed: OnceLock<crate::Counter>,
+}
+
+/// How [`Plugin::request_with`] makes a call.
+#[derive(Clone, Debug)]
+pub struct RequestOptions {
+    /// The caller's deadline for the whole call, retries included.
+    pub timeout: Duration,
+    /// Retry temporary errors (`None`: one attempt).
+    pub retry: Option<RetryPolicy>,
+    /// Guard the destination topic with a circuit breaker.
+    pub circuit_breaker: bool,
+}
+
+impl RequestOptions {
+    /// One attempt within `timeout`, with the destination's circuit breaker.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            retry: None,
+            circuit_breaker: true,
+        }
+    }
+
+    /// Retries temporary errors by `policy`, within the same `timeout`.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Without a circuit breaker.
+    pub fn no_circuit_breaker(mut self) -> Self {
+        self.circuit_breaker = false;
+        self
+    }
+}
 
 /// A message or request as delivered to a handler.
 #[derive(Clone, Debug, Default)]
@@ -50,6 +105,10 @@ pub struct Message {
     pub tracestate: String,
     /// Optional content type set by the sender.
     pub content_type: String,
+    /// In a handler: the handler's trace context, continuing the sender's trace (or a new one
+    /// if the message carried none). It is also [`TraceContext::current`] while the handler
+    /// runs, so what the handler sends carries the same trace id.
+    pub trace: Option<TraceContext>,
 }
 
 impl Message {
@@ -64,7 +123,18 @@ impl Message {
             traceparent: h.traceparent,
             tracestate: h.tracestate,
             content_type: h.content_type,
+            trace: None,
         }
+    }
+
+    /// A message for a handler, with the handler's trace context.
+    fn for_handler(frame: Frame) -> Self {
+        let mut m = Self::from_frame(frame);
+        m.trace = Some(
+            TraceContext::continue_from(&m.traceparent, &m.tracestate)
+                .unwrap_or_else(TraceContext::new_root),
+        );
+        m
     }
 
     /// Time left before the deadline (`None` without a deadline, zero once passed).
@@ -73,6 +143,78 @@ impl Message {
             d.duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
         })
+    }
+}
+
+/// What the host does with a message for this subscription when its queue in the host is full
+/// (the plugin reads slower than messages arrive).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Publishers wait for room, up to [`SubscribeOptions::block_timeout`] (and their own
+    /// deadline); nothing is lost before that, and a publisher that asked for a receipt
+    /// ([`Plugin::publish_confirmed`]) learns of a message that could not be delivered in time.
+    #[default]
+    Block,
+    /// The oldest queued message is dropped to make room (latest values matter most).
+    DropOldest,
+    /// The new message is dropped (what is queued matters most); publishers never wait.
+    DropNewest,
+}
+
+/// How a subscription is served; see [`Plugin::subscribe_with`].
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeOptions {
+    /// Share messages with the other members of this group (each goes to one of them).
+    pub queue_group: String,
+    /// What happens when the subscription's queue in the host is full.
+    pub overflow: Overflow,
+    /// Messages queued in the host for this subscription before `overflow` applies
+    /// (0: the host's default, 256).
+    pub max_pending: u32,
+    /// [`Overflow::Block`]: the longest a publisher waits for room (zero: the host's default,
+    /// 1 s; the host caps it at 5 s).
+    pub block_timeout: Duration,
+}
+
+impl SubscribeOptions {
+    /// Options with this overflow policy.
+    pub fn overflow(policy: Overflow) -> Self {
+        Self {
+            overflow: policy,
+            ..Self::default()
+        }
+    }
+
+    /// Sets `max_pending`.
+    pub fn max_pending(mut self, n: u32) -> Self {
+        self.max_pending = n;
+        self
+    }
+
+    /// Sets the queue group.
+    pub fn queue_group(mut self, group: impl Into<String>) -> Self {
+        self.queue_group = group.into();
+        self
+    }
+
+    /// Sets the block timeout.
+    pub fn block_timeout(mut self, d: Duration) -> Self {
+        self.block_timeout = d;
+        self
+    }
+
+    fn to_pb(&self, kind: SubscriptionKind) -> pb::Subscribe {
+        pb::Subscribe {
+            kind: kind as i32,
+            queue_group: self.queue_group.clone(),
+            overflow: match self.overflow {
+                Overflow::Block => pb::OverflowPolicy::Block,
+                Overflow::DropOldest => pb::OverflowPolicy::DropOldest,
+                Overflow::DropNewest => pb::OverflowPolicy::DropNewest,
+            } as i32,
+            max_pending: self.max_pending,
+            block_timeout_ms: u32::try_from(self.block_timeout.as_millis()).unwrap_or(u32::MAX),
+        }
     }
 }
 
@@ -96,6 +238,9 @@ pub struct PluginBuilder {
     handle_sigterm: bool,
     on_config: Option<ConfigHandler>,
     metrics_interval: Duration,
+    new_traces: bool,
+    breaker: BreakerConfig,
+    latency_target: Option<(Duration, usize)>,
 }
 
 /// Called with new settings (a JSON object) sent by the host; `Err` refuses them, and the host
@@ -118,6 +263,9 @@ impl Default for PluginBuilder {
             handle_sigterm: true,
             on_config: None,
             metrics_interval: Duration::from_secs(5),
+            new_traces: true,
+            breaker: BreakerConfig::default(),
+            latency_target: None,
         }
     }
 }
@@ -170,6 +318,30 @@ impl PluginBuilder {
         self
     }
 
+    /// Whether a message or request sent outside any handler starts a new trace (default: yes).
+    /// Off, such sends carry no `traceparent` (about 60 bytes less per frame); inside handlers
+    /// the trace is continued either way.
+    pub fn new_traces(mut self, yes: bool) -> Self {
+        self.new_traces = yes;
+        self
+    }
+
+    /// The circuit breakers [`Plugin::request_with`] keeps per destination topic (default: open
+    /// after 5 consecutive failures, probe after 5 s, one probe at a time).
+    pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Adapts the number of request handlers allowed at once to their latency: each one slower
+    /// than `target` cuts the limit by a tenth (down to `min`), each one within it while the
+    /// limit is in use raises it by one (up to `max_in_flight`). Requests over the limit are
+    /// answered `overloaded` at once. The limit is the plugin's series `sdk_in_flight_limit`.
+    pub fn latency_target(mut self, target: Duration, min: usize) -> Self {
+        self.latency_target = Some((target, min));
+        self
+    }
+
     /// Whether SIGTERM starts a graceful shutdown (default: yes).
     pub fn handle_sigterm(mut self, yes: bool) -> Self {
         self.handle_sigterm = yes;
@@ -203,8 +375,17 @@ impl PluginBuilder {
         *reader.read_buffer_mut() = read_buf;
 
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let heartbeat_timeout_ms = welcome.heartbeat_timeout_ms;
         let inner = Arc::new(Inner {
             name: welcome.plugin_name.clone(),
+            new_traces: self.new_traces,
+            breaker_config: self.breaker,
+            breakers: Mutex::new(HashMap::new()),
+            adaptive: self.latency_target.map(|(target, min)| Adaptive {
+                limit: AdaptiveLimit::new(target, min, self.max_in_flight),
+                gauge: OnceLock::new(),
+                shed: OnceLock::new(),
+            }),
             settings: Mutex::new(welcome.settings_json.clone()),
             on_config: self.on_config,
             metrics: Metrics::default(),
@@ -216,6 +397,12 @@ impl PluginBuilder {
             subs: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
             max_in_flight: self.max_in_flight,
+            event_wait: match heartbeat_timeout_ms {
+                0 => Duration::from_secs(5),
+                ms => Duration::from_millis(u64::from(ms) / 2),
+            },
+            shed: std::sync::OnceLock::new(),
+            shedding: std::sync::atomic::AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             shutdown_grace: Mutex::new(None),
             closed: CancellationToken::new(),
@@ -276,6 +463,11 @@ pub struct Plugin {
 
 struct Inner {
     name: String,
+    new_traces: bool,
+    breaker_config: BreakerConfig,
+    /// Circuit breakers by destination topic (at most [`MAX_BREAKERS`]).
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    adaptive: Option<Adaptive>,
     welcome: pb::Welcome,
     settings: Mutex<Bytes>,
     on_config: Option<ConfigHandler>,
@@ -287,6 +479,12 @@ struct Inner {
     subs: Mutex<HashMap<u64, Handler>>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    /// How long the event loop waits for a free handler slot before it sheds a message: half the
+    /// heartbeat timeout, so PINGs waiting behind it are still answered in time.
+    event_wait: Duration,
+    /// Messages shed that way (created on the first one, so quiet plugins send no series).
+    shed: std::sync::OnceLock<crate::Counter>,
+    shedding: std::sync::atomic::AtomicBool,
     shutdown: CancellationToken,
     shutdown_grace: Mutex<Option<Duration>>,
     closed: CancellationToken,
@@ -365,6 +563,14 @@ impl Plugin {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Sets the trace context of an outgoing message or request (see [`TraceContext`]).
+    fn stamp_trace(&self, f: &mut Frame) {
+        if let Some(t) = TraceContext::for_outgoing(self.inner.new_traces) {
+            f.header.traceparent = t.traceparent();
+            f.header.tracestate = t.tracestate;
+        }
+    }
+
     async fn send(&self, frame: Frame) -> Result<(), SdkError> {
         if self.inner.closed.is_cancelled() {
             return Err(SdkError::Closed);
@@ -380,7 +586,163 @@ impl Plugin {
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), SdkError> {
         let mut f = Frame::new(FrameType::Publish, payload.into());
         f.header.topic = topic.to_string();
+        self.stamp_trace(&mut f);
         self.send(f).await
+    }
+
+    /// Publishes `payload` with its `content_type` (what the typed helpers of
+    /// [`crate::patterns`] use).
+    pub async fn publish_typed(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        content_type: &str,
+    ) -> Result<(), SdkError> {
+        let mut f = Frame::new(FrameType::Publish, payload);
+        f.header.topic = topic.to_string();
+        f.header.content_type = content_type.to_string();
+        self.stamp_trace(&mut f);
+        self.send(f).await
+    }
+
+    /// Publishes and waits (at most `timeout`) until the host has queued the message for every
+    /// subscriber. `Err` with code `slow_subscriber` (temporary) when a `block` subscriber had no
+    /// room before the deadline: the other subscribers got it, that one did not. Needs a host
+    /// with capability `publish_ack` (else `Err` with code `unsupported`).
+    pub async fn publish_confirmed(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<(), RequestError> {
+        if !self.has_capability(caps::PUBLISH_ACK) {
+            return Err(RequestError::permanent(
+                "unsupported",
+                "the host does not confirm publishes (no capability publish_ack)",
+            ));
+        }
+        let mut f = Frame::new(FrameType::Publish, payload.into());
+        f.header.topic = topic.to_string();
+        f.header.deadline_unix_ms = unix_ms(SystemTime::now() + timeout).max(1);
+        self.stamp_trace(&mut f);
+        self.call(f, topic, timeout).await.map(|_| ())
+    }
+
+    /// A request with retries of temporary errors (exponential backoff with full jitter, never
+    /// past `options.timeout`) and a circuit breaker per destination topic: after consecutive
+    /// failures (temporary or critical errors) calls fail at once with a temporary
+    /// `circuit_open` error, until a probe call succeeds. The breaker's state is the plugin's
+    /// series `sdk_circuit_breaker_state{topic}` (0 closed, 1 open, 2 half-open, as of the last
+    /// call), with `sdk_circuit_breaker_opened_total` and `sdk_request_retries_total`.
+    ///
+    /// ```no_run
+    /// # async fn f(plugin: appfw_sdk::Plugin) {
+    /// use appfw_sdk::{RequestOptions, resilience::RetryPolicy};
+    /// use std::time::Duration;
+    /// let opts = RequestOptions::new(Duration::from_secs(2)).retry(RetryPolicy::default());
+    /// match plugin.request_with("prices.quote", "EURUSD", &opts).await {
+    ///     Ok(reply) => println!("{:?}", reply.payload),
+    ///     Err(e) => println!("gave up: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn request_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        options: &RequestOptions,
+    ) -> Result<Message, RequestError> {
+        let payload: Bytes = payload.into();
+        let deadline = Instant::now() + options.timeout;
+        let breaker = options
+            .circuit_breaker
+            .then(|| self.breaker(topic))
+            .flatten();
+        let attempts = options.retry.as_ref().map_or(1, |r| r.max_attempts.max(1));
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RequestError::temporary(
+                    "deadline_exceeded",
+                    format!("no reply to {topic:?} within {:?}", options.timeout),
+                ));
+            }
+            let pass = match &breaker {
+                Some(b) => {
+                    let p = b.breaker.admit(Instant::now(), topic);
+                    b.state.set(b.breaker.state(Instant::now()).as_gauge());
+                    Some(p?)
+                }
+                None => None,
+            };
+            let result = self.request_message(topic, payload.clone(), left).await;
+            if let (Some(b), Some(pass)) = (&breaker, pass) {
+                let before = b.breaker.opened.load(Ordering::Relaxed);
+                b.breaker.record(pass, is_failure(&result), Instant::now());
+                if b.breaker.opened.load(Ordering::Relaxed) != before {
+                    b.opened.inc();
+                }
+                b.state.set(b.breaker.state(Instant::now()).as_gauge());
+            }
+            let err = match result {
+                Ok(m) => return Ok(m),
+                Err(e) => e,
+            };
+            attempt += 1;
+            let Some(policy) = options.retry.as_ref() else {
+                return Err(err);
+            };
+            if !err.is_temporary() || attempt >= attempts {
+                return Err(err);
+            }
+            let pause = policy.backoff(attempt - 1, unit_random());
+            if Instant::now() + pause >= deadline {
+                return Err(err);
+            }
+            if let Some(b) = &breaker {
+                b.retries.inc();
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The circuit breaker of `topic` (created on first use), `None` past [`MAX_BREAKERS`].
+    fn breaker(&self, topic: &str) -> Option<Arc<Breaker>> {
+        let mut map = lock(&self.inner.breakers);
+        if let Some(b) = map.get(topic) {
+            return Some(Arc::clone(b));
+        }
+        if map.len() >= MAX_BREAKERS {
+            return None;
+        }
+        let m = &self.inner.metrics;
+        let labels = [("topic", topic)];
+        let b = Arc::new(Breaker {
+            breaker: CircuitBreaker::new(self.inner.breaker_config.clone()),
+            state: m.gauge(
+                "sdk_circuit_breaker_state",
+                "Circuit breaker of a destination topic: 0 closed, 1 open, 2 half-open",
+                &labels,
+            ),
+            opened: m.counter(
+                "sdk_circuit_breaker_opened",
+                "Times the circuit breaker of a destination topic opened",
+                &labels,
+            ),
+            retries: m.counter(
+                "sdk_request_retries",
+                "Requests retried after a temporary error",
+                &labels,
+            ),
+        });
+        map.insert(topic.to_string(), Arc::clone(&b));
+        Some(b)
+    }
+
+    /// Whether the host agreed to capability `name` in the handshake.
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.inner.welcome.capabilities.iter().any(|c| c == name)
     }
 
     /// Sends a request on `topic` and waits for the reply for at most `timeout`.
@@ -402,14 +764,24 @@ impl Plugin {
         payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Message, RequestError> {
+        let mut f = Frame::new(FrameType::Request, payload.into());
+        f.header.topic = topic.to_string();
+        f.header.deadline_unix_ms = unix_ms(SystemTime::now() + timeout).max(1);
+        self.stamp_trace(&mut f);
+        self.call(f, topic, timeout).await
+    }
+
+    /// Sends `f` with a fresh request id and waits for the REPLY with that id.
+    async fn call(
+        &self,
+        mut f: Frame,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Message, RequestError> {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(id, tx);
-        let mut f = Frame::new(FrameType::Request, payload.into());
-        f.header.topic = topic.to_string();
         f.header.request_id = id;
-        let deadline = SystemTime::now() + timeout;
-        f.header.deadline_unix_ms = unix_ms(deadline).max(1);
         if self.send(f).await.is_err() {
             lock(&self.inner.pending).remove(&id);
             return Err(closed_error());
@@ -433,15 +805,12 @@ impl Plugin {
         &self,
         pattern: &str,
         kind: SubscriptionKind,
-        queue_group: &str,
+        options: &SubscribeOptions,
         handler: Handler,
     ) -> Result<SubscriptionId, SdkError> {
         let id = self.next_id();
         lock(&self.inner.subs).insert(id, handler);
-        let payload = pb::Subscribe {
-            kind: kind as i32,
-            queue_group: queue_group.to_string(),
-        };
+        let payload = options.to_pb(kind);
         match self
             .control_request(FrameType::Subscribe, pattern, id, &payload)
             .await
@@ -513,9 +882,42 @@ impl Plugin {
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.subscribe_with(
+            pattern,
+            SubscribeOptions::default().queue_group(group),
+            handler,
+        )
+        .await
+    }
+
+    /// Like [`Plugin::subscribe`], with the queue group, overflow policy and bounds of `options`.
+    ///
+    /// ```no_run
+    /// # async fn f(plugin: appfw_sdk::Plugin) -> Result<(), appfw_sdk::SdkError> {
+    /// use appfw_sdk::{Overflow, SubscribeOptions};
+    /// // Only the latest prices matter: keep at most 16 queued, dropping the oldest.
+    /// let opts = SubscribeOptions::overflow(Overflow::DropOldest).max_pending(16);
+    /// plugin.subscribe_with("prices.>", opts, |msg| async move { let _ = msg; }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with<F, Fut>(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+        handler: F,
+    ) -> Result<SubscriptionId, SdkError>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let h: EventHandler = Arc::new(move |m| Box::pin(handler(m)));
-        self.add_subscription(pattern, SubscriptionKind::Events, group, Handler::Event(h))
-            .await
+        self.add_subscription(
+            pattern,
+            SubscriptionKind::Events,
+            &options,
+            Handler::Event(h),
+        )
+        .await
     }
 
     /// Serves requests on topics matching `pattern`: the handler's `Ok` bytes become the reply,
@@ -528,8 +930,13 @@ impl Plugin {
         Fut: Future<Output = Result<Bytes, RequestError>> + Send + 'static,
     {
         let h: RequestHandler = Arc::new(move |m| Box::pin(handler(m)));
-        self.add_subscription(pattern, SubscriptionKind::Requests, "", Handler::Request(h))
-            .await
+        self.add_subscription(
+            pattern,
+            SubscriptionKind::Requests,
+            &SubscribeOptions::default(),
+            Handler::Request(h),
+        )
+        .await
     }
 
     /// Drops a subscription.
@@ -780,9 +1187,49 @@ async fn dispatch(inner: &Arc<Inner>, frame: Frame) {
             if inner.shutdown.is_cancelled() {
                 return;
             }
+            // Handlers are bounded like requests. Waiting for a slot stops this loop reading,
+            // so the host's queue for us fills and the subscription's overflow policy applies
+            // there; past half the heartbeat timeout the message is shed (counted) instead, so
+            // the PINGs behind it are still answered.
+            // Once a wait ran out, later messages are shed without waiting until a slot frees up,
+            // so a run of them cannot add up past the heartbeat timeout.
+            let permit = match Arc::clone(&inner.in_flight).try_acquire_owned() {
+                Ok(p) => {
+                    inner.shedding.store(false, Ordering::Relaxed);
+                    p
+                }
+                Err(_) => {
+                    let wait = Arc::clone(&inner.in_flight).acquire_owned();
+                    let wait_for = if inner.shedding.load(Ordering::Relaxed) {
+                        Duration::ZERO
+                    } else {
+                        inner.event_wait
+                    };
+                    match tokio::time::timeout(wait_for, wait).await {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            inner.shedding.store(true, Ordering::Relaxed);
+                            inner
+                                .shed
+                                .get_or_init(|| {
+                                    inner.metrics.counter(
+                                        "sdk_messages_shed",
+                                        "Messages dropped by the plugin because its handlers stayed busy",
+                                        &[],
+                                    )
+                                })
+                                .inc();
+                            return;
+                        }
+                    }
+                }
+            };
             let topic = frame.header.topic.clone();
-            let fut = handler(Message::from_frame(frame));
+            let msg = Message::for_handler(frame);
+            let ctx = msg.trace.clone().unwrap_or_else(TraceContext::new_root);
+            let fut = ctx.scope(handler(msg));
             inner.handlers.spawn(async move {
+                let _permit = permit;
                 if AssertUnwindSafe(fut).catch_unwind().await.is_err() {
                     eprintln!("appfw-sdk: handler for {topic:?} panicked; message dropped");
                 }
@@ -854,11 +1301,33 @@ async fn dispatch_request(inner: &Arc<Inner>, frame: Frame) {
         let err = RequestError::temporary("shutting_down", "the plugin is shutting down");
         return reply(inner, id, Err(err)).await;
     }
-    let msg = Message::from_frame(frame);
+    let msg = Message::for_handler(frame);
     let left = msg.time_left();
     if left == Some(Duration::ZERO) {
         let err = RequestError::temporary("deadline_exceeded", "deadline passed before start");
         return reply(inner, id, Err(err)).await;
+    }
+    if let Some(a) = &inner.adaptive {
+        let running = inner.max_in_flight - inner.in_flight.available_permits();
+        if !a.limit.admits(running) {
+            a.shed
+                .get_or_init(|| {
+                    inner.metrics.counter(
+                        "sdk_requests_shed",
+                        "Requests answered overloaded because handler latency lowered the limit",
+                        &[],
+                    )
+                })
+                .inc();
+            let err = RequestError::temporary(
+                "overloaded",
+                format!(
+                    "{running} requests in flight, the limit is {} while handlers are slow",
+                    a.limit.limit()
+                ),
+            );
+            return reply(inner, id, Err(err)).await;
+        }
     }
     let Ok(permit) = Arc::clone(&inner.in_flight).try_acquire_owned() else {
         let err = RequestError::temporary(
@@ -868,13 +1337,33 @@ async fn dispatch_request(inner: &Arc<Inner>, frame: Frame) {
         return reply(inner, id, Err(err)).await;
     };
     let inner2 = Arc::clone(inner);
+    let ctx = msg.trace.clone().unwrap_or_else(TraceContext::new_root);
     inner.handlers.spawn(async move {
         let _permit = permit;
-        let run = AssertUnwindSafe(handler(msg)).catch_unwind();
+        // Checked again as the task starts: under load it may start later than dispatched.
+        if msg.time_left() == Some(Duration::ZERO) {
+            let err = RequestError::temporary("deadline_exceeded", "deadline passed before start");
+            return reply(&inner2, id, Err(err)).await;
+        }
+        let run = AssertUnwindSafe(ctx.scope(handler(msg))).catch_unwind();
+        let started = Instant::now();
         let outcome = match left {
             Some(left) => tokio::time::timeout(left, run).await.ok(),
             None => Some(run.await),
         };
+        if let Some(a) = &inner2.adaptive {
+            let running = inner2.max_in_flight - inner2.in_flight.available_permits();
+            a.limit.observe(started.elapsed(), running);
+            a.gauge
+                .get_or_init(|| {
+                    inner2.metrics.gauge(
+                        "sdk_in_flight_limit",
+                        "Request handlers allowed at once (adapted to their latency)",
+                        &[],
+                    )
+                })
+                .set(a.limit.limit() as f64);
+        }
         let result = match outcome {
             None => Err(RequestError::temporary(
                 "deadline_exceeded",

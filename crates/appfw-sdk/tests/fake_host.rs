@@ -286,3 +286,288 @@ async fn host_closing_the_socket_ends_the_plugin() {
         Err(SdkError::Closed)
     ));
 }
+
+#[tokio::test]
+async fn subscribe_options_reach_the_host_and_confirmed_publishes_report_slow_subscribers() {
+    use appfw_sdk::{Overflow, SubscribeOptions};
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let p = plugin.clone();
+    let sub = tokio::spawn(async move {
+        let opts = SubscribeOptions::overflow(Overflow::DropOldest)
+            .max_pending(16)
+            .block_timeout(Duration::from_millis(250));
+        p.subscribe_with("prices.>", opts, |_| async {}).await
+    });
+    let f = recv_type(&mut host, FrameType::Subscribe).await;
+    let s: pb::Subscribe = f.decode_payload().unwrap();
+    assert_eq!(s.overflow, pb::OverflowPolicy::DropOldest as i32);
+    assert_eq!((s.max_pending, s.block_timeout_ms), (16, 250));
+    let mut ack = Frame::new(FrameType::Reply, Bytes::new());
+    ack.header.request_id = f.header.request_id;
+    host.send(ack).await.unwrap();
+    sub.await.unwrap().unwrap();
+
+    assert!(plugin.has_capability(appfw_proto::caps::PUBLISH_ACK));
+    let p = plugin.clone();
+    let call = tokio::spawn(async move {
+        p.publish_confirmed("prices.eu", "1", Duration::from_secs(5))
+            .await
+    });
+    let f = recv_type(&mut host, FrameType::Publish).await;
+    assert_ne!(f.header.request_id, 0, "a receipt is asked for");
+    assert!(f.header.deadline_unix_ms > now_unix_ms());
+    let mut rep = Frame::new(FrameType::Reply, Bytes::new());
+    rep.header.request_id = f.header.request_id;
+    rep.header.error = Some(pb::Error {
+        kind: ErrorKind::Temporary as i32,
+        code: "slow_subscriber".into(),
+        message: "1 subscriber(s) had no room".into(),
+    });
+    host.send(rep).await.unwrap();
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code, "slow_subscriber");
+    assert!(err.is_temporary());
+}
+
+#[tokio::test]
+async fn handlers_continue_the_senders_trace_and_sends_outside_start_one() {
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let p = plugin.clone();
+    let serving = tokio::spawn(async move {
+        let inner = p.clone();
+        p.serve("svc", move |req| {
+            let p = inner.clone();
+            async move {
+                let t = req.trace.clone().expect("handlers get a context");
+                assert_eq!(appfw_sdk::TraceContext::current().as_ref(), Some(&t));
+                p.publish("audit", "seen").await.unwrap();
+                let parent = t
+                    .parent_span_id
+                    .map(|s| s.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                Ok(format!(
+                    "{} {} {}",
+                    t.trace_id_hex(),
+                    t.span_id_hex(),
+                    parent.unwrap_or_default()
+                )
+                .into())
+            }
+        })
+        .await
+    });
+    let sub = serve_ack(&mut host).await;
+    serving.await.unwrap().unwrap();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut req = request(sub, 5, b"x", now_unix_ms() + 5000);
+    req.header.traceparent = tp.into();
+    req.header.tracestate = "congo=t61rcWkgMzE".into();
+    host.send(req).await.unwrap();
+    let published = recv_type(&mut host, FrameType::Publish).await;
+    let out = appfw_proto::trace::TraceParent::parse(&published.header.traceparent)
+        .expect("a valid traceparent");
+    assert_eq!(published.header.tracestate, "congo=t61rcWkgMzE");
+    let reply = recv_type(&mut host, FrameType::Reply).await;
+    let text = String::from_utf8(reply.payload.to_vec()).unwrap();
+    let parts: Vec<&str> = text.split(' ').collect();
+    assert_eq!(parts[0], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+    assert_eq!(
+        parts[2], "00f067aa0ba902b7",
+        "the handler's parent is the sender's span"
+    );
+    assert_ne!(parts[1], parts[2], "the handler has a span of its own");
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(
+        hex(&out.trace_id),
+        parts[0],
+        "what the handler sends keeps the trace"
+    );
+    assert_ne!(hex(&out.parent_id), parts[1], "with a new span id");
+    assert_ne!(hex(&out.parent_id), parts[2]);
+
+    // Outside any handler: a new trace.
+    plugin.publish("free", "x").await.unwrap();
+    let f = recv_type(&mut host, FrameType::Publish).await;
+    let t = appfw_proto::trace::TraceParent::parse(&f.header.traceparent).unwrap();
+    assert_ne!(hex(&t.trace_id), parts[0]);
+}
+
+/// Answers the next REQUEST the plugin sends with `error` (or the payload `ok` when `None`).
+async fn answer(host: &mut Host, error: Option<&str>) -> Frame {
+    let req = recv_type(host, FrameType::Request).await;
+    let mut rep = Frame::new(FrameType::Reply, Bytes::from_static(b"ok"));
+    rep.header.request_id = req.header.request_id;
+    rep.header.error = error.map(|code| pb::Error {
+        kind: ErrorKind::Temporary as i32,
+        code: code.into(),
+        message: "try later".into(),
+    });
+    host.send(rep).await.unwrap();
+    req
+}
+
+fn sample(plugin: &Plugin, name: &str) -> Option<f64> {
+    plugin
+        .metrics()
+        .snapshot()
+        .samples
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| s.value)
+}
+
+#[tokio::test]
+async fn temporary_errors_are_retried_within_the_deadline_and_a_failing_destination_opens_its_circuit()
+ {
+    use appfw_sdk::RequestOptions;
+    use appfw_sdk::resilience::{BreakerConfig, RetryPolicy};
+    let breaker = BreakerConfig {
+        failure_threshold: 3,
+        open_for: Duration::from_millis(100),
+        half_open_probes: 1,
+    };
+    let (plugin, mut host) = connect(Plugin::builder().circuit_breaker(breaker)).await;
+    let retry = RetryPolicy {
+        max_attempts: 5,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        multiplier: 2.0,
+    };
+    // Two temporary failures, then an answer: the caller sees the answer.
+    let p = plugin.clone();
+    let opts = RequestOptions::new(Duration::from_secs(5)).retry(retry.clone());
+    let call = tokio::spawn(async move { p.request_with("svc", "q", &opts).await });
+    answer(&mut host, Some("overloaded")).await;
+    answer(&mut host, Some("no_responders")).await;
+    answer(&mut host, None).await;
+    assert_eq!(&call.await.unwrap().unwrap().payload[..], b"ok");
+    assert_eq!(sample(&plugin, "sdk_request_retries"), Some(2.0));
+
+    // Permanent errors are not retried.
+    let p = plugin.clone();
+    let opts = RequestOptions::new(Duration::from_secs(5)).retry(retry.clone());
+    let call = tokio::spawn(async move { p.request_with("svc", "q", &opts).await });
+    let req = recv_type(&mut host, FrameType::Request).await;
+    let mut rep = Frame::new(FrameType::Reply, Bytes::new());
+    rep.header.request_id = req.header.request_id;
+    rep.header.error = Some(pb::Error {
+        kind: ErrorKind::Permanent as i32,
+        code: "bad_request".into(),
+        message: "no".into(),
+    });
+    host.send(rep).await.unwrap();
+    assert_eq!(call.await.unwrap().unwrap_err().code, "bad_request");
+
+    // Three failures in a row (no retries) open the circuit: the next call fails at once.
+    let once = RequestOptions::new(Duration::from_secs(5));
+    for _ in 0..3 {
+        let p = plugin.clone();
+        let o = once.clone();
+        let call = tokio::spawn(async move { p.request_with("svc", "q", &o).await });
+        answer(&mut host, Some("overloaded")).await;
+        assert_eq!(call.await.unwrap().unwrap_err().code, "overloaded");
+    }
+    let e = plugin.request_with("svc", "q", &once).await.unwrap_err();
+    assert_eq!(e.code, "circuit_open");
+    assert_eq!(sample(&plugin, "sdk_circuit_breaker_state"), Some(1.0));
+    assert_eq!(sample(&plugin, "sdk_circuit_breaker_opened"), Some(1.0));
+    // Retries stop at the caller's deadline rather than waiting for the circuit.
+    let short = RequestOptions::new(Duration::from_millis(30)).retry(retry);
+    let e = plugin.request_with("svc", "q", &short).await.unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+
+    // After the open period one probe goes through; its success closes the circuit.
+    let p = plugin.clone();
+    let prober = tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match p.request_with("svc", "probe", &once).await {
+                Err(e) if e.code == "circuit_open" && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
+    });
+    let probe = answer(&mut host, None).await;
+    assert_eq!(&probe.payload[..], b"probe");
+    assert!(prober.await.unwrap().is_ok());
+    assert_eq!(sample(&plugin, "sdk_circuit_breaker_state"), Some(0.0));
+}
+
+#[tokio::test]
+async fn slow_handlers_lower_the_in_flight_limit_and_requests_over_it_are_shed() {
+    let (plugin, mut host) = connect(
+        Plugin::builder()
+            .max_in_flight(4)
+            .latency_target(Duration::from_millis(1), 1),
+    )
+    .await;
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let p = plugin.clone();
+    let serving = tokio::spawn(async move {
+        p.serve("svc", move |req| {
+            let mut release = release_rx.clone();
+            async move {
+                // Work well over the 1 ms target, then wait for the test (at most 10 s).
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ = tokio::time::timeout(T, release.wait_for(|r| *r)).await;
+                Ok(req.payload)
+            }
+        })
+        .await
+    });
+    let sub = serve_ack(&mut host).await;
+    serving.await.unwrap().unwrap();
+    release_tx.send(true).unwrap();
+    // Handlers slower than the target, one at a time: 4 -> 3 -> 2 -> 1.
+    for id in 1..=3 {
+        host.send(request(sub, id, b"x", now_unix_ms() + 10_000))
+            .await
+            .unwrap();
+        let r = recv_type(&mut host, FrameType::Reply).await;
+        assert!(r.header.error.is_none());
+    }
+    release_tx.send(false).unwrap();
+    host.send(request(sub, 10, b"held", now_unix_ms() + 10_000))
+        .await
+        .unwrap();
+    host.send(request(sub, 11, b"shed", now_unix_ms() + 10_000))
+        .await
+        .unwrap();
+    let r = recv_type(&mut host, FrameType::Reply).await;
+    assert_eq!(r.header.request_id, 11);
+    assert_eq!(r.header.error.unwrap().code, "overloaded");
+    assert_eq!(sample(&plugin, "sdk_requests_shed"), Some(1.0));
+    assert_eq!(sample(&plugin, "sdk_in_flight_limit"), Some(1.0));
+    release_tx.send(true).unwrap();
+    let r = recv_type(&mut host, FrameType::Reply).await;
+    assert_eq!(r.header.request_id, 10);
+}
+
+#[tokio::test]
+async fn gather_returns_every_reply_in_order_and_deadline_exceeded_for_the_missing_ones() {
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let p = plugin.clone();
+    let call = tokio::spawn(async move {
+        appfw_sdk::patterns::gather(
+            &p,
+            [("a".to_string(), "1"), ("b".to_string(), "2")],
+            Duration::from_millis(200),
+        )
+        .await
+    });
+    // Both requests are out before any reply: fan-out.
+    let first = recv_type(&mut host, FrameType::Request).await;
+    let second = recv_type(&mut host, FrameType::Request).await;
+    let b = if first.header.topic == "b" {
+        first
+    } else {
+        second
+    };
+    let mut rep = Frame::new(FrameType::Reply, Bytes::from_static(b"two"));
+    rep.header.request_id = b.header.request_id;
+    host.send(rep).await.unwrap();
+    let got = call.await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap_err().code, "deadline_exceeded");
+    assert_eq!(&got[1].as_ref().unwrap()[..], b"two");
+}

@@ -625,6 +625,7 @@ pub(super) fn relink(t: &mut Table) {
                 kind: s.kind,
                 group: s.group.clone(),
                 demand,
+                queue: Arc::clone(&s.queue),
             })
         })
         .collect();

@@ -7,6 +7,7 @@
 //! exception: their traffic waits in a bounded queue behind a lock (see [`demand`]).
 
 mod demand;
+pub mod outbox;
 mod topic;
 
 use std::collections::{BTreeSet, HashMap};
@@ -15,21 +16,28 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use appfw_proto::pb::{self, ErrorKind, FrameType, SubscriptionKind};
+use appfw_proto::trace::{TraceParent, valid_tracestate};
 use appfw_proto::{Frame, now_unix_ms};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 pub use demand::{Demand, DemandStatus};
+pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, SendError, SubQueue};
 pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};
 
-use crate::metrics::{Metrics, TopicStat};
+use crate::metrics::{Metrics, SubscriberKey, TopicStat};
 
-/// How long a publisher waits for a full subscriber queue before the message is dropped for
-/// that subscriber (and counted).
+/// How long a reply or host error waits for room in a full connection queue before it is
+/// dropped (and counted); the requester's own deadline still answers it.
 const DELIVERY_WAIT: Duration = Duration::from_secs(1);
+/// Messages of one subscription queued in the host when the subscriber does not say.
+pub const DEFAULT_MAX_PENDING: usize = 256;
+/// How long a publisher waits for a `block` subscriber's room when the subscriber does not say.
+pub const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a subscriber may make publishers wait (a blocked publisher's own traffic waits
+/// behind it).
+pub const MAX_BLOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The server connection of a request queued for an on-demand plugin (connection ids start at 1).
 const NO_SERVER: u64 = 0;
@@ -42,7 +50,22 @@ pub struct Link {
     /// Unique per connection, so a restarted plugin's new connection is a different link.
     pub conn_id: u64,
     /// Frames to write to the plugin.
-    pub outbox: mpsc::Sender<Frame>,
+    pub outbox: Arc<Outbox>,
+    /// Time this plugin's frames spent waiting for `block` subscribers (µs, taken by its
+    /// connection's reader, which does not count it as heartbeat silence).
+    pub waited_us: AtomicU64,
+}
+
+impl Link {
+    /// The bus endpoint of a connection.
+    pub fn new(plugin: Arc<str>, conn_id: u64, outbox: Arc<Outbox>) -> Self {
+        Self {
+            plugin,
+            conn_id,
+            outbox,
+            waited_us: AtomicU64::new(0),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -54,6 +77,8 @@ struct Sub {
     group: Option<Arc<str>>,
     /// The demand of an on-demand plugin's subscription, with its index in the table's demands.
     demand: Option<(usize, Arc<Demand>)>,
+    /// Its bound and overflow policy in the connection's outbox.
+    queue: Arc<SubQueue>,
 }
 
 #[derive(Clone, Default)]
@@ -78,12 +103,51 @@ struct Pending {
     by_deadline: BTreeSet<(u64, u64)>,
 }
 
+/// What became of one copy of a message.
+enum Delivered {
+    Yes,
+    /// Dropped by the subscription's drop policy.
+    Dropped,
+    /// A `block` subscription had no room in time.
+    TimedOut,
+    /// The subscriber's connection is closed.
+    Closed,
+}
+
+/// Drops a malformed W3C trace context from a relayed header (the fields, never the frame), so
+/// one plugin's bad value does not reach every receiver's tracer. A `tracestate` without a valid
+/// `traceparent` means nothing and goes too.
+fn sanitize_trace(plugin: &str, h: &mut pb::Header) {
+    if h.traceparent.is_empty() && h.tracestate.is_empty() {
+        return;
+    }
+    if TraceParent::parse(&h.traceparent).is_none() {
+        if !h.traceparent.is_empty() {
+            tracing::debug!(plugin, traceparent = %h.traceparent, "malformed traceparent dropped");
+        }
+        h.traceparent.clear();
+        h.tracestate.clear();
+    } else if !valid_tracestate(&h.tracestate) {
+        tracing::debug!(plugin, "malformed tracestate dropped");
+        h.tracestate.clear();
+    }
+}
+
+/// A deadline in ms since the Unix epoch (0: none) as an instant.
+fn instant_of(deadline_unix_ms: u64) -> Option<tokio::time::Instant> {
+    (deadline_unix_ms != 0).then(|| {
+        let left = deadline_unix_ms.saturating_sub(now_unix_ms());
+        tokio::time::Instant::now() + Duration::from_millis(left)
+    })
+}
+
 /// Counters of the bus.
 #[derive(Debug, Default)]
 pub struct BusStats {
     /// Messages delivered to subscribers.
     pub delivered: AtomicU64,
-    /// Messages dropped because a subscriber's queue stayed full.
+    /// Frames not delivered: a subscription's overflow policy or block timeout, or a reply that
+    /// found its requester's queue full for [`DELIVERY_WAIT`].
     pub dropped: AtomicU64,
     /// Requests forwarded to a server.
     pub requests: AtomicU64,
@@ -196,6 +260,7 @@ impl Bus {
             _ => SubscriptionKind::Events,
         };
         let group = (!sub.queue_group.is_empty()).then(|| Arc::from(sub.queue_group.as_str()));
+        let queue = Arc::new(self.sub_queue(link, pattern.as_str(), kind, sub));
         let add = || {
             self.edit_table(|t| {
                 let demand = t
@@ -212,6 +277,7 @@ impl Bus {
                     kind,
                     group,
                     demand,
+                    queue,
                 }));
             });
         };
@@ -220,6 +286,39 @@ impl Bus {
             None => add(),
         }
         Ok(())
+    }
+
+    fn sub_queue(
+        &self,
+        link: &Link,
+        pattern: &str,
+        kind: SubscriptionKind,
+        sub: &pb::Subscribe,
+    ) -> SubQueue {
+        let policy = match pb::OverflowPolicy::try_from(sub.overflow) {
+            Ok(pb::OverflowPolicy::DropOldest) => Overflow::DropOldest,
+            Ok(pb::OverflowPolicy::DropNewest) => Overflow::DropNewest,
+            _ => Overflow::Block,
+        };
+        let max_pending = match sub.max_pending {
+            0 => DEFAULT_MAX_PENDING,
+            n => (n as usize).min(outbox::OUTBOX_FRAMES),
+        };
+        let block_timeout = match sub.block_timeout_ms {
+            0 => DEFAULT_BLOCK_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)).min(MAX_BLOCK_TIMEOUT),
+        };
+        let stat = self.inner.metrics.subscriber(SubscriberKey {
+            plugin: link.plugin.to_string(),
+            pattern: pattern.to_string(),
+            kind: match kind {
+                SubscriptionKind::Requests => "requests",
+                _ => "events",
+            },
+            group: sub.queue_group.clone(),
+            policy: policy.as_str(),
+        });
+        SubQueue::new(policy, max_pending, block_timeout, stat)
     }
 
     /// Drops subscription `id` of `link`.
@@ -277,15 +376,22 @@ impl Bus {
         }
     }
 
-    /// Delivers a PUBLISH from `from` to every matching subscriber.
-    pub async fn publish(&self, from: &Link, frame: Frame) -> Result<(), pb::Error> {
+    /// Delivers a PUBLISH from `from` to every matching subscriber, each by its overflow
+    /// policy. `Err` is an invalid topic, or `slow_subscriber` when a `block` subscriber had no
+    /// room before its block timeout or the PUBLISH's deadline (the others got the message).
+    pub async fn publish(&self, from: &Link, mut frame: Frame) -> Result<(), pb::Error> {
         validate_topic(&frame.header.topic)
             .map_err(|m| error(ErrorKind::Permanent, "invalid_topic", m))?;
+        sanitize_trace(&from.plugin, &mut frame.header);
         let len = frame.payload.len() as u64;
-        self.inner.metrics.with_topic(&frame.header.topic, |t| {
+        let topic_stat = self.inner.metrics.with_topic(&frame.header.topic, |t| {
             t.messages.fetch_add(1, Ordering::Relaxed);
             t.bytes.fetch_add(len, Ordering::Relaxed);
+            Arc::clone(t)
         });
+        let deadline = instant_of(frame.header.deadline_unix_ms);
+        let mut late = 0usize;
+        let mut first_late: Option<(Arc<str>, u64)> = None;
         let table = self.inner.table.load_full();
         // On-demand plugins not live yet take the message through their queue; whether each is
         // live is read once, so a plugin turning live meanwhile gets it exactly once.
@@ -315,6 +421,11 @@ impl Bus {
             Some((i, _)) => cold.get(*i).copied().unwrap_or(true),
             None => false,
         };
+        // Targets first, so the last one can take the frame itself instead of a copy (1 -> 1,
+        // the common case, copies no header). Up to 8 on the stack.
+        let mut inline: [Option<&Arc<Sub>>; 8] = [None; 8];
+        let mut spill: Vec<&Arc<Sub>> = Vec::new();
+        let mut count = 0usize;
         let mut groups_done: Vec<&str> = Vec::new();
         for (i, sub) in table.subs.iter().enumerate() {
             if sub.kind != SubscriptionKind::Events
@@ -333,19 +444,124 @@ impl Bus {
                     self.pick_group_member(&table, i, g, &frame.header.topic, &skip)
                 }
             };
+            match inline.get_mut(count) {
+                Some(slot) => *slot = Some(target),
+                None => spill.push(target),
+            }
+            count += 1;
+        }
+        let sender: &str = &from.plugin;
+        frame.header.request_id = 0;
+        for i in 0..count {
+            let target = match inline.get(i) {
+                Some(t) => t.unwrap_or_else(|| unreachable!("filled above")),
+                None => spill[i - inline.len()],
+            };
             if let Some((_, d)) = &target.demand {
                 d.touch();
             }
-            let mut out = Frame {
-                header: frame.header.clone(),
-                payload: frame.payload.clone(),
+            let mut out = if i + 1 == count {
+                std::mem::take(&mut frame)
+            } else {
+                Frame {
+                    header: frame.header.clone(),
+                    payload: frame.payload.clone(),
+                }
             };
-            out.header.sender = from.plugin.to_string();
+            out.header.sender.clear();
+            out.header.sender.push_str(sender);
             out.header.subscription_id = target.id;
-            out.header.request_id = 0;
-            self.deliver(&target.link, out).await;
+            match self.deliver_to(from, target, out, true, deadline).await {
+                Delivered::Yes | Delivered::Closed => {}
+                Delivered::Dropped => {
+                    topic_stat.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Delivered::TimedOut => {
+                    topic_stat.dropped.fetch_add(1, Ordering::Relaxed);
+                    late += 1;
+                    first_late.get_or_insert_with(|| (Arc::clone(&target.link.plugin), target.id));
+                }
+            }
         }
-        Ok(())
+        match first_late {
+            None => Ok(()),
+            Some((plugin, id)) => Err(error(
+                ErrorKind::Temporary,
+                "slow_subscriber",
+                format!(
+                    "{late} subscriber(s) had no room for the message in time (first: {plugin}, subscription {id}); the others got it"
+                ),
+            )),
+        }
+    }
+
+    /// Queues a message or request for subscription `sub` by its overflow policy, waiting (under
+    /// `block`) until its block timeout or `deadline`, whichever comes first.
+    async fn deliver_to(
+        &self,
+        from: &Link,
+        sub: &Sub,
+        frame: Frame,
+        evict: bool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Delivered {
+        let q = &sub.queue;
+        let outbox = &sub.link.outbox;
+        let outcome = match outbox.offer(frame, q, evict) {
+            Offer::Full(frame) => {
+                let started = tokio::time::Instant::now();
+                let mut until = started + q.block_timeout;
+                if let Some(d) = deadline {
+                    until = until.min(d);
+                }
+                let outcome = outbox.offer_until(frame, q, evict, until).await;
+                let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                from.waited_us.fetch_add(waited, Ordering::Relaxed);
+                outcome
+            }
+            other => other,
+        };
+        let stats = &self.inner.stats;
+        let delivered = || {
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
+            q.stat.delivered.fetch_add(1, Ordering::Relaxed);
+        };
+        match outcome {
+            Offer::Queued => {
+                delivered();
+                Delivered::Yes
+            }
+            Offer::QueuedDroppedOldest { first, count } => {
+                delivered();
+                let n = count as u64;
+                stats.dropped.fetch_add(n, Ordering::Relaxed);
+                q.stat.dropped_overflow.fetch_add(n, Ordering::Relaxed);
+                self.inner.metrics.with_topic(&first.header.topic, |t| {
+                    t.dropped.fetch_add(n, Ordering::Relaxed)
+                });
+                if q.should_warn() {
+                    tracing::warn!(plugin = %sub.link.plugin, subscription = sub.id, pattern = sub.pattern.as_str(), "subscriber queue full: oldest message dropped (drop-oldest); counted in appfw_bus_subscriber_dropped_total");
+                }
+                Delivered::Yes
+            }
+            Offer::Dropped => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                q.stat.dropped_overflow.fetch_add(1, Ordering::Relaxed);
+                if q.should_warn() {
+                    tracing::warn!(plugin = %sub.link.plugin, subscription = sub.id, pattern = sub.pattern.as_str(), policy = q.policy.as_str(), "subscriber queue full: new message dropped; counted in appfw_bus_subscriber_dropped_total");
+                }
+                Delivered::Dropped
+            }
+            Offer::Full(_) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                q.stat.dropped_timeout.fetch_add(1, Ordering::Relaxed);
+                if q.should_warn() {
+                    tracing::warn!(plugin = %sub.link.plugin, subscription = sub.id, pattern = sub.pattern.as_str(), "subscriber queue stayed full until the publisher's deadline (block): message not delivered; counted in appfw_bus_subscriber_dropped_total");
+                }
+                Delivered::TimedOut
+            }
+            Offer::Closed => Delivered::Closed,
+        }
     }
 
     fn pick_group_member<'a>(
@@ -356,39 +572,35 @@ impl Bus {
         topic: &str,
         skip: &dyn Fn(&Sub) -> bool,
     ) -> &'a Arc<Sub> {
-        // `first` itself is never skipped, so there is at least one member.
-        let members: Vec<&Arc<Sub>> = table.subs[first..]
+        // `first` itself is never skipped, so there is at least one member. Two passes over the
+        // members (count, then pick) rather than collecting them: no allocation per message.
+        let is_member = |s: &&Arc<Sub>| {
+            s.kind == SubscriptionKind::Events
+                && s.group.as_deref() == Some(group)
+                && s.pattern.matches(topic)
+                && !skip(s)
+        };
+        let members = table.subs[first..].iter().filter(is_member).count().max(1);
+        let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % members;
+        table.subs[first..]
             .iter()
-            .filter(|s| {
-                s.kind == SubscriptionKind::Events
-                    && s.group.as_deref() == Some(group)
-                    && s.pattern.matches(topic)
-                    && !skip(s)
-            })
-            .collect();
-        let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
-        members[n % members.len()]
+            .filter(is_member)
+            .nth(n)
+            .unwrap_or(&table.subs[first])
     }
 
+    /// Queues a reply or host error for `link`, waiting up to [`DELIVERY_WAIT`] for room.
     async fn deliver(&self, link: &Link, frame: Frame) {
         let stats = &self.inner.stats;
-        match link.outbox.try_send(frame) {
+        match link.outbox.send(frame, DELIVERY_WAIT).await {
             Ok(()) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(frame)) => {
-                match tokio::time::timeout(DELIVERY_WAIT, link.outbox.send(frame)).await {
-                    Ok(Ok(())) => {
-                        stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Err(_)) => {}
-                    Err(_) => {
-                        stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(plugin = %link.plugin, "subscriber queue full for {DELIVERY_WAIT:?}: message dropped");
-                    }
-                }
+            Err(SendError::Full) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %link.plugin, "plugin queue full for {DELIVERY_WAIT:?}: reply dropped");
             }
-            Err(TrySendError::Closed(_)) => {}
+            Err(SendError::Closed) => {}
         }
     }
 
@@ -399,11 +611,11 @@ impl Bus {
             Ok(()) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(_)) => {
+            Err(SendError::Full) => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(plugin = %link.plugin, "plugin queue full: queued message dropped");
             }
-            Err(TrySendError::Closed(_)) => {}
+            Err(SendError::Closed) => {}
         }
     }
 
@@ -451,7 +663,8 @@ impl Bus {
     }
 
     /// Routes a REQUEST from `from` to one matching server, or answers it with an error at once.
-    pub async fn request(&self, from: &Arc<Link>, frame: Frame) {
+    pub async fn request(&self, from: &Arc<Link>, mut frame: Frame) {
+        sanitize_trace(&from.plugin, &mut frame.header);
         let origin_id = frame.header.request_id;
         let topic = &frame.header.topic;
         if let Err(m) = validate_topic(topic) {
@@ -533,12 +746,29 @@ impl Bus {
         );
         out.header.subscription_id = server.id;
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.deliver(&server.link, out).await;
+        match self
+            .deliver_to(from, server, out, false, instant_of(deadline_ms))
+            .await
+        {
+            Delivered::Yes | Delivered::Closed => {}
+            Delivered::Dropped | Delivered::TimedOut => {
+                // Every request gets an answer: this one at once, not at its deadline.
+                if let Some(r) = self.take_pending(host_id) {
+                    let e = error(
+                        ErrorKind::Temporary,
+                        "overloaded",
+                        format!("{}'s queue is full", server.link.plugin),
+                    );
+                    self.reply_error(&r.origin, r.origin_id, "$host", e).await;
+                }
+            }
+        }
     }
 
     /// Routes a REPLY from `from` back to the requester. A reply to a request that was not sent
     /// to `from` (or already answered or expired) is dropped: a plugin cannot answer for another.
-    pub async fn reply(&self, from: &Link, frame: Frame) {
+    pub async fn reply(&self, from: &Link, mut frame: Frame) {
+        sanitize_trace(&from.plugin, &mut frame.header);
         let host_id = frame.header.request_id;
         let req = {
             let mut p = lock(&self.inner.pending);
@@ -619,22 +849,28 @@ impl Bus {
 mod tests {
     use super::*;
 
-    fn link(name: &str, conn: u64) -> (Arc<Link>, mpsc::Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(8);
-        (
-            Arc::new(Link {
-                plugin: name.into(),
-                conn_id: conn,
-                outbox: tx,
-            }),
-            rx,
-        )
+    /// The receiving end as the tests read it.
+    struct Rx(OutboxReceiver);
+
+    impl Rx {
+        fn try_recv(&mut self) -> Result<Frame, ()> {
+            self.0.try_recv().ok_or(())
+        }
+        async fn recv(&mut self) -> Option<Frame> {
+            self.0.recv().await
+        }
+    }
+
+    fn link(name: &str, conn: u64) -> (Arc<Link>, Rx) {
+        let (tx, rx) = outbox::outbox_with(8, 1 << 20);
+        let rx = Rx(rx);
+        (Arc::new(Link::new(name.into(), conn, tx)), rx)
     }
 
     fn serving() -> pb::Subscribe {
         pb::Subscribe {
             kind: SubscriptionKind::Requests as i32,
-            queue_group: String::new(),
+            ..Default::default()
         }
     }
 
@@ -684,6 +920,7 @@ mod tests {
         let g = pb::Subscribe {
             kind: SubscriptionKind::Events as i32,
             queue_group: "workers".into(),
+            ..Default::default()
         };
         bus.subscribe(&b, 1, "jobs", &g).unwrap();
         bus.subscribe(&c, 1, "jobs", &g).unwrap();
@@ -770,7 +1007,7 @@ mod tests {
             .is_ok()
     }
 
-    fn payloads(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
+    fn payloads(rx: &mut Rx) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(f) = rx.try_recv() {
             out.push(String::from_utf8_lossy(&f.payload).into_owned());
@@ -910,6 +1147,201 @@ mod tests {
             ra.try_recv().unwrap().header.error.unwrap().code,
             "no_responders"
         );
+    }
+
+    fn with_policy(policy: pb::OverflowPolicy, max_pending: u32) -> pb::Subscribe {
+        pb::Subscribe {
+            kind: SubscriptionKind::Events as i32,
+            overflow: policy as i32,
+            max_pending,
+            ..Default::default()
+        }
+    }
+
+    fn sub_stat(
+        m: &Metrics,
+        plugin: &str,
+        policy: Overflow,
+    ) -> Arc<crate::metrics::SubscriberStat> {
+        m.subscriber(SubscriberKey {
+            plugin: plugin.into(),
+            pattern: "t".into(),
+            kind: "events",
+            group: String::new(),
+            policy: policy.as_str(),
+        })
+    }
+
+    #[tokio::test]
+    async fn slow_subscribers_with_drop_policies_never_slow_the_publisher_or_the_others() {
+        use futures_util::FutureExt;
+        let metrics = Arc::new(Metrics::new(100));
+        let bus = Bus::new(Duration::from_secs(5), Arc::clone(&metrics));
+        let (a, _ra) = link("a", 1);
+        let (fast, mut rfast) = link("fast", 2);
+        let (old, mut rold) = link("old", 3);
+        let (new, mut rnew) = link("new", 4);
+        bus.subscribe(&fast, 1, "t", &with_policy(pb::OverflowPolicy::Block, 4))
+            .unwrap();
+        bus.subscribe(
+            &old,
+            1,
+            "t",
+            &with_policy(pb::OverflowPolicy::DropOldest, 5),
+        )
+        .unwrap();
+        bus.subscribe(
+            &new,
+            1,
+            "t",
+            &with_policy(pb::OverflowPolicy::DropNewest, 5),
+        )
+        .unwrap();
+        let n = 5000;
+        let mut got = Vec::with_capacity(n);
+        for i in 0..n {
+            // now_or_never: the publish completes without ever waiting for the slow two.
+            let done = bus.publish(&a, numbered("t", i)).now_or_never();
+            assert!(matches!(done, Some(Ok(()))), "publish {i} waited or failed");
+            got.extend(payloads(&mut rfast));
+            assert!(old.outbox.len() <= 5 && new.outbox.len() <= 5, "bounded");
+        }
+        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        assert_eq!(got, want, "the fast subscriber got everything, in order");
+        assert_eq!(
+            payloads(&mut rold),
+            ["4995", "4996", "4997", "4998", "4999"]
+        );
+        assert_eq!(payloads(&mut rnew), ["0", "1", "2", "3", "4"]);
+        let lost = (n - 5) as u64;
+        for (plugin, policy) in [("old", Overflow::DropOldest), ("new", Overflow::DropNewest)] {
+            let st = sub_stat(&metrics, plugin, policy);
+            assert_eq!(
+                st.dropped_overflow.load(Ordering::Relaxed),
+                lost,
+                "{plugin}"
+            );
+            assert_eq!(st.pending.load(Ordering::Relaxed), 0, "{plugin} drained");
+        }
+        let fast_stat = sub_stat(&metrics, "fast", Overflow::Block);
+        assert_eq!(fast_stat.delivered.load(Ordering::Relaxed), n as u64);
+        assert_eq!(fast_stat.dropped_timeout.load(Ordering::Relaxed), 0);
+        let topic_dropped = metrics.with_topic("t", |t| t.dropped.load(Ordering::Relaxed));
+        assert_eq!(topic_dropped, 2 * lost, "drops are counted per topic too");
+        assert_eq!(bus.stats().dropped.load(Ordering::Relaxed), 2 * lost);
+    }
+
+    #[tokio::test]
+    async fn block_loses_nothing_and_a_deadline_turns_into_an_error_for_the_publisher() {
+        let metrics = Arc::new(Metrics::new(100));
+        let bus = Bus::new(Duration::from_secs(5), Arc::clone(&metrics));
+        let (a, _ra) = link("a", 1);
+        let (slow, rslow) = link("slow", 2);
+        let (other, mut rother) = link("other", 3);
+        bus.subscribe(&slow, 1, "t", &with_policy(pb::OverflowPolicy::Block, 4))
+            .unwrap();
+        bus.subscribe(
+            &other,
+            1,
+            "t",
+            &with_policy(pb::OverflowPolicy::DropNewest, 1),
+        )
+        .unwrap();
+        // A consumer slower than the publisher: the publisher waits, nothing is lost.
+        let n = 2000;
+        let consumer = tokio::spawn(async move {
+            let mut rx = rslow;
+            let mut seen = Vec::with_capacity(n);
+            while seen.len() < n {
+                let f = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                    .await
+                    .expect("a message in time")
+                    .expect("open");
+                seen.push(String::from_utf8_lossy(&f.payload).into_owned());
+                tokio::task::yield_now().await;
+            }
+            (seen, rx)
+        });
+        for i in 0..n {
+            bus.publish(&a, numbered("t", i)).await.unwrap();
+            let _ = payloads(&mut rother);
+        }
+        let (seen, _rslow) = consumer.await.unwrap();
+        let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        assert_eq!(seen, want);
+        let st = sub_stat(&metrics, "slow", Overflow::Block);
+        assert_eq!(st.delivered.load(Ordering::Relaxed), n as u64);
+        assert_eq!(st.dropped_timeout.load(Ordering::Relaxed), 0);
+        // Nobody reads any more: once the queue is full, the publisher's deadline ends the wait
+        // with an error naming the subscriber; the other subscriber still got the message.
+        for i in 0..4 {
+            bus.publish(&a, numbered("t", i)).await.unwrap();
+            let _ = payloads(&mut rother);
+        }
+        let mut f = numbered("t", 99);
+        f.header.deadline_unix_ms = now_unix_ms() + 50;
+        let e = bus.publish(&a, f).await.unwrap_err();
+        assert_eq!(e.code, "slow_subscriber");
+        assert_eq!(e.kind, ErrorKind::Temporary as i32);
+        assert!(e.message.contains("slow"), "{}", e.message);
+        assert_eq!(payloads(&mut rother), ["99"]);
+        assert_eq!(st.dropped_timeout.load(Ordering::Relaxed), 1);
+        assert_eq!(st.pending.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn malformed_trace_context_is_dropped_and_valid_one_relayed_unchanged() {
+        let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
+        let (a, _ra) = link("a", 1);
+        let (b, mut rb) = link("b", 2);
+        bus.subscribe(&b, 1, "t", &pb::Subscribe::default())
+            .unwrap();
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for (tp, ts, want_tp, want_ts) in [
+            (good, "congo=t61rcWkgMzE", good, "congo=t61rcWkgMzE"),
+            (good, "not a list member", good, ""),
+            ("00-XYZ-00f067aa0ba902b7-01", "congo=1", "", ""),
+            ("", "congo=1", "", ""),
+        ] {
+            let mut f = publish("t", "a");
+            f.header.traceparent = tp.into();
+            f.header.tracestate = ts.into();
+            bus.publish(&a, f).await.unwrap();
+            let got = rb.try_recv().unwrap();
+            assert_eq!(
+                &got.payload[..],
+                b"payload",
+                "the frame itself is delivered"
+            );
+            assert_eq!(
+                (
+                    got.header.traceparent.as_str(),
+                    got.header.tracestate.as_str()
+                ),
+                (want_tp, want_ts),
+                "{tp:?} {ts:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_to_a_full_server_is_answered_overloaded_at_once() {
+        let bus = Bus::new(Duration::from_secs(5), Arc::new(Metrics::new(100)));
+        let (a, mut ra) = link("a", 1);
+        let (b, _rb) = link("b", 2);
+        let serve = pb::Subscribe {
+            kind: SubscriptionKind::Requests as i32,
+            overflow: pb::OverflowPolicy::DropNewest as i32,
+            max_pending: 1,
+            ..Default::default()
+        };
+        bus.subscribe(&b, 1, "svc", &serve).unwrap();
+        bus.request(&a, request("svc", 1)).await;
+        bus.request(&a, request("svc", 2)).await;
+        let r = ra.try_recv().unwrap();
+        assert_eq!(r.header.request_id, 2);
+        assert_eq!(r.header.error.unwrap().code, "overloaded");
+        assert_eq!(bus.pending_requests(), 1, "the first one waits for b");
     }
 
     #[tokio::test]

@@ -313,6 +313,17 @@ pub fn render(
             ));
         }
         let fam = s.family(
+            "appfw_bus_dropped_messages",
+            "Copies of messages not delivered to a subscriber (its overflow policy, or its block timeout), by topic",
+            MetricType::Counter,
+        );
+        for t in &names {
+            fam.push((
+                labels(&[("topic", t)]),
+                Value::Counter(topics[*t].dropped.load(Ordering::Relaxed) as f64),
+            ));
+        }
+        let fam = s.family(
             "appfw_bus_request_duration_seconds",
             "Request round trips through the host (routed to reply forwarded), by topic",
             MetricType::Histogram,
@@ -329,6 +340,55 @@ pub fn render(
                     },
                 ));
             }
+        }
+    }
+    {
+        let subs = lock(&metrics.subscribers);
+        let sub_labels = |k: &super::SubscriberKey| {
+            labels(&[
+                ("plugin", &k.plugin),
+                ("pattern", &k.pattern),
+                ("kind", k.kind),
+                ("group", &k.group),
+                ("policy", k.policy),
+            ])
+        };
+        let fam = s.family(
+            "appfw_bus_subscriber_delivered",
+            "Messages queued for a subscription",
+            MetricType::Counter,
+        );
+        for (k, v) in subs.iter() {
+            fam.push((
+                sub_labels(k),
+                Value::Counter(v.delivered.load(Ordering::Relaxed) as f64),
+            ));
+        }
+        let fam = s.family(
+            "appfw_bus_subscriber_dropped",
+            "Messages a subscription lost: reason overflow (its drop-oldest / drop-newest policy) or timeout (its block wait ran out)",
+            MetricType::Counter,
+        );
+        for (k, v) in subs.iter() {
+            for (reason, n) in [
+                ("overflow", &v.dropped_overflow),
+                ("timeout", &v.dropped_timeout),
+            ] {
+                let mut l = sub_labels(k);
+                l.push(("reason".into(), reason.into()));
+                fam.push((l, Value::Counter(n.load(Ordering::Relaxed) as f64)));
+            }
+        }
+        let fam = s.family(
+            "appfw_bus_subscriber_pending",
+            "Messages of a subscription waiting in the host for the plugin",
+            MetricType::Gauge,
+        );
+        for (k, v) in subs.iter() {
+            fam.push((
+                sub_labels(k),
+                Value::Gauge(v.pending.load(Ordering::Relaxed) as f64),
+            ));
         }
     }
     {

@@ -115,6 +115,40 @@ pub struct TopicStat {
     pub bytes: AtomicU64,
     /// Request round trips through the host (request routed to reply forwarded).
     pub latency: AtomicHistogram,
+    /// Copies of its messages not delivered to a subscriber (overflow policy or block timeout).
+    pub dropped: AtomicU64,
+}
+
+/// Subscriptions tracked one by one in the per-subscriber series; further ones share `_other`.
+pub const MAX_SUBSCRIBER_SERIES: usize = 1000;
+
+/// What one subscriber got and lost. Shared by the subscriptions with the same labels (a
+/// restarted plugin's new subscription continues its predecessor's counters).
+#[derive(Debug, Default)]
+pub struct SubscriberStat {
+    /// Messages queued for it.
+    pub delivered: AtomicU64,
+    /// Messages dropped by its `drop-oldest` / `drop-newest` policy.
+    pub dropped_overflow: AtomicU64,
+    /// Messages not delivered because its `block` wait reached the deadline.
+    pub dropped_timeout: AtomicU64,
+    /// Its messages waiting in the host now.
+    pub pending: AtomicU64,
+}
+
+/// Labels of a subscriber's series.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SubscriberKey {
+    /// The plugin.
+    pub plugin: String,
+    /// Its pattern.
+    pub pattern: String,
+    /// `events` or `requests`.
+    pub kind: &'static str,
+    /// Its queue group (empty for none).
+    pub group: String,
+    /// Its overflow policy.
+    pub policy: &'static str,
 }
 
 /// What one on-demand plugin's demand did.
@@ -149,6 +183,7 @@ pub struct Metrics {
     demand: Mutex<BTreeMap<String, Arc<DemandCounters>>>,
     topics: ArcSwap<HashMap<Box<str>, Arc<TopicStat>>>,
     topics_edit: Mutex<()>,
+    subscribers: Mutex<BTreeMap<SubscriberKey, Arc<SubscriberStat>>>,
     plugins: Mutex<BTreeMap<String, PluginSeries>>,
     /// Metric name → kind of the plugin that first used it.
     kinds: Mutex<HashMap<String, MetricKind>>,
@@ -165,6 +200,7 @@ impl Metrics {
             demand: Mutex::default(),
             topics: ArcSwap::from_pointee(HashMap::new()),
             topics_edit: Mutex::new(()),
+            subscribers: Mutex::default(),
             plugins: Mutex::default(),
             kinds: Mutex::default(),
             max_series,
@@ -213,6 +249,26 @@ impl Metrics {
         let stat = Arc::clone(next.entry(key.into()).or_default());
         self.topics.store(Arc::new(next));
         f(&stat)
+    }
+
+    /// The counters of a subscriber (called when it subscribes, not per message).
+    pub fn subscriber(&self, key: SubscriberKey) -> Arc<SubscriberStat> {
+        let mut subs = lock(&self.subscribers);
+        if let Some(s) = subs.get(&key) {
+            return Arc::clone(s);
+        }
+        let key = if subs.len() >= MAX_SUBSCRIBER_SERIES {
+            SubscriberKey {
+                plugin: "_other".into(),
+                pattern: "_other".into(),
+                kind: "_other",
+                group: String::new(),
+                policy: "_other",
+            }
+        } else {
+            key
+        };
+        Arc::clone(subs.entry(key).or_default())
     }
 
     /// Takes a plugin's batch: the full set of its series, replacing the previous one. Invalid

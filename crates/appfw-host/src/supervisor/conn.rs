@@ -10,7 +10,7 @@ use appfw_proto::pb::{self, FrameType};
 use appfw_proto::writer::{Sequencer, WriterEnd, write_frames};
 use appfw_proto::{Frame, FrameCodec, FrameError, caps, negotiate_version};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
@@ -20,8 +20,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Link};
 
-/// Frames queued for one plugin before senders wait.
-const OUTBOX_CAPACITY: usize = 1024;
+/// Frames handled one after the other before the reader looks at its heartbeat timer again.
+const BATCH: usize = 64;
+/// The reader's buffer: a read takes up to this much, so a burst of small frames costs few
+/// syscalls.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// How long the reader waits for room to queue its own answers (PONG, acknowledgements) to a
+/// plugin that does not read; a plugin that stuck is caught by the heartbeat.
+const CONTROL_WAIT: Duration = Duration::from_secs(5);
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -131,9 +138,12 @@ impl ConnHandle {
         let outcome = async {
             self.link
                 .outbox
-                .send(f)
+                .send(f, CONTROL_WAIT)
                 .await
-                .map_err(|_| "the connection is closed".to_string())?;
+                .map_err(|e| match e {
+                    crate::bus::SendError::Full => "the plugin's queue is full".to_string(),
+                    crate::bus::SendError::Closed => "the connection is closed".to_string(),
+                })?;
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(reply)) => match reply.header.error {
                     None => Ok(()),
@@ -172,12 +182,12 @@ pub fn start(
     socket.set_nonblocking(true)?;
     let stream = UnixStream::from_std(socket)?;
     let (read_half, mut write_half) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let link = Arc::new(Link {
-        plugin: Arc::clone(&params.plugin),
-        conn_id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
-        outbox: tx,
-    });
+    let (tx, mut rx) = crate::bus::outbox::outbox();
+    let link = Arc::new(Link::new(
+        Arc::clone(&params.plugin),
+        NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+        tx,
+    ));
     let cancel = parent.child_token();
     let peer_seq = Arc::new(AtomicU64::new(0));
     let pending = HostPending::default();
@@ -207,9 +217,14 @@ pub fn start(
             peer_seq,
             pending: Arc::clone(&pending),
             log_counters: params.metrics.log_counters(&params.plugin),
+            publish_ack: std::sync::atomic::AtomicBool::new(false),
             params,
         };
-        let frames = FramedRead::new(read_half, FrameCodec::new(reader.params.max_frame_size));
+        let frames = FramedRead::with_capacity(
+            read_half,
+            FrameCodec::new(reader.params.max_frame_size),
+            READ_BUFFER,
+        );
         tokio::spawn(reader.run(frames))
     };
     Ok(ConnHandle {
@@ -229,6 +244,8 @@ struct Reader {
     peer_seq: Arc<AtomicU64>,
     pending: HostPending,
     log_counters: Arc<crate::metrics::LogCounters>,
+    /// Capability `publish_ack` was negotiated: a PUBLISH with a request_id gets a receipt.
+    publish_ack: std::sync::atomic::AtomicBool,
 }
 
 type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
@@ -254,7 +271,10 @@ impl Reader {
     }
 
     async fn send(&self, frame: Frame) {
-        let _ = self.link.outbox.send(frame).await;
+        let frame_type = frame.header.r#type;
+        if let Err(crate::bus::SendError::Full) = self.link.outbox.send(frame, CONTROL_WAIT).await {
+            tracing::warn!(plugin = %self.params.plugin, frame_type, "plugin queue full: frame to the plugin dropped");
+        }
     }
 
     async fn protocol_error(&self, code: &'static str, message: String) -> End {
@@ -326,12 +346,16 @@ impl Reader {
             self.send(Frame::control(FrameType::Refuse, &refuse)).await;
             return Err(End::Event(ConnEvent::Refused { reason }));
         };
-        let capabilities = hello
+        let capabilities: Vec<String> = hello
             .capabilities
             .iter()
             .filter(|c| caps::ALL.contains(&c.as_str()))
             .cloned()
             .collect();
+        self.publish_ack.store(
+            capabilities.iter().any(|c| c == caps::PUBLISH_ACK),
+            Ordering::Relaxed,
+        );
         let mut token = [0u8; 16];
         let _ = rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty());
         let welcome = pb::Welcome {
@@ -382,22 +406,49 @@ impl Reader {
                     let _ = self.link.outbox.try_send(f);
                 }
                 next = frames.next() => {
-                    let frame = match next {
-                        None => return End::Event(ConnEvent::Closed { reason: "plugin closed the connection".into() }),
-                        Some(Err(e)) => return self.frame_error(e).await,
-                        Some(Ok(f)) => f,
-                    };
-                    self.peer_seq.store(frame.header.seq, Ordering::Relaxed);
-                    if frame.frame_type() == Some(FrameType::Pong) {
-                        last_pong = Instant::now();
-                        continue;
-                    }
-                    if let Some(end) = self.handle(frame).await {
+                    if let Some(end) = self.on_frame(next, &mut last_pong).await {
                         return end;
+                    }
+                    // Frames already read (or readable at once) are handled without going back
+                    // through the select and its timer, at most a batch of them, so the heartbeat
+                    // still gets its turn under a flood.
+                    for _ in 0..BATCH {
+                        let Some(next) = frames.next().now_or_never() else { break };
+                        if let Some(end) = self.on_frame(next, &mut last_pong).await {
+                            return end;
+                        }
+                    }
+                    // A publisher waiting for a `block` subscriber reads nothing meanwhile, its
+                    // PONGs included: that time is not the plugin's silence.
+                    let waited = self.link.waited_us.swap(0, Ordering::Relaxed);
+                    if waited > 0 {
+                        last_pong += Duration::from_micros(waited);
                     }
                 }
             }
         }
+    }
+
+    async fn on_frame(
+        &self,
+        next: Option<Result<Frame, FrameError>>,
+        last_pong: &mut Instant,
+    ) -> Option<End> {
+        let frame = match next {
+            None => {
+                return Some(End::Event(ConnEvent::Closed {
+                    reason: "plugin closed the connection".into(),
+                }));
+            }
+            Some(Err(e)) => return Some(self.frame_error(e).await),
+            Some(Ok(f)) => f,
+        };
+        self.peer_seq.store(frame.header.seq, Ordering::Relaxed);
+        if frame.frame_type() == Some(FrameType::Pong) {
+            *last_pong = Instant::now();
+            return None;
+        }
+        self.handle(frame).await
     }
 
     async fn handle(&self, frame: Frame) -> Option<End> {
@@ -407,7 +458,17 @@ impl Reader {
         };
         match ty {
             FrameType::Publish => {
-                if let Err(e) = self.bus.publish(&self.link, frame).await {
+                let receipt = frame.header.request_id;
+                let result = self.bus.publish(&self.link, frame).await;
+                if receipt != 0 && self.publish_ack.load(Ordering::Relaxed) {
+                    let mut reply = Frame::new(FrameType::Reply, Bytes::new());
+                    reply.header.request_id = receipt;
+                    reply.header.sender = "$host".into();
+                    reply.header.error = result.err();
+                    self.send(reply).await;
+                } else if let Err(e) = result
+                    && e.code == "invalid_topic"
+                {
                     tracing::warn!(plugin = %self.params.plugin, "publish refused: {}", e.message);
                 }
             }
