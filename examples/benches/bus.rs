@@ -223,11 +223,21 @@ fn relay_throughput(subs: usize, every: u64) -> Setup {
     s
 }
 
+/// A child killed when dropped, also when the bench stops on a panic.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A NATS server for the comparison, with `APPFW_BENCH_NATS=1` and `nats-server` installed
 /// (apt: `nats-server`). Off by default: under these unthrottled bursts nats-server disconnects
 /// slow consumers (and sometimes the publisher) in some configurations, and the round then
 /// waits for its timeout.
-fn nats_server() -> Option<(Child, String)> {
+fn nats_server() -> Option<(KillOnDrop, String)> {
     std::env::var_os("APPFW_BENCH_NATS")?;
     let port = appfw_testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -243,6 +253,7 @@ fn nats_server() -> Option<(Child, String)> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
+    let child = KillOnDrop(child);
     wait_for(Duration::from_secs(10), "nats-server", || {
         std::net::TcpStream::connect(&addr).ok().map(|_| ())
     });
@@ -344,10 +355,7 @@ fn throughput(host_bin: &Path, rounds: usize) {
             );
         }
     }
-    if let Some((mut child, _)) = nats {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(nats);
 }
 
 fn rr(host_bin: &Path, rounds: usize) {
@@ -459,10 +467,7 @@ fn rr(host_bin: &Path, rounds: usize) {
         println!("request/reply 64 B through nats-server: p50 {m50:.1} us p99 {m99:.1} us");
     }
     drop(c);
-    if let Some((mut child, _)) = nats {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(nats);
     let (a50, a99, b50, b99) = (
         median(&mut a50),
         median(&mut a99),
