@@ -174,7 +174,8 @@ fn request_reply(host_bin: &Path) {
             host.plugin_log("client")
                 .lines()
                 .find(|l| l.contains("\"p50_us\""))
-                .map(|l| l.split_once(" stdout ").unwrap().1.to_string())
+                // The record's payload: the JSON object after the record header.
+                .and_then(|l| l.find('{').map(|i| l[i..].to_string()))
         },
     );
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();

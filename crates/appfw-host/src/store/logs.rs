@@ -108,7 +108,8 @@ impl Wake {
     }
 
     /// Waits until woken or `d` passed.
-    fn wait(&self, d: Duration) {
+    /// Waits up to `d` for a wake-up; whether there was one.
+    fn wait(&self, d: Duration) -> bool {
         let mut g = self.flag.lock().unwrap_or_else(PoisonError::into_inner);
         if !*g {
             g = self
@@ -116,7 +117,7 @@ impl Wake {
                 .wait_timeout(g, d)
                 .map_or_else(|e| e.into_inner().0, |(g, _)| g);
         }
-        *g = false;
+        std::mem::replace(&mut *g, false)
     }
 }
 
@@ -291,7 +292,15 @@ impl State {
             }
             woken = !progressed;
             if !progressed {
-                self.wake.wait(IDLE_WAIT);
+                // Caught up. The writer wakes us after every write, so until it does there is
+                // nothing to read: an idle host does not open and stat every plugin's file each
+                // second (that was most of its idle CPU). Time-outs only serve stop and prune.
+                while !self.wake.wait(IDLE_WAIT) && !stop.load(Ordering::Acquire) {
+                    if last_prune.elapsed() >= PRUNE_EVERY {
+                        self.prune();
+                        last_prune = Instant::now();
+                    }
+                }
             }
         }
     }
