@@ -1418,10 +1418,11 @@ impl Actor {
                 }
             }
         }
-        // The output file is reopened at the next start: nothing of a plugin that is not running
-        // stays open in the host. What the capture tasks queued is written before the exit is
-        // reported, so the file holds the process's last words when `exited` is seen.
-        if let Some(out) = self.output.take()
+        // What the capture tasks queued is written before the exit is reported, so the file holds
+        // the process's last words when `exited` is seen. The file stays open while the plugin
+        // restarts (reopening it reads its last records: a respawn should not pay that) and is
+        // closed below once the plugin stays down.
+        if let Some(out) = self.output.as_ref()
             && !out.sync(Duration::from_secs(5)).await
         {
             tracing::warn!(plugin = %self.name, "log writer did not catch up within 5 s");
@@ -1514,6 +1515,10 @@ impl Actor {
         // Demand that arrived while it was stopping starts it again.
         if self.state == PluginState::Idle {
             self.on_demand_wake().await;
+        }
+        // Nothing of a plugin that stays down stays open in the host.
+        if self.proc.is_none() && self.state != PluginState::Backoff {
+            self.output = None;
         }
         false
     }

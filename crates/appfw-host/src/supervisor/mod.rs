@@ -609,6 +609,7 @@ impl Supervisor {
         order: &[String],
         wait: Duration,
     ) {
+        let mut replies = Vec::new();
         for name in order {
             let Some(cfg) = plugins.iter().find(|p| &p.name == name) else {
                 continue;
@@ -633,7 +634,6 @@ impl Supervisor {
             let Ok(instances) = self.resolve(name) else {
                 continue;
             };
-            let mut replies = Vec::new();
             for n in &instances {
                 let Ok(a) = self.actor(n) else { continue };
                 let (tx, rx) = oneshot::channel();
@@ -644,11 +644,13 @@ impl Supervisor {
                     replies.push(rx);
                 }
             }
-            // A one-shot's dependants wait on its completion instead, in their own turn.
-            let settle = tokio::time::Instant::now() + wait.min(Duration::from_secs(1));
-            for rx in replies {
-                let _ = tokio::time::timeout_at(settle, rx).await;
-            }
+        }
+        // Plugins start side by side (dependants wait above for their dependencies' conditions,
+        // not for every earlier plugin): each owner task opens its log and pipes while the
+        // spawner forks the next. Then wait, bounded, for them to settle.
+        let settle = tokio::time::Instant::now() + wait.min(Duration::from_secs(1));
+        for rx in replies {
+            let _ = tokio::time::timeout_at(settle, rx).await;
         }
     }
 
