@@ -23,20 +23,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use appfw_testkit::{TestHost, build_appfw, wait_for};
+use appfw_testkit::{TestHost, build_appfw, env_num, wait_for};
 
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_bus-load"))
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn median(v: &mut [f64]) -> f64 {

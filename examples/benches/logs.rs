@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use appfw_testkit::{TestHost, build_appfw, wait_for};
+use appfw_testkit::{TestHost, build_appfw, env_num, wait_for};
 
 const WIDTH: u64 = 100;
 
@@ -34,13 +34,6 @@ fn bin_dir() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn now_us() -> u64 {

@@ -25,20 +25,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use appfw_testkit::{TestHost, build_appfw, wait_for};
+use appfw_testkit::{TestHost, build_appfw, env_num, wait_for};
 
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_pinger"))
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,17 +14,7 @@ use common::*;
 const T: Duration = Duration::from_secs(30);
 
 fn cmd(host: &TestHost, line: &str, timeout: Duration) -> serde_json::Value {
-    let me = host.dir.path().join("client.sock");
-    let _ = std::fs::remove_file(&me);
-    let sock = UnixDatagram::bind(&me).unwrap();
-    sock.set_read_timeout(Some(timeout)).unwrap();
-    sock.send_to(line.as_bytes(), host.dir.path().join("driver.sock"))
-        .unwrap();
-    let mut buf = vec![0u8; 65536];
-    let len = sock
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no answer to {line:?}: {e}"));
-    serde_json::from_slice(&buf[..len]).unwrap()
+    driver_cmd(host, line, timeout)
 }
 
 /// The value of the first series of `name` whose labels contain `has`.

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use common::*;
@@ -25,19 +24,7 @@ fn od(extra: &str) -> String {
 
 /// Sends one command to the driver and returns its JSON answer.
 fn cmd(host: &TestHost, line: &str) -> Value {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let me = host.dir.path().join(format!("client-{n}.sock"));
-    let sock = UnixDatagram::bind(&me).unwrap();
-    sock.set_read_timeout(Some(T)).unwrap();
-    sock.send_to(line.as_bytes(), host.dir.path().join("driver.sock"))
-        .unwrap();
-    let mut buf = vec![0u8; 65536];
-    let len = sock
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no answer to {line:?}: {e}"));
-    let _ = std::fs::remove_file(&me);
-    serde_json::from_slice(&buf[..len]).unwrap()
+    driver_cmd(host, line, T)
 }
 
 fn start_with_driver(cfg: &str) -> TestHost {

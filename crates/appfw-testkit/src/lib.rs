@@ -50,6 +50,15 @@ fn expand(config: &str, bin_dir: &Path, dir: &Path) -> String {
     )
 }
 
+/// A number from the environment variable `name` (benches scale their runs with these), or
+/// `default` when it is unset or not a number.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Polls `f` until it returns `Some`, or panics naming `what` after `timeout`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

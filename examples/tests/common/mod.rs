@@ -29,3 +29,22 @@ pub fn last_output(ev: &serde_json::Value) -> Vec<String> {
         .map(|l| l.as_str().unwrap().to_string())
         .collect()
 }
+
+/// Sends one command line to the `driver` plugin (its socket is `driver.sock` in the host's
+/// directory) and returns its JSON answer, waiting at most `timeout`.
+pub fn driver_cmd(host: &TestHost, line: &str, timeout: std::time::Duration) -> serde_json::Value {
+    // A socket per call: concurrent callers never read each other's answers.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let me = host.dir.path().join(format!("client-{n}.sock"));
+    let sock = std::os::unix::net::UnixDatagram::bind(&me).unwrap();
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    sock.send_to(line.as_bytes(), host.dir.path().join("driver.sock"))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let len = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no answer to {line:?}: {e}"));
+    let _ = std::fs::remove_file(&me);
+    serde_json::from_slice(&buf[..len]).unwrap()
+}
