@@ -124,10 +124,13 @@ fn an_fd_leak_gets_emfile_and_a_threshold_warns() {
         )
     );
     let host = start(&cfg);
+    let (opened, line) = hog_report(&host, "fds", "opened");
+    // Counted once the plugin runs: during start-up the host's own count still moves (store
+    // connections, the log file, spawner pipes), and a transient client socket or pipe may come
+    // and go, hence the small slack below; the plugin's 50+ leaked descriptors would not fit in it.
     let host_fds = std::fs::read_dir(format!("/proc/{}/fd", host.pid()))
         .unwrap()
         .count();
-    let (opened, line) = hog_report(&host, "fds", "opened");
     assert!(line.contains("Too many open files"), "{line}");
     assert!((50..64).contains(&opened), "{line}");
     let ev = host.wait_event("limit_breached", "fds", T, |_| true);
@@ -143,7 +146,7 @@ fn an_fd_leak_gets_emfile_and_a_threshold_warns() {
     let now = std::fs::read_dir(format!("/proc/{}/fd", host.pid()))
         .unwrap()
         .count();
-    assert!(now <= host_fds + 4, "host fds {host_fds} -> {now}");
+    assert!(now <= host_fds + 8, "host fds {host_fds} -> {now}");
     stop_host(host);
 }
 
