@@ -4,6 +4,8 @@
 //! 1. Respawn latency: `kill(2)` of a plugin -> its replacement's first line of output, backoff
 //!    zero, interleaved with a bare spawn of the same program measured the same way.
 //! 2. An idle host with 50 plain plugins: time to start them all, RSS, CPU per idle minute.
+//!    `start` alone: that start-up over `APPFW_BENCH_START_ROUNDS` hosts (default 5) with the
+//!    plugins' cgroups and as many without, interleaved; medians.
 //! 3. Request/reply round trip plugin -> host -> plugin, 64-byte payload.
 //! 4. Side by side with supervisord (Debian package `supervisor`), same 50 `pinger` children,
 //!    same measurements for both: start of all 50 (launch -> 50th start datagram), respawn after
@@ -124,8 +126,10 @@ fn parse_time(s: &str) -> SystemTime {
     humantime::parse_rfc3339(s).unwrap()
 }
 
-fn idle_fifty(host_bin: &Path, idle: Duration) {
-    let mut cfg = String::new();
+/// A host with 50 plain plugins (no dependencies, no limits), once all run; and how long
+/// starting them took (first `starting` -> last `running` event, in ms).
+fn fifty(host_bin: &Path, cgroups: bool) -> (TestHost, f64) {
+    let mut cfg = format!("[supervisor]\ncgroups = {cgroups}\n");
     for i in 0..50 {
         cfg.push_str(&format!(
             "[[plugins]]\nname = \"plain{i}\"\ncommand = \"{}\"\nprotocol = \"none\"\n",
@@ -145,6 +149,32 @@ fn idle_fifty(host_bin: &Path, idle: Duration) {
     let first = times("starting").into_iter().min().unwrap();
     let last = times("running").into_iter().max().unwrap();
     let start_ms = last.duration_since(first).unwrap().as_secs_f64() * 1000.0;
+    (host, start_ms)
+}
+
+/// Start-up of 50 plain plugins, `rounds` hosts with cgroups and as many without, interleaved.
+fn start_fifty(host_bin: &Path, rounds: usize) {
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for cgroups in [true, false] {
+            let (host, ms) = fifty(host_bin, cgroups);
+            drop(host);
+            if cgroups { &mut with } else { &mut without }.push(ms);
+        }
+    }
+    for (label, v) in [("cgroups", &mut with), ("no cgroups", &mut without)] {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "start-50 ({label}): rounds={rounds} median {:.1} ms, min {:.1} ms, max {:.1} ms (first starting -> last running event)",
+            percentile(v, 0.5),
+            v[0],
+            v[v.len() - 1]
+        );
+    }
+}
+
+fn idle_fifty(host_bin: &Path, idle: Duration) {
+    let (host, start_ms) = fifty(host_bin, true);
     let (cpu0, _) = proc_stat(host.pid());
     std::thread::sleep(idle);
     let (cpu1, rss_kb) = proc_stat(host.pid());
@@ -509,6 +539,9 @@ fn main() {
             &host_bin,
             Duration::from_secs(env_num("APPFW_BENCH_IDLE_SECS", 60)),
         );
+    }
+    if want("start") {
+        start_fifty(&host_bin, env_num("APPFW_BENCH_START_ROUNDS", 5) as usize);
     }
     if want("orphans") {
         orphans(&host_bin);

@@ -23,7 +23,7 @@ fn stop_signal_success_codes_and_start_grace() {
         "{}{}{}",
         sh(
             "int",
-            "trap 'echo got-int; exit 0' INT; while true; do sleep 0.1; done",
+            "trap 'echo got-int; exit 0' INT; echo trap-set; while true; do sleep 0.1; done",
             "stop_signal = \"SIGINT\""
         ),
         sh(
@@ -49,6 +49,10 @@ fn stop_signal_success_codes_and_start_grace() {
         "{reason}"
     );
     host.wait_plugin("int", "running", T, |_| true);
+    // A SIGINT before the shell installed its trap would end it with the signal.
+    wait_for(T, "the trap to be set", || {
+        host.plugin_log("int").contains("trap-set").then_some(())
+    });
     let (code, st) = host.post("/api/v1/plugins/int/stop");
     assert_eq!(code, 200);
     assert_eq!(st["state"], "stopped");

@@ -70,7 +70,7 @@ pub struct Host {
     layout: Layout,
     reload: ReloadHandle,
     store: Arc<crate::store::Store>,
-    spawner: Option<(Spawner, std::thread::JoinHandle<()>)>,
+    spawner: Option<(Spawner, crate::supervisor::process::SpawnerThreads)>,
     cgroups: Option<Arc<crate::resources::CgroupRoot>>,
     logs: Arc<crate::logs::Logs>,
     indexer: Option<crate::store::logs::Indexer>,
@@ -130,7 +130,7 @@ impl Host {
         }
         let cgroups = cgroups.is_active().then(|| Arc::new(cgroups));
         let (spawner, spawner_thread) = Spawner::start().map_err(|source| HostError::Io {
-            what: "cannot start the spawner thread",
+            what: "cannot start the spawner threads",
             source,
         })?;
         tasks.spawn(spawner.clone().reap(cancel.child_token()));
@@ -388,7 +388,7 @@ impl Host {
                 .await
                 .is_err()
             {
-                tracing::error!("the spawner thread did not end within 5 s; exiting without it");
+                tracing::error!("the spawner threads did not end within 5 s; exiting without them");
             }
         }
         // Every plugin has stopped: write what their capture queued, then stop the log threads.

@@ -1,13 +1,17 @@
 //! Starting plugin processes and learning of their exits.
 //!
-//! * **One spawner thread.** `PR_SET_PDEATHSIG` fires when the *thread* that forked the child
-//!   exits, so every plugin is forked from one long-lived thread that lives as long as the host.
+//! * **A few spawner threads.** `PR_SET_PDEATHSIG` fires when the *thread* that forked the child
+//!   exits, so every plugin is forked from one of [`SPAWNER_THREADS`] long-lived threads that
+//!   live as long as the host. More than one, because a spawn waits until the child has
+//!   `exec`ed (std reports a failed `exec` that way): with one thread, 50 plugins start one
+//!   `exec` after the other.
 //! * **One reaper.** It waits for `SIGCHLD` and reaps every exited child with `waitpid(-1)`,
-//!   dispatching the status to the owner of that pid. It reaps while holding the process table
-//!   lock, which the spawner also holds across `fork`/`exec`: so the reaper never reaps a child
-//!   whose spawn is still in progress (std's own wait on a failed `exec` would then panic), and
-//!   never sees a pid that is not in the table yet. Nothing else in the host may wait for
-//!   children (no `tokio::process`), or exit statuses would be stolen.
+//!   dispatching the status to the owner of that pid. It reaps while holding the spawn gate for
+//!   writing, which every spawner holds for reading across `fork`/`exec` and the insertion into
+//!   the process table: so the reaper never reaps a child whose spawn is still in progress (std's
+//!   own wait on a failed `exec` would then panic), and never sees a pid that is not in the table
+//!   yet. Nothing else in the host may wait for children (no `tokio::process`), or exit statuses
+//!   would be stolen.
 //! * **No bare pids.** A child stays a zombie until the reaper reaps it, so its pid cannot be
 //!   reused while it is in the table. Signals go to the leader through its pidfd (exactly that
 //!   process, even after it was reaped: the kernel then answers ESRCH) and to the rest of its
@@ -22,7 +26,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
 use rustix::process::{Pid, Signal, WaitOptions};
@@ -98,10 +102,39 @@ impl Child {
     }
 }
 
-type Table = Arc<Mutex<HashMap<i32, oneshot::Sender<ExitStatus>>>>;
+/// Spawner threads: enough to overlap a few `exec`s (and the cgroup joins before them) on a
+/// small machine; each costs a parked thread.
+pub const SPAWNER_THREADS: usize = 4;
+
+/// The process table and the gate that keeps the reaper out while a spawn is in progress.
+#[derive(Default)]
+struct Procs {
+    /// Held for reading across each spawn, for writing while reaping.
+    gate: RwLock<()>,
+    /// pid -> who waits for its exit status.
+    table: Mutex<HashMap<i32, oneshot::Sender<ExitStatus>>>,
+}
+
+type Table = Arc<Procs>;
 
 fn lock(t: &Table) -> MutexGuard<'_, HashMap<i32, oneshot::Sender<ExitStatus>>> {
-    t.lock().unwrap_or_else(PoisonError::into_inner)
+    t.table.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The spawner threads, to join at shutdown (they end once every [`Spawner`] is dropped).
+pub struct SpawnerThreads(Vec<std::thread::JoinHandle<()>>);
+
+impl SpawnerThreads {
+    /// Waits for every spawner thread; an error if one of them panicked.
+    pub fn join(self) -> std::thread::Result<()> {
+        let mut result = Ok(());
+        for t in self.0 {
+            if let Err(e) = t.join() {
+                result = Err(e);
+            }
+        }
+        result
+    }
 }
 
 /// Why a spawn failed.
@@ -140,24 +173,36 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Starts the spawner thread. It lives until every handle is dropped.
-    pub fn start() -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+    /// Starts the spawner threads. They live until every handle is dropped.
+    pub fn start() -> std::io::Result<(Self, SpawnerThreads)> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        // The threads take turns at the receiver; the one that got a job releases it at once.
+        let rx = Arc::new(Mutex::new(rx));
         let table: Table = Arc::default();
-        let t = Arc::clone(&table);
-        let thread = std::thread::Builder::new()
-            .name("appfw-spawner".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    let result = spawn_one(&t, job.spec);
-                    if let Err(Ok(child)) = job.reply.send(result) {
-                        // Nobody waits for it any more (the requester was cancelled): do not
-                        // leave it running unsupervised.
-                        let _ = child.signal_group(Signal::KILL);
+        let mut threads = Vec::with_capacity(SPAWNER_THREADS);
+        for i in 0..SPAWNER_THREADS {
+            let (t, rx) = (Arc::clone(&table), Arc::clone(&rx));
+            let thread = std::thread::Builder::new()
+                .name(format!("appfw-spawner-{i}"))
+                .spawn(move || {
+                    loop {
+                        let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(job) = next else { break };
+                        let result = spawn_one(&t, job.spec);
+                        if let Err(Ok(child)) = job.reply.send(result) {
+                            // Nobody waits for it any more (the requester was cancelled): do
+                            // not leave it running unsupervised.
+                            let _ = child.signal_group(Signal::KILL);
+                        }
                     }
-                }
-            })?;
-        Ok((Self { jobs: tx, table }, thread))
+                });
+            match thread {
+                Ok(t) => threads.push(t),
+                // The ones already started end when `tx` is dropped on return.
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((Self { jobs: tx, table }, SpawnerThreads(threads)))
     }
 
     /// Starts a process from the spawner thread.
@@ -202,6 +247,7 @@ impl Spawner {
 }
 
 fn reap_all(table: &Table) {
+    let _gate = table.gate.write().unwrap_or_else(PoisonError::into_inner);
     let mut map = lock(table);
     loop {
         match rustix::process::wait(WaitOptions::NOHANG) {
@@ -301,15 +347,15 @@ fn spawn_one(table: &Table, spec: ProcessSpec) -> Result<Child, SpawnError> {
             Ok(())
         });
     }
-    let mut map = lock(table);
+    let gate = table.gate.read().unwrap_or_else(PoisonError::into_inner);
     let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
         program: spec.program.display().to_string(),
         source,
     })?;
     let (tx, exit) = oneshot::channel();
     let pid = child.id();
-    map.insert(pid as i32, tx);
-    drop(map);
+    lock(table).insert(pid as i32, tx);
+    drop(gate);
     let started = Instant::now();
     let pidfd = Pid::from_raw(pid as i32)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
