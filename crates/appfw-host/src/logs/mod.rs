@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! stdout/stderr pipe -> capture task (one per stream: read a big chunk, split lines, one
-//!   timestamp per chunk, number them under the plugin's sequence lock, queue the buffer)
-//! LOG frame (SDK)    -> conn reader: one `l` record, same lock and queue
-//!   -> writer thread (one per host, bounded queue): append to <logs>/<plugin>.log, rotate
-//!      by size/age into <logs>/<plugin>/<first>-<last>.log, disk-full drop and resume
+//!   timestamp per chunk, number them under the plugin's sequence lock, write the buffer)
+//! LOG frame (SDK)    -> conn reader: one `l` record, same lock
+//!   -> the write, by the capture task itself (policy block) or the writer thread (one per
+//!      host, bounded queue; policy drop): append to <logs>/<plugin>.log, rotate by size/age
+//!      into <logs>/<plugin>/<first>-<last>.log, disk-full drop and resume
 //!   -> janitor thread: gzip rotated files, delete by count and age what the index has read
 //! ```
 //!
@@ -74,6 +75,28 @@ pub struct Logs {
     stderr_levels: Option<Arc<crate::store::logs::StderrLevels>>,
     /// Bumped after every write: live tails wait on it.
     written: tokio::sync::watch::Sender<u64>,
+    sink: Arc<Sink>,
+}
+
+/// Where a buffer of records is written and who is told: used by the writer thread, and by a
+/// capture task that writes its buffers itself (`policy = "block"`).
+struct Sink {
+    events: Events,
+    janitor: std::sync::mpsc::SyncSender<Option<String>>,
+    /// The index.
+    wake: Option<Arc<crate::store::logs::Wake>>,
+    /// Live tails.
+    written: tokio::sync::watch::Sender<u64>,
+}
+
+impl Sink {
+    fn write(&self, job: Job) {
+        write_job(job, &self.events, &self.janitor);
+        if let Some(w) = &self.wake {
+            w.wake();
+        }
+        self.written.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// What the janitor thread shares with the host.
@@ -129,22 +152,20 @@ impl Logs {
         };
         let (wtx, mut wrx) = mpsc::channel::<Msg>(WRITER_QUEUE);
         let (jtx, jrx) = std::sync::mpsc::sync_channel::<Option<String>>(JANITOR_QUEUE);
-        let ev = events.clone();
-        let jtx2 = jtx.clone();
         let (written, _) = tokio::sync::watch::channel(0u64);
-        let written2 = written.clone();
+        let sink = Arc::new(Sink {
+            events: events.clone(),
+            janitor: jtx.clone(),
+            wake,
+            written: written.clone(),
+        });
+        let wsink = Arc::clone(&sink);
         let writer = std::thread::Builder::new()
             .name("appfw-log-writer".into())
             .spawn(move || {
                 while let Some(m) = wrx.blocking_recv() {
                     match m {
-                        Msg::Write(job) => {
-                            write_job(job, &ev, &jtx2);
-                            if let Some(w) = &wake {
-                                w.wake();
-                            }
-                            written2.send_modify(|n| *n = n.wrapping_add(1));
-                        }
+                        Msg::Write(job) => wsink.write(job),
                         Msg::Sync(tx) => {
                             let _ = tx.send(());
                         }
@@ -178,6 +199,7 @@ impl Logs {
             shared,
             stderr_levels,
             written,
+            sink,
         })
     }
 
@@ -235,6 +257,7 @@ impl Logs {
             }),
             file: Mutex::new(file),
             writer: self.writer.clone(),
+            sink: Arc::clone(&self.sink),
             policy: cfg.policy,
             max_line: usize::try_from(cfg.max_line).unwrap_or(usize::MAX),
             cfg: cfg.clone(),
@@ -406,6 +429,7 @@ pub struct PluginLog {
     next: tokio::sync::Mutex<Seq>,
     file: Mutex<LogFile>,
     writer: mpsc::Sender<Msg>,
+    sink: Arc<Sink>,
     policy: LogPolicy,
     max_line: usize,
     /// Its settings.
@@ -465,15 +489,15 @@ impl PluginLog {
         self.queue(&mut seq, job).await;
     }
 
-    /// Queues `job` (the sequence lock held). With `policy = "block"` this waits for room in
-    /// the writer's queue: the plugin's pipe fills and the plugin slows down. With `drop`, a
-    /// full queue drops the buffer and gives its numbers back.
+    /// Writes or queues `job` (the sequence lock held, so buffers reach the file in number
+    /// order). With `policy = "block"` the calling task writes it itself: no hand-off to
+    /// another thread while the buffer is hot in this core's cache, and while the write takes
+    /// (the page cache, usually) the pipe fills and the plugin slows down. With `drop` it goes
+    /// to the writer thread, so a slow disk never slows the capture; a full queue drops the
+    /// buffer and gives its numbers back.
     async fn queue(&self, seq: &mut Seq, job: Job) {
         match self.policy {
-            LogPolicy::Block => {
-                // Closed only at host shutdown, after every plugin stopped.
-                let _ = self.writer.send(Msg::Write(job)).await;
-            }
+            LogPolicy::Block => self.sink.write(job),
             LogPolicy::Drop => match self.writer.try_send(Msg::Write(job)) {
                 Ok(()) => {}
                 Err(
