@@ -151,6 +151,12 @@ pub(super) async fn stream(
                     // New plugins, and a file rotated by the janitor.
                     () = tokio::time::sleep(TAIL_IDLE) => {}
                 }
+                // Every write of every plugin changes `written`: while another plugin floods,
+                // look at most every TAIL_GAP (the changes in between are coalesced).
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(TAIL_GAP) => {}
+                }
             }
         }
     });
@@ -163,6 +169,8 @@ pub const TAIL_MAX_BEHIND: u64 = 100_000;
 const TAIL_ROUND: usize = 4096;
 /// How long an idle tail waits without a write before it looks again.
 const TAIL_IDLE: Duration = Duration::from_millis(250);
+/// Shortest time between two looks of an idle tail.
+const TAIL_GAP: Duration = Duration::from_millis(20);
 
 /// The followed plugins' files.
 struct Tails {
@@ -189,11 +197,16 @@ impl Tails {
         let dir = self.logs.dir().to_path_buf();
         let names: Vec<String> = match &self.only {
             Some(p) => vec![p.clone()],
+            // A plugin is known by its current file or its archive directory (right after a
+            // rotation it may have only the latter).
             None => std::fs::read_dir(&dir)
                 .map(|rd| {
                     rd.filter_map(Result::ok)
                         .filter_map(|e| {
                             let n = e.file_name().into_string().ok()?;
+                            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                                return Some(n);
+                            }
                             let p = n.strip_suffix(".log")?;
                             (!p.ends_with(".legacy")).then(|| p.to_string())
                         })
