@@ -1202,6 +1202,71 @@ mod tests {
         assert!(text_matches("  ", "anything"));
     }
 
+    /// The live tail's filters on records read from the files: level (a plain stderr line at
+    /// the plugin's stderr level), time range, words, fields (strings, as the index compares).
+    #[test]
+    fn the_live_tail_filters_records_like_the_index() {
+        let p: Arc<str> = Arc::from("p");
+        let rec = |kind, time_us, payload: &'static [u8]| record::Record {
+            seq: 7,
+            time_us,
+            kind,
+            end: record::End::Newline,
+            payload,
+        };
+        let json = rec(
+            Kind::Stdout,
+            100,
+            br#"{"level":"error","msg":"db timeout","db":"main","ms":30}"#,
+        );
+        let q = |f: &dyn Fn(&mut LogQuery)| {
+            let mut q = LogQuery::default();
+            f(&mut q);
+            q
+        };
+        let l = live_line(&q(&|_| {}), &p, &json, 3).unwrap();
+        assert_eq!(
+            (l.id, l.seq, l.level, l.message.as_str(), l.plugin.as_str()),
+            (0, 7, "error", "db timeout", "p")
+        );
+        assert_eq!(l.fields.unwrap()["db"], "main");
+        let pass = |q: LogQuery, r: &record::Record<'_>, lvl| live_line(&q, &p, r, lvl).is_some();
+        assert!(pass(q(&|q| q.min_level = Some(4)), &json, 3));
+        assert!(pass(q(&|q| q.text = Some("TIMEOUT db".into())), &json, 3));
+        assert!(!pass(
+            q(&|q| q.text = Some("\"timeout db\"".into())),
+            &json,
+            3
+        ));
+        assert!(pass(
+            q(&|q| q.fields = vec![("db".into(), "main".into())]),
+            &json,
+            3
+        ));
+        assert!(!pass(
+            q(&|q| q.fields = vec![("db".into(), "aux".into())]),
+            &json,
+            3
+        ));
+        assert!(!pass(
+            q(&|q| q.fields = vec![("ms".into(), "30".into())]),
+            &json,
+            3
+        ));
+        assert!(pass(q(&|q| q.since_us = Some(100)), &json, 3));
+        assert!(!pass(q(&|q| q.since_us = Some(101)), &json, 3));
+        assert!(!pass(q(&|q| q.until_us = Some(100)), &json, 3));
+        let err = rec(Kind::Stderr, 100, b"plain stderr");
+        assert!(
+            !pass(q(&|q| q.min_level = Some(3)), &err, 2),
+            "stderr_level info"
+        );
+        assert!(
+            pass(q(&|q| q.min_level = Some(3)), &err, 3),
+            "stderr_level warn"
+        );
+    }
+
     #[test]
     fn fts_queries_quote_every_token() {
         assert_eq!(
