@@ -67,6 +67,107 @@ fn a_flood_of_a_million_lines_is_captured_whole_in_order_across_rotations() {
     assert_eq!(all(&host, "flood").len(), recs.len());
 }
 
+/// The names of the rotated files of `plugin`.
+fn rotated_names(host: &TestHost, plugin: &str) -> Vec<String> {
+    std::fs::read_dir(host.data().join("logs").join(plugin))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `[plugins.logs]` overrides `[logs]` for one plugin: the one with a small max_file_size
+/// rotates, its twin with the host's settings does not; both keep every line.
+#[test]
+fn a_plugin_with_its_own_max_file_size_rotates_while_another_does_not() {
+    let plugin = |name: &str, logs: &str| {
+        format!(
+            "[[plugins]]\nname = \"{name}\"\ncommand = \"{{bin}}/flooder\"\nargs = [\"--lines\", \"200000\"]\nprotocol = \"none\"\nrestart = \"never\"\n{logs}\n"
+        )
+    };
+    let cfg = format!(
+        "[logs]\nmax_file_size = \"64MiB\"\nkeep_files = 0\n\n{}{}",
+        plugin(
+            "small",
+            "[plugins.logs]\nmax_file_size = \"64KiB\"\ncompress = false\n"
+        ),
+        plugin("big", "")
+    );
+    let host = start(&cfg);
+    host.wait_plugin("small", "completed", T, |_| true);
+    host.wait_plugin("big", "completed", T, |_| true);
+    // A write (a chunk read from the pipe, up to 1 MiB) goes whole into one file.
+    let small = rotated_names(&host, "small");
+    assert!(small.len() >= 5, "{small:?}");
+    assert!(
+        small.iter().all(|n| n.ends_with(".log")),
+        "compress = false: {small:?}"
+    );
+    assert!(rotated_names(&host, "big").is_empty());
+    for p in ["small", "big"] {
+        let out: Vec<_> = all(&host, p)
+            .into_iter()
+            .filter(|r| r.kind == Kind::Stdout)
+            .collect();
+        assert_eq!(out.len(), 200_000, "{p}");
+        assert_eq!(out[199_999].payload, b"flood line 199999");
+    }
+    // A bad override is refused, naming the plugin and the key.
+    let (code, v) = host.send(
+        "POST",
+        "/api/v1/config/plan",
+        "[[plugins]]\nname = \"small\"\ncommand = \"x\"\n[plugins.logs]\nmax_file_size = \"1KiB\"\n",
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v.to_string()
+            .contains(r#"plugins[0].logs.max_file_size: plugin \"small\": must be at least 64KiB"#),
+        "{v}"
+    );
+}
+
+/// Rotation by age: a plugin's file older than its `max_age` is rotated even when the plugin
+/// is silent; a plugin with the host's day-long age is not; numbering goes on after it.
+#[test]
+fn a_file_older_than_max_age_is_rotated_even_when_the_plugin_is_silent() {
+    let work = tempfile::tempdir().unwrap();
+    let go = work.path().join("go");
+    let script = format!(
+        "echo first; while [ ! -e {go} ]; do sleep 0.05; done; echo second; exec sleep 1000",
+        go = go.display()
+    );
+    let cfg = format!(
+        "[[plugins]]\nname = \"aged\"\ncommand = \"sh\"\nargs = [\"-c\", {script:?}]\nprotocol = \"none\"\n[plugins.logs]\nmax_age = \"1s\"\n\n[[plugins]]\nname = \"young\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo first; exec sleep 1000\"]\nprotocol = \"none\"\n"
+    );
+    let host = start(&cfg);
+    host.wait_all_running(T);
+    let t0 = std::time::Instant::now();
+    let names = wait_for(T, "aged's file rotated", || {
+        let n = rotated_names(&host, "aged");
+        (!n.is_empty()).then_some(n)
+    });
+    let rotated_after = t0.elapsed();
+    // Being compressed, it may be there twice for a moment (`.log` and `.log.gz.tmp`).
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("00000000000000000001-00000000000000000001.log")),
+        "{names:?} after {rotated_after:?}"
+    );
+    let recs = all(&host, "aged");
+    assert_eq!(recs.len(), 1);
+    assert!(rotated_names(&host, "young").is_empty());
+    assert_eq!(all(&host, "young").len(), 1);
+    std::fs::write(&go, "").unwrap();
+    let second = wait_for(T, "the second line", || {
+        all(&host, "aged")
+            .into_iter()
+            .find(|r| r.payload == b"second")
+    });
+    assert_eq!(second.seq, 2);
+}
+
 #[test]
 fn crash_mid_line_long_lines_invalid_utf8_and_colours_are_kept() {
     let script = r"printf 'first\n'; printf '\377\376bad\n' >&2; printf '\033[31mred\033[0m\n'; head -c 150000 /dev/zero | tr '\0' x; printf '\n'; printf 'partial'; kill -9 $$";
@@ -210,21 +311,34 @@ fn the_index_answers_every_filter_through_the_api_and_the_cli() {
     assert_eq!(code, 1, "{err}");
 }
 
-/// The live tail (server-sent events) gets a line within a second of its write.
+/// The index lag of `plugin` (records written and not indexed), from `/metrics`.
+fn index_lag(host: &TestHost, plugin: &str) -> u64 {
+    let (_, text) = http(&host.data().join("api.sock"), "GET", "/metrics", None);
+    let text = text.as_str().unwrap_or_default().to_string();
+    let prefix = format!("appfw_log_index_lag_lines{{plugin=\"{plugin}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// The live tail follows the files, not the index: while another plugin floods and the index
+/// lags far behind, a line reaches the server-sent events and `appfw logs -f` within a second
+/// of its write, filtered (plugin, level, words).
 #[test]
-fn the_live_tail_delivers_within_a_second() {
+fn the_live_tail_follows_the_files_within_a_second_while_the_index_lags() {
     let _heavy = HEAVY
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    use std::io::{Read, Write};
+    use std::io::{BufRead, Read, Write};
     let work = tempfile::tempdir().unwrap();
     let go = work.path().join("go");
     let script = format!(
-        "i=0; while true; do if [ -e {go} ]; then rm {go}; echo \"tick $i\"; i=$((i+1)); fi; sleep 0.02; done",
+        "i=0; while true; do if [ -e {go} ]; then rm {go}; echo \"tick $i\"; echo \"noise $i\"; i=$((i+1)); fi; sleep 0.02; done",
         go = go.display()
     );
     let cfg = format!(
-        "[[plugins]]\nname = \"tick\"\ncommand = \"sh\"\nargs = [\"-c\", {script:?}]\nprotocol = \"none\"\n"
+        "[[plugins]]\nname = \"tick\"\ncommand = \"sh\"\nargs = [\"-c\", {script:?}]\nprotocol = \"none\"\n\n[[plugins]]\nname = \"flood\"\ncommand = \"{{bin}}/flooder\"\nargs = [\"--lines\", \"20000000\"]\nprotocol = \"none\"\nrestart = \"never\"\n[plugins.logs]\nmax_file_size = \"16MiB\"\ncompress = false\n"
     );
     let host = start(&cfg);
     host.wait_all_running(T);
@@ -233,18 +347,38 @@ fn the_live_tail_delivers_within_a_second() {
         .unwrap();
     write!(
         s,
-        "GET /api/v1/logs/stream?plugin=tick HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+        "GET /api/v1/logs/stream?plugin=tick&q=tick HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
         host.token
     )
     .unwrap();
+    // The CLI follows too, through its own connection.
+    let mut cli = std::process::Command::new(&host.appfw)
+        .arg("--data-dir")
+        .arg(host.data())
+        .args(["logs", "tick", "-f", "--grep", "tick", "-n", "1"])
+        .env_remove("APPFW_DATA_DIR")
+        .env_remove("APPFW_API")
+        .env_remove("APPFW_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (cli_tx, cli_rx) = std::sync::mpsc::channel::<(String, std::time::Instant)>();
+    let out = cli.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if cli_tx.send((line, std::time::Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
     let mut got = String::new();
     let mut buf = [0u8; 4096];
     let mut read_until = |needle: &str, deadline: std::time::Instant, got: &mut String| {
         while !got.contains(needle) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "no {needle:?} in:\n{got}\nindexed: {:?}\nfiles: {:?}",
-                lines(&host, "plugin=tick"),
+                "no {needle:?} in:\n{got}\nfiles: {:?}",
                 std::fs::read_dir(host.data().join("logs"))
                     .map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
             );
@@ -259,6 +393,14 @@ fn the_live_tail_delivers_within_a_second() {
         }
     };
     read_until("text/event-stream", std::time::Instant::now() + T, &mut got);
+    // The flood has put the index far behind.
+    wait_for(T, "an index lag of 200,000 lines", || {
+        (index_lag(&host, "flood") >= 200_000).then_some(())
+    });
+    // And the index is stuck: its database is locked, so nothing more gets indexed, not even
+    // the tick lines. The tail still delivers.
+    let db = rusqlite::Connection::open(host.data().join("appfw.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
     for i in 0..3 {
         std::fs::write(&go, "").unwrap();
         let written = std::time::Instant::now();
@@ -267,8 +409,39 @@ fn the_live_tail_delivers_within_a_second() {
             written + Duration::from_secs(1),
             &mut got,
         );
-        eprintln!("tick {i} arrived after {:?}", written.elapsed());
+        let sse = written.elapsed();
+        let want = format!("tick {i}");
+        let (line, at) = loop {
+            let (line, at) = cli_rx
+                .recv_timeout(
+                    (written + Duration::from_secs(1))
+                        .saturating_duration_since(std::time::Instant::now()),
+                )
+                .unwrap_or_else(|e| panic!("appfw logs -f: no {want:?} within 1 s: {e}"));
+            if line.ends_with(&want) {
+                break (line, at);
+            }
+            assert!(!line.contains("noise"), "--grep tick: {line}");
+        };
+        assert!(line.contains(" tick "), "{line}");
+        let lag = index_lag(&host, "flood");
+        eprintln!(
+            "tick {i}: SSE after {sse:?}, CLI after {:?}; index lag {lag} lines",
+            at - written
+        );
+        assert!(
+            lag >= 100_000,
+            "the index caught up ({lag}): the test proves nothing"
+        );
+        assert!(
+            index_lag(&host, "tick") > 0,
+            "tick {i} is not in the index: the tail read it from the file"
+        );
     }
+    db.execute_batch("COMMIT").unwrap();
+    assert!(!got.contains("noise"), "q=tick filters: {got}");
+    let _ = cli.kill();
+    let _ = cli.wait();
 }
 
 /// The host's own log: JSON lines in the data directory, with the plugin's name as a field,
@@ -317,4 +490,99 @@ fn host_log_is_json_lines_and_its_level_changes_at_run_time() {
     );
     let (code, v) = host.send("PUT", "/api/v1/log-level", r#"{"level":"loud"}"#);
     assert_eq!(code, 400, "{v}");
+}
+
+/// Host records carry the context of the spans they are logged in: one about a plugin (logged
+/// in its owner task) its name, one about a bus request the request's trace id.
+#[test]
+fn host_records_carry_the_plugin_and_the_trace_id() {
+    let cfg = "[[plugins]]\nname = \"driver\"\ncommand = \"{bin}/driver\"\nargs = [\"--control\", \"{mark}/driver.sock\"]\n";
+    let host = start(cfg);
+    host.wait_all_running(T);
+    let answer = driver_cmd(&host, "request nobody.serves.this x 5000", T);
+    assert_eq!(answer["code"], "no_responders", "{answer}");
+    let file = host.data().join("host.jsonl");
+    let records = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let rec = wait_for(T, "the no_responders record in host.jsonl", || {
+        records().into_iter().find(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("nobody serves \"nobody.serves.this\""))
+        })
+    });
+    let trace_id = rec["trace_id"].as_str().unwrap_or_else(|| panic!("{rec}"));
+    assert!(
+        trace_id.len() == 32
+            && trace_id.bytes().all(|b| b.is_ascii_hexdigit())
+            && trace_id.bytes().any(|b| b != b'0'),
+        "{rec}"
+    );
+    assert_eq!(rec["plugin"], "driver", "{rec}");
+    // A record logged in the owner task without naming the plugin itself still carries it.
+    host.post("/api/v1/plugins/driver/restart?wait=10s");
+    let spawned = wait_for(T, "a spawn record", || {
+        records().into_iter().find(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("spawning"))
+        })
+    });
+    assert_eq!(spawned["plugin"], "driver", "{spawned}");
+}
+
+/// The index is derived from the files and can be rebuilt from them: after its rows are
+/// damaged, `appfw logs --rebuild-index` empties it, reads the files again, and queries return
+/// the same lines as before.
+#[test]
+fn the_index_is_rebuilt_from_the_files() {
+    let script = r#"i=0; while [ $i -lt 500 ]; do printf '{"level":"warn","msg":"line %d timeout","n":"%d"}\n' $i $i; i=$((i+1)); done; printf 'to stderr\n' >&2; exec sleep 1000"#;
+    let cfg = format!(
+        "[[plugins]]\nname = \"r\"\ncommand = \"sh\"\nargs = [\"-c\", {script:?}]\nprotocol = \"none\"\n"
+    );
+    let host = start(&cfg);
+    let query = |q: &str| -> Vec<(u64, String, String, String)> {
+        let (code, v) = host.get(&format!("/api/v1/logs?plugin=r&limit=10000{q}"));
+        assert_eq!(code, 200, "{v}");
+        v["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["seq"].as_u64().unwrap(),
+                    l["level"].as_str().unwrap().to_string(),
+                    l["message"].as_str().unwrap().to_string(),
+                    l["fields"].to_string(),
+                )
+            })
+            .collect()
+    };
+    wait_for(T, "501 lines indexed", || {
+        (query("").len() == 501).then_some(())
+    });
+    let before = query("");
+    let found = query("&q=timeout&field=n%3D42");
+    assert_eq!(found.len(), 1);
+    // Damage the index: rows lost, one changed, the full-text index emptied.
+    {
+        let db = rusqlite::Connection::open(host.data().join("appfw.db")).unwrap();
+        db.execute_batch(
+            "DELETE FROM log_lines WHERE seq % 3 = 0; UPDATE log_lines SET message = 'garbage' WHERE seq = 10; INSERT INTO log_fts (log_fts) VALUES ('delete-all');",
+        )
+        .unwrap();
+    }
+    assert_ne!(query(""), before);
+    assert!(query("&q=timeout").is_empty());
+    let (code, out, err) = host.cli(&["logs", "--rebuild-index"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("log index rebuilt from the files"), "{out}");
+    assert_eq!(query(""), before);
+    assert_eq!(query("&q=timeout&field=n%3D42"), found);
+    assert_eq!(query("&q=timeout").len(), 500);
 }

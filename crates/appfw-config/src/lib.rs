@@ -386,6 +386,9 @@ pub struct LogsConfig {
     /// tracing-subscriber filter like `info,appfw_host::bus=debug`. `RUST_LOG` wins. Default
     /// `info`.
     pub host_level: String,
+    /// Level given to a plain (not JSON) stderr line that does not start with a level word.
+    /// Default `warn`.
+    pub stderr_level: String,
 }
 
 impl Default for LogsConfig {
@@ -401,7 +404,83 @@ impl Default for LogsConfig {
             index_max_age: Duration::from_secs(7 * 24 * 3600),
             index_max_size: 1024 * 1024 * 1024,
             host_level: "info".into(),
+            stderr_level: "warn".into(),
         }
+    }
+}
+
+impl LogsConfig {
+    /// The settings that apply to a plugin: these, with the plugin's `[plugins.logs]` over them.
+    pub fn for_plugin(&self, o: &PluginLogsConfig) -> LogsConfig {
+        LogsConfig {
+            max_file_size: o.max_file_size.unwrap_or(self.max_file_size),
+            max_age: o.max_age.unwrap_or(self.max_age),
+            keep_files: o.keep_files.unwrap_or(self.keep_files),
+            keep_days: o.keep_days.unwrap_or(self.keep_days),
+            compress: o.compress.unwrap_or(self.compress),
+            max_line: o.max_line.unwrap_or(self.max_line),
+            policy: o.policy.unwrap_or(self.policy),
+            stderr_level: o
+                .stderr_level
+                .clone()
+                .unwrap_or_else(|| self.stderr_level.clone()),
+            ..self.clone()
+        }
+    }
+}
+
+/// `[plugins.logs]`: a plugin's overrides of the host-wide `[logs]` settings of its files and
+/// capture (unset keys take the `[logs]` value).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLogsConfig {
+    /// Overrides `logs.max_file_size`.
+    #[serde(with = "opt_human_size", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub max_file_size: Option<u64>,
+    /// Overrides `logs.max_age`.
+    #[serde(with = "opt_human_duration", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub max_age: Option<Duration>,
+    /// Overrides `logs.keep_files`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_files: Option<u32>,
+    /// Overrides `logs.keep_days`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_days: Option<u32>,
+    /// Overrides `logs.compress`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compress: Option<bool>,
+    /// Overrides `logs.max_line`.
+    #[serde(with = "opt_human_size", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub max_line: Option<u64>,
+    /// Overrides `logs.policy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<LogPolicy>,
+    /// Overrides `logs.stderr_level`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_level: Option<String>,
+}
+
+impl PluginLogsConfig {
+    /// The keys it sets.
+    pub fn keys(&self) -> Vec<&'static str> {
+        let mut k = Vec::new();
+        let mut add = |set: bool, name| {
+            if set {
+                k.push(name);
+            }
+        };
+        add(self.max_file_size.is_some(), "max_file_size");
+        add(self.max_age.is_some(), "max_age");
+        add(self.keep_files.is_some(), "keep_files");
+        add(self.keep_days.is_some(), "keep_days");
+        add(self.compress.is_some(), "compress");
+        add(self.max_line.is_some(), "max_line");
+        add(self.policy.is_some(), "policy");
+        add(self.stderr_level.is_some(), "stderr_level");
+        k
     }
 }
 
@@ -864,6 +943,9 @@ pub struct PluginConfig {
     /// What to do when a sampled resource figure stays above a value (`[[plugins.thresholds]]`).
     #[serde(default)]
     pub thresholds: Vec<ThresholdConfig>,
+    /// This plugin's overrides of `[logs]` (`[plugins.logs]`).
+    #[serde(default)]
+    pub logs: PluginLogsConfig,
     /// Plugin-specific settings, passed to the plugin as JSON in the handshake.
     #[serde(default)]
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
@@ -1069,6 +1151,7 @@ impl PluginConfig {
             heartbeat_timeout: None,
             limits: LimitsConfig::default(),
             thresholds: Vec::new(),
+            logs: PluginLogsConfig::default(),
             settings: toml::Table::new(),
         }
     }

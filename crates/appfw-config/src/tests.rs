@@ -185,18 +185,44 @@ fn every_error_class_has_an_exact_located_message() {
     );
     assert_eq!(
         errors(
-            "[logs]\nmax_file_size = \"1KiB\"\nmax_age = \"1s\"\nmax_line = 10\nhost_level = \"info,bus=loud\"\n"
+            "[logs]\nmax_file_size = \"1KiB\"\nmax_age = \"500ms\"\nmax_line = 10\nhost_level = \"info,bus=loud\"\n"
         ),
         [
             "/etc/appfw.toml:2:1: logs.max_file_size: must be at least 64KiB",
-            "/etc/appfw.toml:3:1: logs.max_age: must be at least 1m",
+            "/etc/appfw.toml:3:1: logs.max_age: must be at least 1s",
             "/etc/appfw.toml:4:1: logs.max_line: must be between 256 bytes and 16MiB",
             "/etc/appfw.toml:5:1: logs.host_level: \"loud\" is not a level; use one of trace, debug, info, warn, error, off (or target=level)",
         ]
     );
     assert_eq!(
         errors("[logs]\nmax_file_size = \"64KiB\"\nmax_line = \"1MiB\"\n"),
-        ["/etc/appfw.toml:3:1: logs.max_line: must not exceed logs.max_file_size (64.0 KiB)"]
+        ["/etc/appfw.toml:3:1: logs.max_line: must not exceed max_file_size (64.0 KiB)"]
+    );
+    // A plugin's [logs] overrides: checked as they combine with the host's, named by plugin.
+    assert_eq!(
+        errors(
+            "[logs]\nmax_line = \"128KiB\"\n[[plugins]]\nname = \"p\"\ncommand = \"x\"\n[plugins.logs]\nmax_file_size = \"32KiB\"\nmax_age = \"0s\"\nstderr_level = \"loud\"\n"
+        ),
+        [
+            "/etc/appfw.toml:7:1: plugins[0].logs.max_file_size: plugin \"p\": must be at least 64KiB",
+            "/etc/appfw.toml:8:1: plugins[0].logs.max_age: plugin \"p\": must be at least 1s",
+            "/etc/appfw.toml:6:10: plugins[0].logs.max_line: plugin \"p\": must not exceed max_file_size (32.0 KiB)",
+            "/etc/appfw.toml:9:1: plugins[0].logs.stderr_level: plugin \"p\": \"loud\" is not a level; use one of trace, debug, info, warn, error",
+        ]
+    );
+    assert_eq!(
+        errors("[[plugins]]\nname = \"p\"\ncommand = \"x\"\n[plugins.logs]\nmax_file_sise = 1\n"),
+        [
+            "/etc/appfw.toml:5:1: plugins[0].logs.max_file_sise: unknown key `max_file_sise`; did you mean `max_file_size`?"
+        ]
+    );
+    let c = ok(
+        "[logs]\nmax_file_size = \"8MiB\"\nkeep_files = 3\n[[plugins]]\nname = \"p\"\ncommand = \"x\"\n[plugins.logs]\nmax_file_size = \"1MiB\"\npolicy = \"drop\"\n",
+    );
+    let eff = c.logs.for_plugin(&c.plugins[0].logs);
+    assert_eq!(
+        (eff.max_file_size, eff.keep_files, eff.policy),
+        (1024 * 1024, 3, LogPolicy::Drop)
     );
     let l = ok("[logs]\nmax_file_size = \"8MiB\"\nkeep_files = 3\npolicy = \"drop\"\n").logs;
     assert_eq!(

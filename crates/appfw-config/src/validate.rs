@@ -78,30 +78,7 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
     if c.store.events_max_age < std::time::Duration::from_secs(3600) {
         push("store.events_max_age".into(), "must be at least 1h".into());
     }
-    let l = &c.logs;
-    if l.max_file_size < 64 * 1024 {
-        push("logs.max_file_size".into(), "must be at least 64KiB".into());
-    }
-    if l.max_age < std::time::Duration::from_secs(60) {
-        push("logs.max_age".into(), "must be at least 1m".into());
-    }
-    if !(256..=16 * 1024 * 1024).contains(&l.max_line) {
-        push(
-            "logs.max_line".into(),
-            "must be between 256 bytes and 16MiB".into(),
-        );
-    } else if l.max_line > l.max_file_size {
-        push(
-            "logs.max_line".into(),
-            format!(
-                "must not exceed logs.max_file_size ({})",
-                crate::format_size(l.max_file_size)
-            ),
-        );
-    }
-    if let Err(why) = crate::check_level(&l.host_level) {
-        push("logs.host_level".into(), why);
-    }
+    check_logs(&c.logs, &mut |k, m| push(format!("logs.{k}"), m));
     if !(1..=1_000_000).contains(&c.metrics.max_series_per_plugin) {
         push(
             "metrics.max_series_per_plugin".into(),
@@ -219,6 +196,19 @@ pub(super) fn check(c: &Config) -> Vec<ConfigIssue> {
             );
         }
         check_limits(p, &mut |k, m| push(key(k), m));
+        // The plugin's effective settings, checked for the keys it sets (a wrong host value is
+        // reported once, under `logs.`; a plugin's max_line over the host's max_file_size here).
+        let set = p.logs.keys();
+        if !set.is_empty() {
+            check_logs(&c.logs.for_plugin(&p.logs), &mut |k, m| {
+                if set.contains(&k) || (k == "max_line" && set.contains(&"max_file_size")) {
+                    push(
+                        key(&format!("logs.{k}")),
+                        format!("plugin {:?}: {m}", p.name),
+                    );
+                }
+            });
+        }
         let mut probe_names = HashSet::new();
         for (j, probe) in p.probes.iter().enumerate() {
             let at = |k: &str| key(&format!("probes[{j}].{k}"));
@@ -595,6 +585,40 @@ pub fn check_pattern(text: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The `[logs]` settings (host-wide, or a plugin's effective ones); `push` gets the key
+/// within the section.
+fn check_logs(l: &crate::LogsConfig, push: &mut dyn FnMut(&str, String)) {
+    if l.max_file_size < 64 * 1024 {
+        push("max_file_size", "must be at least 64KiB".into());
+    }
+    if l.max_age < std::time::Duration::from_secs(1) {
+        push("max_age", "must be at least 1s".into());
+    }
+    if !(256..=16 * 1024 * 1024).contains(&l.max_line) {
+        push("max_line", "must be between 256 bytes and 16MiB".into());
+    } else if l.max_line > l.max_file_size {
+        push(
+            "max_line",
+            format!(
+                "must not exceed max_file_size ({})",
+                crate::format_size(l.max_file_size)
+            ),
+        );
+    }
+    if let Err(why) = crate::check_level(&l.host_level) {
+        push("host_level", why);
+    }
+    if !["trace", "debug", "info", "warn", "error"].contains(&l.stderr_level.as_str()) {
+        push(
+            "stderr_level",
+            format!(
+                "{:?} is not a level; use one of trace, debug, info, warn, error",
+                l.stderr_level
+            ),
+        );
+    }
 }
 
 /// `[plugins.limits]` and `[[plugins.thresholds]]` of one plugin.

@@ -157,8 +157,11 @@ impl Host {
                 &layout.logs_dir(),
                 &config.logs,
                 events.clone(),
-                Some(indexed),
-                Some(Arc::clone(indexer.waker())),
+                Some(crate::logs::IndexLink {
+                    indexed,
+                    wake: Arc::clone(indexer.waker()),
+                    stderr_levels: Arc::clone(indexer.stderr_levels()),
+                }),
             )
             .map_err(|source| HostError::Io {
                 what: "cannot start the log writer",
@@ -166,6 +169,7 @@ impl Host {
             })?,
         );
         metrics.set_log_index(Arc::clone(indexer.progress()));
+        let rebuild_index = Arc::clone(indexer.rebuild());
         let ctx = Arc::new(Ctx {
             events: events.clone(),
             bus: bus.clone(),
@@ -233,6 +237,8 @@ impl Host {
             reload: reload.clone(),
             metrics,
             store: Arc::clone(&store),
+            logs: Arc::clone(&logs),
+            rebuild_index,
             started: Instant::now(),
             cancel: cancel.child_token(),
             log: opts.log.clone(),

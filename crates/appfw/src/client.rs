@@ -115,12 +115,9 @@ impl Client {
             })?
     }
 
-    async fn call_inner(
-        &self,
-        method: &str,
-        path: &str,
-        body: String,
-    ) -> Result<Value, ClientError> {
+    /// Connects and sends a request; the response (its body not read yet) and the connection's
+    /// task.
+    async fn open(&self, method: &str, path: &str, body: String) -> Result<Sent, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             endpoint: self.describe(),
             reason,
@@ -137,48 +134,124 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let (resp, driver) = match &self.endpoint {
+        match &self.endpoint {
             Endpoint::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p)
                     .await
                     .map_err(|e| unreachable(e.to_string()))?;
-                send(TokioIo::new(s), req).await.map_err(unreachable)?
+                send(TokioIo::new(s), req).await.map_err(unreachable)
             }
             Endpoint::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a)
                     .await
                     .map_err(|e| unreachable(e.to_string()))?;
-                send(TokioIo::new(s), req).await.map_err(unreachable)?
+                send(TokioIo::new(s), req).await.map_err(unreachable)
             }
-        };
+        }
+    }
+
+    async fn call_inner(
+        &self,
+        method: &str,
+        path: &str,
+        body: String,
+    ) -> Result<Value, ClientError> {
+        let (resp, driver) = self.open(method, path, body).await?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(|e| self.unreachable(e.to_string()))?
             .to_bytes();
         // The request sender is gone and the body read: the connection task ends now.
         let _ = driver.await;
         let value: Value = serde_json::from_slice(&body)
             .map_err(|e| ClientError::Protocol(format!("HTTP {status}, body is not JSON ({e})")))?;
         if status >= 400 && !self.accept_errors {
-            let err = &value["error"];
-            return Err(ClientError::Api {
-                status,
-                code: err["code"].as_str().unwrap_or("unknown").to_string(),
-                message: err["message"].as_str().unwrap_or("no message").to_string(),
-                issues: err["issues"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|i| i.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            });
+            return Err(api_error(status, &value));
         }
         Ok(value)
+    }
+
+    fn unreachable(&self, reason: String) -> ClientError {
+        ClientError::Unreachable {
+            endpoint: self.describe(),
+            reason,
+        }
+    }
+
+    /// GET a stream of server-sent events at `path`, calling `on_event(type, data)` for each
+    /// (`message` when the event names no type) until the stream ends.
+    pub async fn stream(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str, &str),
+    ) -> Result<(), ClientError> {
+        let (resp, driver) = self.open("GET", path, String::new()).await?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if status >= 400 {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(e.to_string()))?
+                .to_bytes();
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(api_error(status, &value));
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.unreachable(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            // An event ends at an empty line.
+            while let Some(end) = find(&buf, b"\n\n") {
+                let block = String::from_utf8_lossy(&buf[..end]).into_owned();
+                buf.drain(..end + 2);
+                let mut kind = "message";
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(t) = line.strip_prefix("event:") {
+                        kind = t.trim();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        if !data.is_empty() {
+                            data.push('\n');
+                        }
+                        data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                    }
+                }
+                if !data.is_empty() {
+                    on_event(kind, &data);
+                }
+            }
+        }
+        let _ = driver.await;
+        Ok(())
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The error an API error body describes.
+fn api_error(status: u16, value: &Value) -> ClientError {
+    let err = &value["error"];
+    ClientError::Api {
+        status,
+        code: err["code"].as_str().unwrap_or("unknown").to_string(),
+        message: err["message"].as_str().unwrap_or("no message").to_string(),
+        issues: err["issues"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

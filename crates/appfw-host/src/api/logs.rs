@@ -12,10 +12,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 
 use super::{ApiError, ApiState};
-use crate::store::logs::{LogLine, LogQuery, level_number};
-
-/// How often a live tail looks for new lines in the index.
-const TAIL_POLL: Duration = Duration::from_millis(100);
+use crate::logs::follow::Follow;
+use crate::store::logs::{LogLine, LogQuery, level_number, live_line};
 
 /// Parses the query string: `plugin`, `level` (that level or above), `since`/`until` (RFC 3339
 /// or a duration ago), `q` (words and "phrases"), `field=k=v` (repeatable), `limit`, `cursor`
@@ -103,26 +101,25 @@ pub(super) async fn logs(
     Ok(Json(serde_json::json!({ "lines": lines, "next_cursor": next_cursor })).into_response())
 }
 
-/// Lines as they are indexed, one SSE event each (`id`: the row id), after the newest `limit`
-/// lines already there. Ends when the client goes away or the host stops.
+/// The newest `limit` matching lines of the index, then every line written to the files from
+/// the request on, one SSE event each (`id`: the row id, or `PLUGIN:SEQ` for a line read from
+/// the files), filtered here. The files are the record of truth and are written first, so the
+/// tail keeps up with a flood while the index lags. A tail that falls more than
+/// [`TAIL_MAX_BEHIND`] records behind a plugin jumps to its end and says so in a `skipped`
+/// event. Ends when the client goes away or the host stops.
 pub(super) async fn stream(
     State(s): State<ApiState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let q = parse(raw.as_deref())?;
+    let mut written = s.logs.written();
+    // Where the files end now: the live part starts there.
+    let logs = Arc::clone(&s.logs);
+    let only = q.plugin.clone();
+    let mut tails = tokio::task::spawn_blocking(move || Tails::at_end(logs, only))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let backlog = run(&s, q.clone()).await?;
-    let mut after = match backlog.last() {
-        Some(l) => l.id,
-        None => {
-            // Nothing matches yet: start after the newest line of any kind.
-            let mut all = LogQuery {
-                limit: 1,
-                ..LogQuery::default()
-            };
-            all.plugin = None;
-            run(&s, all).await?.last().map_or(0, |l| l.id)
-        }
-    };
     let stop = s.cancel.clone();
     let stream = async_stream(move |tx| async move {
         for l in backlog {
@@ -131,26 +128,138 @@ pub(super) async fn stream(
             }
         }
         loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(TAIL_POLL) => {}
-            }
-            let mut next = q.clone();
-            next.before = None;
-            next.after = Some(after);
-            next.limit = 1000;
-            let Ok(lines) = run(&s, next).await else {
+            let q2 = q.clone();
+            let Ok((t, out, more)) = tokio::task::spawn_blocking(move || {
+                let mut t = tails;
+                let (out, more) = t.round(&q2);
+                (t, out, more)
+            })
+            .await
+            else {
                 return;
             };
-            for l in lines {
-                after = after.max(l.id);
-                if tx.send(event(&l)).await.is_err() {
+            tails = t;
+            for e in out {
+                if tx.send(Ok(e)).await.is_err() {
                     return;
+                }
+            }
+            if !more {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = written.changed() => if r.is_err() { return },
+                    // New plugins, and a file rotated by the janitor.
+                    () = tokio::time::sleep(TAIL_IDLE) => {}
+                }
+                // Every write of every plugin changes `written`: while another plugin floods,
+                // look at most every TAIL_GAP (the changes in between are coalesced).
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(TAIL_GAP) => {}
                 }
             }
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A live tail that lags more than this many records behind a plugin skips to its end.
+pub const TAIL_MAX_BEHIND: u64 = 100_000;
+/// Records read per plugin per round.
+const TAIL_ROUND: usize = 4096;
+/// How long an idle tail waits without a write before it looks again.
+const TAIL_IDLE: Duration = Duration::from_millis(250);
+/// Shortest time between two looks of an idle tail.
+const TAIL_GAP: Duration = Duration::from_millis(20);
+
+/// The followed plugins' files.
+struct Tails {
+    logs: Arc<crate::logs::Logs>,
+    only: Option<String>,
+    follow: std::collections::BTreeMap<Arc<str>, Follow>,
+}
+
+impl Tails {
+    /// Every plugin (or `only`), from the end of its files.
+    fn at_end(logs: Arc<crate::logs::Logs>, only: Option<String>) -> Self {
+        let mut t = Self {
+            logs,
+            only,
+            follow: std::collections::BTreeMap::new(),
+        };
+        t.scan(true);
+        t
+    }
+
+    /// Starts following plugins not followed yet: from the end of their files at the start,
+    /// from their first record when they appear later.
+    fn scan(&mut self, at_start: bool) {
+        let dir = self.logs.dir().to_path_buf();
+        let names: Vec<String> = match &self.only {
+            Some(p) => vec![p.clone()],
+            // A plugin is known by its current file or its archive directory (right after a
+            // rotation it may have only the latter).
+            None => std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .filter_map(|e| {
+                            let n = e.file_name().into_string().ok()?;
+                            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                                return Some(n);
+                            }
+                            let p = n.strip_suffix(".log")?;
+                            (!p.ends_with(".legacy")).then(|| p.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        for n in names {
+            if self.follow.contains_key(n.as_str()) {
+                continue;
+            }
+            let f = if at_start {
+                Follow::at_end(&dir, &n).unwrap_or_else(|_| Follow::from_seq(1))
+            } else {
+                Follow::from_seq(1)
+            };
+            self.follow.insert(Arc::from(n.as_str()), f);
+        }
+    }
+
+    /// Reads what is new: the events to send, and whether more is waiting.
+    fn round(&mut self, q: &LogQuery) -> (Vec<Event>, bool) {
+        self.scan(false);
+        let dir = self.logs.dir().to_path_buf();
+        let mut out = Vec::new();
+        let mut more = false;
+        for (plugin, f) in &mut self.follow {
+            if let Some(w) = self.logs.written_seq(plugin)
+                && w.saturating_sub(f.next_seq()) > TAIL_MAX_BEHIND
+                && let Ok(end) = Follow::at_end(&dir, plugin)
+            {
+                let data = serde_json::json!({
+                    "plugin": &**plugin,
+                    "from_seq": f.next_seq(),
+                    "to_seq": end.next_seq().saturating_sub(1),
+                });
+                out.push(Event::default().event("skipped").data(data.to_string()));
+                *f = end;
+            }
+            let level = self.logs.stderr_level(plugin);
+            let n = f.read(&dir, plugin, TAIL_ROUND, |r| {
+                if let Some(l) = live_line(q, plugin, r, level) {
+                    out.push(
+                        Event::default()
+                            .id(format!("{plugin}:{}", l.seq))
+                            .data(serde_json::to_string(&l).unwrap_or_default()),
+                    );
+                }
+            });
+            more |= n == TAIL_ROUND;
+        }
+        (out, more)
+    }
 }
 
 fn event(l: &LogLine) -> Result<Event, Infallible> {
@@ -192,6 +301,38 @@ impl Drop for Tail {
         // The client went away: stop polling for it.
         self.task.abort();
     }
+}
+
+/// `GET /api/v1/logs/index`: per plugin, the last record written to its files and the last
+/// one indexed, and the lag between them.
+pub(super) async fn index_status(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let plugins: Vec<serde_json::Value> = s
+        .metrics
+        .log_index_positions()
+        .into_iter()
+        .map(|(p, (w, i))| {
+            serde_json::json!({
+                "plugin": p,
+                "written_seq": w,
+                "indexed_seq": i,
+                "lag": w.saturating_sub(i),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "plugins": plugins })).into_response())
+}
+
+/// `POST /api/v1/logs/index/rebuild`: empties the log index and rebuilds it from the files
+/// (the record of truth) in the background; answers once it is empty. `GET
+/// /api/v1/logs/index` shows the rebuild catching up.
+pub(super) async fn rebuild_index(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    if !s.rebuild_index.start(Duration::from_secs(60)).await {
+        return Err(ApiError::unavailable(
+            "the log index was not emptied within 60 s (is the store locked?)",
+        ));
+    }
+    tracing::info!("log index rebuild requested through the API");
+    Ok(Json(serde_json::json!({ "rebuilding": true })).into_response())
 }
 
 /// `GET /api/v1/log-level`: the host log's filter.

@@ -61,6 +61,10 @@ pub struct ApiState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The embedded store.
     pub store: Arc<crate::store::Store>,
+    /// The plugins' log files (the live tail follows them).
+    pub logs: Arc<crate::logs::Logs>,
+    /// Rebuilds the log index from the files.
+    pub rebuild_index: Arc<crate::store::logs::Rebuild>,
     /// Start instant, for uptime.
     pub started: Instant,
     /// Cancelled when the host stops (ends live tails).
@@ -79,6 +83,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/events", get(events))
         .route("/logs", get(logs::logs))
         .route("/logs/stream", get(logs::stream))
+        .route("/logs/index", get(logs::index_status))
+        .route("/logs/index/rebuild", post(logs::rebuild_index))
         .route("/log-level", get(logs::get_level).put(logs::put_level))
         .route("/config", get(get_config).put(put_config))
         .route("/config/reload", post(reload_config))

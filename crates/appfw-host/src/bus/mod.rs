@@ -699,6 +699,7 @@ impl Bus {
             match self.demand_for(&table, topic) {
                 Some(d) => Some(d),
                 None => {
+                    tracing::debug!(topic = %topic, "request answered no_responders: nobody serves {topic:?}");
                     let e = error(
                         ErrorKind::Temporary,
                         "no_responders",

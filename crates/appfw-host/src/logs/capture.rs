@@ -1,5 +1,5 @@
 //! Plugin stdout/stderr capture: the hot path. Read a big chunk, split lines, stamp one time
-//! for the chunk, number the lines, queue the buffer for the writer thread. Nothing is parsed
+//! for the chunk, number the lines, write the buffer (or queue it for the writer thread). Nothing is parsed
 //! here (the index does that from the files), so a flood is captured at pipe speed.
 //!
 //! Also keeps the last lines for the exit event, and echoes lines into the host log at a

@@ -312,6 +312,18 @@ impl LogFile {
         }
     }
 
+    /// Rotates the current file if its first record is at least `max_age` old: the janitor
+    /// does this for a plugin that fell silent (a write checks the age itself). Whether it did.
+    pub fn rotate_if_old(&mut self) -> io::Result<bool> {
+        if self.first.is_none()
+            || self.dropping.is_some()
+            || self.born.elapsed().unwrap_or_default() < self.opts.max_age
+        {
+            return Ok(false);
+        }
+        self.rotate().map(|()| true)
+    }
+
     /// Moves the current file into the archive directory; the next write starts a new one.
     pub fn rotate(&mut self) -> io::Result<()> {
         let Some(first) = self.first else {

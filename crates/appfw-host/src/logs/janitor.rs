@@ -24,6 +24,18 @@ pub struct Keep {
     pub indexed: Indexed,
 }
 
+impl Keep {
+    /// From the `[logs]` settings of a plugin.
+    pub fn from_config(cfg: &crate::config::LogsConfig, indexed: Indexed) -> Self {
+        Self {
+            files: cfg.keep_files,
+            age: Duration::from_secs(u64::from(cfg.keep_days) * 86_400),
+            compress: cfg.compress,
+            indexed,
+        }
+    }
+}
+
 /// Gzips `path` (`x.log`) into `x.log.gz` next to it, then deletes it. The temporary file is
 /// removed if anything fails, so a full disk leaves the plain file as it was.
 pub fn compress(path: &Path) -> io::Result<PathBuf> {
@@ -39,6 +51,10 @@ pub fn compress(path: &Path) -> io::Result<PathBuf> {
         io::copy(&mut src, &mut enc)?;
         let mut w = enc.finish()?;
         w.flush()?;
+        // Retention by age goes by the time of the file's last write, not its compression.
+        if let Ok(m) = src.metadata().and_then(|m| m.modified()) {
+            w.get_ref().set_modified(m)?;
+        }
         w.get_ref().sync_data()?;
         std::fs::rename(&tmp, &gz)
     })();
@@ -50,8 +66,8 @@ pub fn compress(path: &Path) -> io::Result<PathBuf> {
     Ok(gz)
 }
 
-/// One pass over one plugin's archive directory. Returns the files deleted.
-pub fn sweep(plugin: &str, dir: &Path, keep: &Keep) -> Vec<PathBuf> {
+/// One pass over one plugin's archive directory, at time `now`. Returns the files deleted.
+pub fn sweep(plugin: &str, dir: &Path, keep: &Keep, now: SystemTime) -> Vec<PathBuf> {
     // Leftovers of a compression interrupted by a crash.
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.filter_map(Result::ok) {
@@ -73,7 +89,6 @@ pub fn sweep(plugin: &str, dir: &Path, keep: &Keep) -> Vec<PathBuf> {
         }
     }
     let files = rotated(dir);
-    let now = SystemTime::now();
     let excess = if keep.files == 0 {
         0
     } else {
@@ -156,7 +171,7 @@ mod tests {
             indexed: Arc::new(move |_, seq| seq <= w.load(std::sync::atomic::Ordering::Relaxed)),
         };
         assert!(
-            sweep("p", &arch, &keep).is_empty(),
+            sweep("p", &arch, &keep, SystemTime::now()).is_empty(),
             "nothing indexed: nothing deleted"
         );
         let files = rotated(&arch);
@@ -165,9 +180,9 @@ mod tests {
         // Indexed up to the middle of the third file: the first two go.
         assert!(files[2].last > files[2].first);
         watermark.store(files[2].last - 1, std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(sweep("p", &arch, &keep).len(), 2);
+        assert_eq!(sweep("p", &arch, &keep, SystemTime::now()).len(), 2);
         watermark.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
-        let deleted = sweep("p", &arch, &keep);
+        let deleted = sweep("p", &arch, &keep, SystemTime::now());
         assert_eq!(deleted.len(), n - 2 - 3);
         assert_eq!(rotated(&arch), files[n - 3..].to_vec());
         // The kept files decompress to their records.
@@ -176,5 +191,73 @@ mod tests {
         io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz), &mut text).unwrap();
         let first = record::parse(text.lines().next().unwrap().as_bytes()).unwrap();
         assert_eq!(first.seq, files[n - 1].first);
+    }
+
+    /// Retention by days, with the clock passed in: a file whose last write is older than
+    /// `keep_days` goes (once indexed), a younger one stays, whatever the count; compression
+    /// keeps the time of the last write.
+    #[test]
+    fn retention_by_age_deletes_the_old_indexed_files_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let arch = dir.path().join("p");
+        std::fs::create_dir_all(&arch).unwrap();
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        // (first, last, age in days)
+        let files = [
+            (1u64, 10u64, 9u64),
+            (11, 20, 5),
+            (21, 30, 3),
+            (31, 40, 1),
+            (41, 50, 0),
+        ];
+        for (first, last, days) in files {
+            let path = arch.join(format!("{first:020}-{last:020}.log"));
+            let mut b = Vec::new();
+            for s in first..=last {
+                record::write(&mut b, s, &Stamp::now(), Kind::Stdout, End::Newline, b"x");
+            }
+            std::fs::write(&path, &b).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(now - day * u32::try_from(days).unwrap())
+                .unwrap();
+        }
+        let cfg = crate::config::LogsConfig {
+            keep_files: 0,
+            keep_days: 2,
+            compress: true,
+            ..crate::config::LogsConfig::default()
+        };
+        // The index has read up to seq 15: the 5-day-old file (11-20) is not fully read.
+        let keep = Keep::from_config(&cfg, Arc::new(|_, seq| seq <= 15));
+        let deleted = sweep("p", &arch, &keep, now);
+        assert_eq!(deleted.len(), 1, "{deleted:?}");
+        assert!(
+            deleted[0]
+                .to_string_lossy()
+                .contains("00000000000000000001-")
+        );
+        let left: Vec<(u64, bool)> = rotated(&arch).iter().map(|r| (r.first, r.gz)).collect();
+        assert_eq!(left, [(11, true), (21, true), (31, true), (41, true)]);
+        // Once read, the 5- and 3-day-old files go; the clock a day later takes the 1-day one.
+        let keep = Keep::from_config(&cfg, Arc::new(|_, _| true));
+        assert_eq!(sweep("p", &arch, &keep, now).len(), 2);
+        assert_eq!(
+            rotated(&arch).iter().map(|r| r.first).collect::<Vec<_>>(),
+            [31, 41]
+        );
+        assert_eq!(sweep("p", &arch, &keep, now + day + day / 2).len(), 1);
+        assert_eq!(
+            rotated(&arch).iter().map(|r| r.first).collect::<Vec<_>>(),
+            [41]
+        );
+        // No limit by age: nothing goes.
+        let cfg0 = crate::config::LogsConfig {
+            keep_files: 0,
+            keep_days: 0,
+            ..cfg
+        };
+        let keep = Keep::from_config(&cfg0, Arc::new(|_, _| true));
+        assert!(sweep("p", &arch, &keep, now + day * 365).is_empty());
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! stdout/stderr pipe -> capture task (one per stream: read a big chunk, split lines, one
-//!   timestamp per chunk, number them under the plugin's sequence lock, queue the buffer)
-//! LOG frame (SDK)    -> conn reader: one `l` record, same lock and queue
-//!   -> writer thread (one per host, bounded queue): append to <logs>/<plugin>.log, rotate
-//!      by size/age into <logs>/<plugin>/<first>-<last>.log, disk-full drop and resume
+//!   timestamp per chunk, number them under the plugin's sequence lock, write the buffer)
+//! LOG frame (SDK)    -> conn reader: one `l` record, same lock
+//!   -> the write, by the capture task itself (policy block) or the writer thread (one per
+//!      host, bounded queue; policy drop): append to <logs>/<plugin>.log, rotate by size/age
+//!      into <logs>/<plugin>/<first>-<last>.log, disk-full drop and resume
 //!   -> janitor thread: gzip rotated files, delete by count and age what the index has read
 //! ```
 //!
@@ -14,14 +15,16 @@
 
 pub mod capture;
 pub mod files;
+pub mod follow;
 pub mod janitor;
 pub mod read;
 pub mod record;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,6 +39,8 @@ const WRITER_QUEUE: usize = 256;
 const JANITOR_QUEUE: usize = 64;
 /// How often the janitor looks at every plugin's files without being told.
 const JANITOR_EVERY: Duration = Duration::from_secs(60);
+/// Shortest interval of the janitor's look at the open files' ages.
+const AGE_CHECK_MIN: Duration = Duration::from_millis(100);
 
 /// A filled buffer of records for the writer thread.
 struct Job {
@@ -64,6 +69,65 @@ pub struct Logs {
     janitor: std::sync::mpsc::SyncSender<Option<String>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     events: Events,
+    /// Per plugin: what the janitor keeps (its `[plugins.logs]` over `[logs]`), and the open
+    /// logs whose current file the janitor rotates by age when the plugin falls silent.
+    shared: Arc<Shared>,
+    stderr_levels: Option<Arc<crate::store::logs::StderrLevels>>,
+    /// Bumped after every write: live tails wait on it.
+    written: tokio::sync::watch::Sender<u64>,
+    sink: Arc<Sink>,
+}
+
+/// Where a buffer of records is written and who is told: used by the writer thread, and by a
+/// capture task that writes its buffers itself (`policy = "block"`).
+struct Sink {
+    events: Events,
+    janitor: std::sync::mpsc::SyncSender<Option<String>>,
+    /// The index.
+    wake: Option<Arc<crate::store::logs::Wake>>,
+    /// Live tails.
+    written: tokio::sync::watch::Sender<u64>,
+}
+
+impl Sink {
+    fn write(&self, job: Job) {
+        write_job(job, &self.events, &self.janitor);
+        if let Some(w) = &self.wake {
+            w.wake();
+        }
+        self.written.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// What the janitor thread shares with the host.
+struct Shared {
+    base: janitor::Keep,
+    keep: Mutex<HashMap<String, janitor::Keep>>,
+    open: Mutex<Vec<Weak<PluginLog>>>,
+}
+
+impl Shared {
+    fn keep(&self, plugin: &str) -> janitor::Keep {
+        lock(&self.keep)
+            .get(plugin)
+            .cloned()
+            .unwrap_or_else(|| self.base.clone())
+    }
+
+    /// How often the open files' ages are looked at: half the shortest `max_age` in force.
+    fn age_every(&self) -> Duration {
+        lock(&self.open)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|l| l.cfg.max_age / 2)
+            .min()
+            .unwrap_or(JANITOR_EVERY)
+            .clamp(AGE_CHECK_MIN, JANITOR_EVERY)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Logs {
@@ -73,32 +137,35 @@ impl std::fmt::Debug for Logs {
 }
 
 impl Logs {
-    /// Starts the writer and janitor threads for the files in `dir`. `indexed` tells the
-    /// janitor which records the index has read (`None`: no index, everything is deletable);
-    /// `wake` is told after each write (the index).
+    /// Starts the writer and janitor threads for the files in `dir`. `index`: what the index
+    /// shares (`None`: no index, everything is deletable).
     pub fn start(
         dir: &Path,
         cfg: &LogsConfig,
         events: Events,
-        indexed: Option<janitor::Indexed>,
-        wake: Option<Arc<crate::store::logs::Wake>>,
+        index: Option<IndexLink>,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let (indexed, wake, stderr_levels) = match index {
+            Some(i) => (Some(i.indexed), Some(i.wake), Some(i.stderr_levels)),
+            None => (None, None, None),
+        };
         let (wtx, mut wrx) = mpsc::channel::<Msg>(WRITER_QUEUE);
         let (jtx, jrx) = std::sync::mpsc::sync_channel::<Option<String>>(JANITOR_QUEUE);
-        let ev = events.clone();
-        let jtx2 = jtx.clone();
+        let (written, _) = tokio::sync::watch::channel(0u64);
+        let sink = Arc::new(Sink {
+            events: events.clone(),
+            janitor: jtx.clone(),
+            wake,
+            written: written.clone(),
+        });
+        let wsink = Arc::clone(&sink);
         let writer = std::thread::Builder::new()
             .name("appfw-log-writer".into())
             .spawn(move || {
                 while let Some(m) = wrx.blocking_recv() {
                     match m {
-                        Msg::Write(job) => {
-                            write_job(job, &ev, &jtx2);
-                            if let Some(w) = &wake {
-                                w.wake();
-                            }
-                        }
+                        Msg::Write(job) => wsink.write(job),
                         Msg::Sync(tx) => {
                             let _ = tx.send(());
                         }
@@ -106,19 +173,22 @@ impl Logs {
                     }
                 }
             })?;
-        let keep = janitor::Keep {
-            files: cfg.keep_files,
-            age: Duration::from_secs(u64::from(cfg.keep_days) * 86_400),
-            compress: cfg.compress,
-            indexed: indexed.unwrap_or_else(|| Arc::new(|_, _| true)),
-        };
+        let shared = Arc::new(Shared {
+            base: janitor::Keep::from_config(cfg, indexed.unwrap_or_else(|| Arc::new(|_, _| true))),
+            keep: Mutex::new(HashMap::new()),
+            open: Mutex::new(Vec::new()),
+        });
         let jdir = dir.to_path_buf();
+        let jshared = Arc::clone(&shared);
         let janitor = std::thread::Builder::new()
             .name("appfw-log-janitor".into())
             .spawn(move || {
                 background_priority();
-                janitor_loop(&jdir, &keep, &jrx);
+                janitor_loop(&jdir, &jshared, &jrx);
             })?;
+        if let Some(l) = &stderr_levels {
+            l.set_default(&cfg.stderr_level);
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             cfg: cfg.clone(),
@@ -126,7 +196,30 @@ impl Logs {
             janitor: jtx,
             threads: Mutex::new(vec![writer, janitor]),
             events,
+            shared,
+            stderr_levels,
+            written,
+            sink,
         })
+    }
+
+    /// The last sequence number written to `plugin`'s files, if its log is open.
+    pub fn written_seq(&self, plugin: &str) -> Option<u64> {
+        lock(&self.shared.open)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|l| &*l.name == plugin)
+            .map(|l| l.counters.written_seq.load(Ordering::Relaxed))
+    }
+
+    /// The level of `plugin`'s plain stderr lines (see `logs.stderr_level`).
+    pub fn stderr_level(&self, plugin: &str) -> u8 {
+        self.stderr_levels.as_ref().map_or(3, |l| l.get(plugin))
+    }
+
+    /// A receiver told after every write (the value means nothing; its change does).
+    pub fn written(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.written.subscribe()
     }
 
     /// The directory of the files.
@@ -139,14 +232,24 @@ impl Logs {
         &self.cfg
     }
 
-    /// Opens `plugin`'s current file, numbering on from its last record.
+    /// Opens `plugin`'s current file, numbering on from its last record. `cfg`: the plugin's
+    /// settings (`[logs]` with its `[plugins.logs]` over them, see
+    /// [`LogsConfig::for_plugin`]).
     pub fn open(
         &self,
         plugin: &str,
         counters: Arc<crate::metrics::LogCounters>,
+        cfg: &LogsConfig,
     ) -> std::io::Result<Arc<PluginLog>> {
-        let (file, next) = LogFile::open(&self.dir, plugin, FileOptions::from_config(&self.cfg))?;
-        Ok(Arc::new(PluginLog {
+        let (file, next) = LogFile::open(&self.dir, plugin, FileOptions::from_config(cfg))?;
+        lock(&self.shared.keep).insert(
+            plugin.to_string(),
+            janitor::Keep::from_config(cfg, Arc::clone(&self.shared.base.indexed)),
+        );
+        if let Some(l) = &self.stderr_levels {
+            l.set(plugin, &cfg.stderr_level);
+        }
+        let log = Arc::new(PluginLog {
             name: Arc::from(plugin),
             next: tokio::sync::Mutex::new(Seq {
                 next,
@@ -154,11 +257,21 @@ impl Logs {
             }),
             file: Mutex::new(file),
             writer: self.writer.clone(),
-            policy: self.cfg.policy,
-            max_line: usize::try_from(self.cfg.max_line).unwrap_or(usize::MAX),
+            sink: Arc::clone(&self.sink),
+            policy: cfg.policy,
+            max_line: usize::try_from(cfg.max_line).unwrap_or(usize::MAX),
+            cfg: cfg.clone(),
             counters,
             events: self.events.clone(),
-        }))
+        });
+        {
+            let mut open = lock(&self.shared.open);
+            open.retain(|w| w.strong_count() > 0);
+            open.push(Arc::downgrade(&log));
+        }
+        // The janitor's age checks follow the shortest max_age.
+        let _ = self.janitor.try_send(Some(String::new()));
+        Ok(log)
     }
 
     /// Waits until everything queued so far is written (or `timeout` runs out).
@@ -246,16 +359,55 @@ fn write_job(mut job: Job, events: &Events, janitor: &std::sync::mpsc::SyncSende
     }
 }
 
-fn janitor_loop(dir: &Path, keep: &janitor::Keep, rx: &std::sync::mpsc::Receiver<Option<String>>) {
+/// What the index shares with the log service.
+pub struct IndexLink {
+    /// Which records the index has read (retention never deletes what it has not).
+    pub indexed: janitor::Indexed,
+    /// Told after each write.
+    pub wake: Arc<crate::store::logs::Wake>,
+    /// The level of plain stderr lines, per plugin.
+    pub stderr_levels: Arc<crate::store::logs::StderrLevels>,
+}
+
+fn janitor_loop(dir: &Path, shared: &Shared, rx: &std::sync::mpsc::Receiver<Option<String>>) {
+    let mut last_full = std::time::Instant::now();
     loop {
-        match rx.recv_timeout(JANITOR_EVERY) {
-            Ok(Some(plugin)) => {
-                janitor::sweep(&plugin, &files::archive_dir(dir, &plugin), keep);
-            }
+        let sweep = |plugin: &str| {
+            let keep = shared.keep(plugin);
+            janitor::sweep(
+                plugin,
+                &files::archive_dir(dir, plugin),
+                &keep,
+                SystemTime::now(),
+            );
+        };
+        match rx.recv_timeout(shared.age_every()) {
+            // An empty name: a plugin was opened, the age interval may have changed.
+            Ok(Some(plugin)) if plugin.is_empty() => {}
+            Ok(Some(plugin)) => sweep(&plugin),
             Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                for (plugin, d) in janitor::plugin_dirs(dir) {
-                    janitor::sweep(&plugin, &d, keep);
+                // A silent plugin's file is rotated by age too (a write would do it otherwise).
+                let open: Vec<Arc<PluginLog>> = lock(&shared.open)
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .collect();
+                for log in open {
+                    let rotated = lock(&log.file).rotate_if_old();
+                    match rotated {
+                        Ok(true) => sweep(&log.name),
+                        Ok(false) => {}
+                        Err(e) => {
+                            // The next write tries again (and handles a full disk).
+                            tracing::warn!(plugin = %log.name, "cannot rotate the log file by age: {e}");
+                        }
+                    }
+                }
+                if last_full.elapsed() >= JANITOR_EVERY {
+                    for (plugin, _) in janitor::plugin_dirs(dir) {
+                        sweep(&plugin);
+                    }
+                    last_full = std::time::Instant::now();
                 }
             }
         }
@@ -277,8 +429,11 @@ pub struct PluginLog {
     next: tokio::sync::Mutex<Seq>,
     file: Mutex<LogFile>,
     writer: mpsc::Sender<Msg>,
+    sink: Arc<Sink>,
     policy: LogPolicy,
     max_line: usize,
+    /// Its settings.
+    cfg: LogsConfig,
     counters: Arc<crate::metrics::LogCounters>,
     events: Events,
 }
@@ -292,6 +447,11 @@ impl std::fmt::Debug for PluginLog {
 }
 
 impl PluginLog {
+    /// The settings it was opened with.
+    pub fn settings(&self) -> &LogsConfig {
+        &self.cfg
+    }
+
     /// Lines dropped so far (disk full, or `policy = "drop"`).
     pub fn dropped(&self) -> u64 {
         self.counters.dropped.load(Ordering::Relaxed)
@@ -329,15 +489,15 @@ impl PluginLog {
         self.queue(&mut seq, job).await;
     }
 
-    /// Queues `job` (the sequence lock held). With `policy = "block"` this waits for room in
-    /// the writer's queue: the plugin's pipe fills and the plugin slows down. With `drop`, a
-    /// full queue drops the buffer and gives its numbers back.
+    /// Writes or queues `job` (the sequence lock held, so buffers reach the file in number
+    /// order). With `policy = "block"` the calling task writes it itself: no hand-off to
+    /// another thread while the buffer is hot in this core's cache, and while the write takes
+    /// (the page cache, usually) the pipe fills and the plugin slows down. With `drop` it goes
+    /// to the writer thread, so a slow disk never slows the capture; a full queue drops the
+    /// buffer and gives its numbers back.
     async fn queue(&self, seq: &mut Seq, job: Job) {
         match self.policy {
-            LogPolicy::Block => {
-                // Closed only at host shutdown, after every plugin stopped.
-                let _ = self.writer.send(Msg::Write(job)).await;
-            }
+            LogPolicy::Block => self.sink.write(job),
             LogPolicy::Drop => match self.writer.try_send(Msg::Write(job)) {
                 Ok(()) => {}
                 Err(
@@ -391,5 +551,165 @@ impl PluginLog {
         self.events
             .emit(Some(&self.name), EventKind::LogResumed { dropped: n });
         Some(seq.next - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::capture::{OutputTail, capture};
+    use std::io::Write;
+
+    /// `policy = "drop"`: while the plugin's file cannot be written (the writer is stuck on
+    /// it), a plugin that floods is never slowed: it writes everything. The lines that could
+    /// not be queued are counted (the metric's counter), a `log_dropped` event says so, a
+    /// record in the file and a `log_resumed` event say how many once writing resumes, and
+    /// every line accepted is whole, numbered without a gap and in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_drop_policy_never_slows_a_flood_and_counts_what_it_drops() {
+        const FLOOD: u64 = 2_000_000;
+        const AFTER: u64 = 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let events = Events::new();
+        let cfg = LogsConfig {
+            policy: LogPolicy::Drop,
+            ..LogsConfig::default()
+        };
+        let logs = Arc::new(Logs::start(dir.path(), &cfg, events.clone(), None).unwrap());
+        let counters = Arc::new(crate::metrics::LogCounters::default());
+        let log = logs.open("p", Arc::clone(&counters), &cfg).unwrap();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let pipe = tokio::net::UnixStream::from_std(ours).unwrap();
+        let task = tokio::spawn(capture(
+            Arc::clone(&log),
+            Kind::Stdout,
+            pipe,
+            Arc::clone(&counters),
+            Arc::new(OutputTail::default()),
+        ));
+        // The writer thread blocks on the file's lock as soon as it takes a buffer: a thread
+        // holds it until told.
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let _stuck = log.file.lock().unwrap();
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        };
+        locked_rx.recv().unwrap();
+        let (flooded_tx, flooded_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let feeder = std::thread::spawn(move || {
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, theirs);
+            for i in 0..FLOOD {
+                writeln!(w, "line {i}").unwrap();
+            }
+            w.flush().unwrap();
+            flooded_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            for i in FLOOD..FLOOD + AFTER {
+                writeln!(w, "line {i}").unwrap();
+            }
+            w.flush().unwrap();
+        });
+        // Never slowed: the whole flood is written while nothing reaches the file. (With
+        // `block` the feeder would wait on its full socket here until the deadline.)
+        tokio::task::spawn_blocking(move || {
+            flooded_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the flood was slowed down by a stuck log writer")
+        })
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while counters.dropped.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "nothing counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            events
+                .since(0, 100)
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::LogDropped { .. })),
+            "a log_dropped event"
+        );
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        // Writing resumes: once the capture has read the whole flood and its buffers are back
+        // from the writer, the lines after it are kept.
+        while counters.lines() + counters.dropped.load(Ordering::Relaxed) < FLOOD {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flood was not all read"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(log.sync(Duration::from_secs(30)).await);
+        go_tx.send(()).unwrap();
+        tokio::task::spawn_blocking(move || feeder.join().unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("capture ends at EOF")
+            .unwrap();
+        assert!(log.sync(Duration::from_secs(30)).await);
+        let dropped = counters.dropped.load(Ordering::Relaxed);
+        let (recs, bad) = read::records(dir.path(), "p", 0).unwrap();
+        assert_eq!(bad, 0);
+        assert!(
+            recs.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+            "numbers without a gap"
+        );
+        let mut last: Option<u64> = None;
+        let mut kept = 0u64;
+        let mut noted = 0u64;
+        for r in &recs {
+            let text = String::from_utf8_lossy(&r.payload);
+            match r.kind {
+                Kind::Stdout => {
+                    let n: u64 = text
+                        .strip_prefix("line ")
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| panic!("mangled line {text:?}"));
+                    assert!(last.is_none_or(|l| n > l), "{n} after {last:?}");
+                    last = Some(n);
+                    kept += 1;
+                }
+                Kind::Host => {
+                    let n: u64 = text
+                        .strip_prefix("dropped ")
+                        .and_then(|t| t.split(' ').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| panic!("{text:?}"));
+                    noted += n;
+                }
+                k => panic!("{k:?}"),
+            }
+        }
+        assert!(dropped > 0 && kept > 0, "kept {kept}, dropped {dropped}");
+        assert_eq!(kept + dropped, FLOOD + AFTER, "every line kept or counted");
+        assert_eq!(
+            last,
+            Some(FLOOD + AFTER - 1),
+            "the lines after resuming are kept"
+        );
+        assert_eq!(noted, dropped, "the file says how many were dropped");
+        let resumed: u64 = events
+            .since(0, 1000)
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::LogResumed { dropped } => Some(dropped),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(resumed, dropped);
+        tokio::task::spawn_blocking(move || logs.stop())
+            .await
+            .unwrap();
     }
 }

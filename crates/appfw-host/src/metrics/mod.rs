@@ -100,6 +100,14 @@ impl LogCounters {
         self.by_level[i].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Lines counted, all levels.
+    pub fn lines(&self) -> u64 {
+        self.by_level
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn snapshot(&self) -> [(&'static str, u64); 5] {
         let names = ["trace", "debug", "info", "warn", "error"];
         std::array::from_fn(|i| (names[i], self.by_level[i].load(Ordering::Relaxed)))
@@ -216,6 +224,21 @@ impl Metrics {
 
     /// The log line counters of `plugin` (kept for the capture tasks and the connection).
     /// Where the log index's progress is read from at scrape time.
+    /// Per plugin with an open log: (last record written, last record indexed).
+    pub fn log_index_positions(&self) -> BTreeMap<String, (u64, u64)> {
+        let indexed = lock(&self.log_index)
+            .as_ref()
+            .map(|p| p.snapshot())
+            .unwrap_or_default();
+        lock(&self.logs)
+            .iter()
+            .map(|(p, c)| {
+                let w = c.written_seq.load(Ordering::Relaxed);
+                (p.clone(), (w, indexed.get(p).copied().unwrap_or(0)))
+            })
+            .collect()
+    }
+
     pub fn set_log_index(&self, p: Arc<crate::store::logs::Progress>) {
         *lock(&self.log_index) = Some(p);
     }

@@ -8,9 +8,6 @@
 //! a level word); colour codes are stripped and invalid UTF-8 is escaped as `\xNN`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -20,7 +17,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params_from_iter};
 
 use super::{Store, StoreError, connect, sqlite};
-use crate::logs::files::{archive_dir, current_path, rotated};
+use crate::logs::follow::Follow;
 use crate::logs::record::{self, Kind};
 
 /// Rows committed at most in one transaction.
@@ -51,6 +48,51 @@ pub fn level_number(s: &str) -> Option<u8> {
     })
 }
 
+/// The level of a plain stderr line that names none (`logs.stderr_level`), per plugin.
+#[derive(Debug)]
+pub struct StderrLevels {
+    default: std::sync::atomic::AtomicU8,
+    plugins: Mutex<BTreeMap<String, u8>>,
+}
+
+impl Default for StderrLevels {
+    fn default() -> Self {
+        Self {
+            default: std::sync::atomic::AtomicU8::new(3),
+            plugins: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl StderrLevels {
+    /// Sets the level of plugins without their own (an unknown name is ignored: validated).
+    pub fn set_default(&self, level: &str) {
+        if let Some(l) = level_number(level) {
+            self.default.store(l, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets `plugin`'s level.
+    pub fn set(&self, plugin: &str, level: &str) {
+        if let Some(l) = level_number(level) {
+            self.plugins
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(plugin.to_string(), l);
+        }
+    }
+
+    /// `plugin`'s level.
+    pub fn get(&self, plugin: &str) -> u8 {
+        self.plugins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(plugin)
+            .copied()
+            .unwrap_or_else(|| self.default.load(Ordering::Relaxed))
+    }
+}
+
 /// Retention of the index.
 #[derive(Clone, Debug)]
 pub struct IndexRetention {
@@ -76,6 +118,18 @@ impl Progress {
     /// Whether `plugin`'s records up to `seq` are indexed.
     pub fn indexed(&self, plugin: &str, seq: u64) -> bool {
         self.slot(plugin).load(Ordering::Acquire) >= seq
+    }
+
+    /// Forgets everything indexed (the index was emptied to be rebuilt).
+    fn reset(&self) {
+        for v in self
+            .plugins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            v.store(0, Ordering::Release);
+        }
     }
 
     /// The last indexed sequence number of every plugin.
@@ -121,12 +175,40 @@ impl Wake {
     }
 }
 
+/// Asks the index thread to empty the index and rebuild it from the files.
+#[derive(Debug)]
+pub struct Rebuild {
+    requested: AtomicU64,
+    emptied: AtomicU64,
+    wake: Arc<Wake>,
+}
+
+impl Rebuild {
+    /// Empties the index (rows, full-text index and positions, in one transaction); the index
+    /// thread then reads every plugin's files again from their first record. Returns once the
+    /// index is empty (false if that took longer than `timeout`).
+    pub async fn start(&self, timeout: Duration) -> bool {
+        let n = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        self.wake.wake();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.emptied.load(Ordering::Acquire) < n {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
 /// The indexer thread.
 pub struct Indexer {
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
     thread: Option<JoinHandle<()>>,
     progress: Arc<Progress>,
+    stderr_levels: Arc<StderrLevels>,
+    rebuild: Arc<Rebuild>,
 }
 
 impl std::fmt::Debug for Indexer {
@@ -139,6 +221,15 @@ impl Indexer {
     /// Starts indexing the record files under `logs` into the store at `db`.
     pub fn start(db: &Path, logs: &Path, retention: IndexRetention) -> Result<Self, StoreError> {
         let conn = connect(db)?;
+        // Merge the full-text index's segments when 16 of a level exist rather than 4: fewer
+        // rewrites while a flood is indexed (the index thread's CPU for 3 M lines: 16.0-16.6 s
+        // -> 14.9-15.3 s), and queries were not slower for it (docs/BENCHMARKS.md). Stored in
+        // the table's config, so setting it at each start is idempotent.
+        conn.execute(
+            "INSERT INTO log_fts (log_fts, rank) VALUES ('automerge', 16)",
+            [],
+        )
+        .map_err(sqlite(db))?;
         let progress = Arc::new(Progress::default());
         {
             let mut stmt = conn
@@ -156,7 +247,15 @@ impl Indexer {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Wake::default());
+        let stderr_levels = Arc::new(StderrLevels::default());
+        let rebuild = Arc::new(Rebuild {
+            requested: AtomicU64::new(0),
+            emptied: AtomicU64::new(0),
+            wake: Arc::clone(&wake),
+        });
         let mut state = State {
+            rebuild: Arc::clone(&rebuild),
+            stderr_levels: Arc::clone(&stderr_levels),
             wake: Arc::clone(&wake),
             conn,
             db: db.to_path_buf(),
@@ -179,7 +278,19 @@ impl Indexer {
             wake,
             thread: Some(thread),
             progress,
+            stderr_levels,
+            rebuild,
         })
+    }
+
+    /// Rebuilds the index from the files on request.
+    pub fn rebuild(&self) -> &Arc<Rebuild> {
+        &self.rebuild
+    }
+
+    /// The levels of plain stderr lines (set by the log service as plugins open their files).
+    pub fn stderr_levels(&self) -> &Arc<StderrLevels> {
+        &self.stderr_levels
     }
 
     /// What is indexed.
@@ -202,26 +313,6 @@ impl Indexer {
     }
 }
 
-/// Where the index reads one plugin's records.
-struct Tail {
-    /// Next sequence number to index.
-    next: u64,
-    src: Option<Source>,
-    /// Where reading stopped at the end of the current file (inode, offset): the file is closed
-    /// while nothing new comes (no descriptor per idle plugin), and reopened there.
-    resume: Option<(u64, u64)>,
-}
-
-struct Source {
-    reader: BufReader<Box<dyn Read + Send>>,
-    /// The current file (rather than a rotated one), and its inode.
-    current: Option<u64>,
-    /// Bytes of it read so far.
-    offset: u64,
-    /// An unfinished last line of the current file.
-    partial: Vec<u8>,
-}
-
 struct Row {
     plugin: Arc<str>,
     seq: u64,
@@ -233,11 +324,13 @@ struct Row {
 }
 
 struct State {
+    rebuild: Arc<Rebuild>,
+    stderr_levels: Arc<StderrLevels>,
     wake: Arc<Wake>,
     conn: Connection,
     db: PathBuf,
     logs: PathBuf,
-    tails: BTreeMap<Arc<str>, Tail>,
+    tails: BTreeMap<Arc<str>, Follow>,
     progress: Arc<Progress>,
     retention: IndexRetention,
     rows: Vec<Row>,
@@ -254,6 +347,13 @@ impl State {
         let mut stop_at: Option<Instant> = None;
         loop {
             let stopping = stop.load(Ordering::Acquire);
+            let wanted = self.rebuild.requested.load(Ordering::Acquire);
+            if wanted > self.rebuild.emptied.load(Ordering::Acquire) {
+                self.empty();
+                pending_since = None;
+                woken = true;
+                self.rebuild.emptied.store(wanted, Ordering::Release);
+            }
             // New plugins appear with their first line: look after every wake-up (the write
             // may be a new plugin's first), and while busy at most every SCAN_EVERY.
             if stopping || woken || last_scan.elapsed() >= SCAN_EVERY {
@@ -327,74 +427,21 @@ impl State {
                 continue;
             }
             let next = self.progress.slot(&plugin).load(Ordering::Acquire) + 1;
-            self.tails.insert(
-                Arc::from(plugin.as_str()),
-                Tail {
-                    next,
-                    src: None,
-                    resume: None,
-                },
-            );
+            self.tails
+                .insert(Arc::from(plugin.as_str()), Follow::from_seq(next));
         }
     }
 
     /// Reads up to `max` records of `plugin`; whether any was read.
     fn read_plugin(&mut self, plugin: &Arc<str>, max: usize) -> bool {
-        let logs = self.logs.clone();
+        let stderr_level = self.stderr_levels.get(plugin);
         let Some(tail) = self.tails.get_mut(plugin) else {
             return false;
         };
-        let mut n = 0;
-        let mut line = Vec::new();
-        while n < max {
-            if tail.src.is_none() {
-                tail.src = open_source(&logs, plugin, tail.next, tail.resume.take());
-                if tail.src.is_none() {
-                    break;
-                }
-            }
-            let Some(src) = tail.src.as_mut() else { break };
-            line.clear();
-            let got = src.reader.read_until(b'\n', &mut line).unwrap_or(0);
-            src.offset += got as u64;
-            if got > 0 && line.last() == Some(&b'\n') {
-                let full: &[u8] = if src.partial.is_empty() {
-                    &line
-                } else {
-                    src.partial.extend_from_slice(&line);
-                    &src.partial
-                };
-                if let Ok(r) = record::parse(full)
-                    && r.seq >= tail.next
-                {
-                    tail.next = r.seq + 1;
-                    self.rows.push(derive(plugin, &r));
-                    n += 1;
-                }
-                src.partial.clear();
-                continue;
-            }
-            // End of what is there.
-            src.partial.extend_from_slice(&line);
-            match src.current {
-                None => {
-                    // A rotated file read to its end: on to the next one.
-                    tail.src = None;
-                }
-                Some(ino) => {
-                    let now = std::fs::metadata(current_path(&logs, plugin)).map(|m| m.ino());
-                    if now.ok() == Some(ino) {
-                        // Caught up: close it, and come back to the start of the unfinished line.
-                        tail.resume = Some((ino, src.offset - src.partial.len() as u64));
-                        tail.src = None;
-                        break;
-                    }
-                    // Rotated away under us: it is complete now; read its rest, then reopen.
-                    src.current = None;
-                }
-            }
-        }
-        n > 0
+        let rows = &mut self.rows;
+        tail.read(&self.logs, plugin, max, |r| {
+            rows.push(derive(plugin, r, stderr_level));
+        }) > 0
     }
 
     fn commit(&mut self) {
@@ -449,9 +496,38 @@ impl State {
             }
             Err(e) => {
                 tracing::error!(store = %self.db.display(), "cannot index {} log lines: {e}", self.rows.len());
+                // Read them again at the next round: from what is committed.
+                let plugins: std::collections::BTreeSet<Arc<str>> =
+                    self.rows.iter().map(|r| Arc::clone(&r.plugin)).collect();
+                for p in plugins {
+                    let next = self.progress.slot(&p).load(Ordering::Acquire) + 1;
+                    self.tails.insert(p, Follow::from_seq(next));
+                }
             }
         }
         self.rows.clear();
+    }
+
+    /// Empties the index to rebuild it from the files.
+    fn empty(&mut self) {
+        self.rows.clear();
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            tx.execute("INSERT INTO log_fts (log_fts) VALUES ('delete-all')", [])?;
+            tx.execute("DELETE FROM log_lines", [])?;
+            tx.execute("DELETE FROM log_positions", [])?;
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => {
+                self.progress.reset();
+                self.tails.clear();
+                tracing::info!(store = %self.db.display(), "log index emptied: rebuilding it from the files");
+            }
+            Err(e) => {
+                tracing::error!(store = %self.db.display(), "cannot empty the log index to rebuild it: {e}");
+            }
+        }
     }
 
     fn prune(&mut self) {
@@ -503,54 +579,11 @@ fn delete_where(c: &Connection, cond: &str, arg: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Opens the file holding record `next` of `plugin`: the first rotated file that ends at or
-/// after it, else the current file; at `resume` (inode, offset) if it is the same file.
-fn open_source(logs: &Path, plugin: &str, next: u64, resume: Option<(u64, u64)>) -> Option<Source> {
-    let at = |file: &mut File, ino: u64| -> u64 {
-        match resume {
-            Some((i, off)) if i == ino && file.seek(SeekFrom::Start(off)).is_ok() => off,
-            _ => 0,
-        }
-    };
-    for f in rotated(&archive_dir(logs, plugin)) {
-        if f.last < next {
-            continue;
-        }
-        let mut file = File::open(&f.path)
-            .or_else(|_| File::open(f.path.with_extension("log.gz")))
-            .ok()?;
-        let gz = f.gz || !f.path.exists();
-        // A gzipped file is read from its start (records before `next` are skipped).
-        let (inner, offset): (Box<dyn Read + Send>, u64) = if gz {
-            (Box::new(flate2::read::MultiGzDecoder::new(file)), 0)
-        } else {
-            let ino = file.metadata().ok()?.ino();
-            let off = at(&mut file, ino);
-            (Box::new(file), off)
-        };
-        return Some(Source {
-            reader: BufReader::with_capacity(256 * 1024, inner),
-            current: None,
-            offset,
-            partial: Vec::new(),
-        });
-    }
-    let mut file = File::open(current_path(logs, plugin)).ok()?;
-    let ino = file.metadata().ok()?.ino();
-    let offset = at(&mut file, ino);
-    Some(Source {
-        reader: BufReader::with_capacity(256 * 1024, Box::new(file)),
-        current: Some(ino),
-        offset,
-        partial: Vec::new(),
-    })
-}
-
-/// The indexed form of a record.
-fn derive(plugin: &Arc<str>, r: &record::Record<'_>) -> Row {
+/// The indexed form of a record; a plain stderr line that names no level gets `stderr_level`.
+fn derive(plugin: &Arc<str>, r: &record::Record<'_>, stderr_level: u8) -> Row {
     let (stream, default_level) = match r.kind {
         Kind::Stdout => ("stdout", 2),
-        Kind::Stderr => ("stderr", 3),
+        Kind::Stderr => ("stderr", stderr_level),
         Kind::Sdk => ("sdk", 2),
         Kind::Host => ("host", 3),
     };
@@ -709,6 +742,80 @@ pub struct LogLine {
     pub fields: Option<serde_json::Value>,
 }
 
+/// A record read from `plugin`'s files (not the index) as a line, if it passes `q`'s filters
+/// (`plugin` and the paging ones aside): the live tail follows the files and filters itself.
+/// Words match as the index's do: case-insensitive tokens of letters and digits, a
+/// "phrase" as consecutive tokens.
+pub fn live_line(
+    q: &LogQuery,
+    plugin: &Arc<str>,
+    r: &record::Record<'_>,
+    stderr_level: u8,
+) -> Option<LogLine> {
+    if q.since_us.is_some_and(|s| r.time_us < s) || q.until_us.is_some_and(|u| r.time_us >= u) {
+        return None;
+    }
+    let row = derive(plugin, r, stderr_level);
+    if q.min_level.is_some_and(|l| row.level < l) {
+        return None;
+    }
+    if let Some(t) = &q.text
+        && !text_matches(t, &row.message)
+    {
+        return None;
+    }
+    let fields: Option<serde_json::Value> = row
+        .fields
+        .as_deref()
+        .and_then(|f| serde_json::from_str(f).ok());
+    for (k, v) in &q.fields {
+        match fields.as_ref().and_then(|f| f.get(k)) {
+            Some(serde_json::Value::String(s)) if s == v => {}
+            _ => return None,
+        }
+    }
+    Some(LogLine {
+        id: 0,
+        plugin: plugin.to_string(),
+        seq: row.seq,
+        time: humantime::format_rfc3339_micros(record::system_time(row.time_us)).to_string(),
+        level: LEVELS
+            .get(usize::from(row.level))
+            .copied()
+            .unwrap_or("info"),
+        stream: row.stream.to_string(),
+        message: row.message,
+        fields,
+    })
+}
+
+/// Lowercased runs of letters and digits (what FTS5's unicode61 tokenizer makes of a text,
+/// diacritics aside).
+fn tokens(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Whether `message` holds every word and "phrase" of `query`.
+pub fn text_matches(query: &str, message: &str) -> bool {
+    let msg = tokens(message);
+    for (i, chunk) in query.split('"').enumerate() {
+        let parts: Vec<Vec<String>> = if i % 2 == 1 {
+            vec![tokens(chunk)]
+        } else {
+            chunk.split_whitespace().map(tokens).collect()
+        };
+        for p in parts {
+            if !p.is_empty() && !msg.windows(p.len()).any(|w| w == p.as_slice()) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Turns user words and "phrases" into an FTS5 query on the message column where every token
 /// is a quoted string (so nothing in the input is FTS syntax).
 pub fn fts_query(text: &str) -> Option<String> {
@@ -842,7 +949,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    use crate::logs::files::{FileOptions, LogFile};
+    use crate::logs::files::{FileOptions, LogFile, archive_dir, rotated};
     use crate::logs::record::{End, Stamp};
 
     fn write(f: &mut LogFile, seq: u64, at_us: u64, kind: Kind, payload: &str) {
@@ -1062,6 +1169,9 @@ mod tests {
             end: record::End::Newline,
             payload,
         };
+        fn derive(p: &Arc<str>, r: &record::Record<'_>) -> Row {
+            super::derive(p, r, 3)
+        }
         let r = derive(
             &p,
             &rec(
@@ -1089,6 +1199,81 @@ mod tests {
         assert_eq!((r.level, r.fields.as_deref()), (3, Some(r#"{"k":"v"}"#)));
         let r = derive(&p, &rec(Kind::Stdout, b"{not json"));
         assert_eq!(r.message, "{not json");
+    }
+
+    #[test]
+    fn the_live_tail_matches_words_like_the_index() {
+        assert!(text_matches("timeout", "db Timeout after 30s"));
+        assert!(text_matches("\"db timeout\" 30s", "db timeout after 30s"));
+        assert!(!text_matches("\"timeout db\"", "db timeout after 30s"));
+        assert!(!text_matches("time", "db timeout"));
+        assert!(text_matches("a:2", "see a 2 there"));
+        assert!(text_matches("  ", "anything"));
+    }
+
+    /// The live tail's filters on records read from the files: level (a plain stderr line at
+    /// the plugin's stderr level), time range, words, fields (strings, as the index compares).
+    #[test]
+    fn the_live_tail_filters_records_like_the_index() {
+        let p: Arc<str> = Arc::from("p");
+        let rec = |kind, time_us, payload: &'static [u8]| record::Record {
+            seq: 7,
+            time_us,
+            kind,
+            end: record::End::Newline,
+            payload,
+        };
+        let json = rec(
+            Kind::Stdout,
+            100,
+            br#"{"level":"error","msg":"db timeout","db":"main","ms":30}"#,
+        );
+        let q = |f: &dyn Fn(&mut LogQuery)| {
+            let mut q = LogQuery::default();
+            f(&mut q);
+            q
+        };
+        let l = live_line(&q(&|_| {}), &p, &json, 3).unwrap();
+        assert_eq!(
+            (l.id, l.seq, l.level, l.message.as_str(), l.plugin.as_str()),
+            (0, 7, "error", "db timeout", "p")
+        );
+        assert_eq!(l.fields.unwrap()["db"], "main");
+        let pass = |q: LogQuery, r: &record::Record<'_>, lvl| live_line(&q, &p, r, lvl).is_some();
+        assert!(pass(q(&|q| q.min_level = Some(4)), &json, 3));
+        assert!(pass(q(&|q| q.text = Some("TIMEOUT db".into())), &json, 3));
+        assert!(!pass(
+            q(&|q| q.text = Some("\"timeout db\"".into())),
+            &json,
+            3
+        ));
+        assert!(pass(
+            q(&|q| q.fields = vec![("db".into(), "main".into())]),
+            &json,
+            3
+        ));
+        assert!(!pass(
+            q(&|q| q.fields = vec![("db".into(), "aux".into())]),
+            &json,
+            3
+        ));
+        assert!(!pass(
+            q(&|q| q.fields = vec![("ms".into(), "30".into())]),
+            &json,
+            3
+        ));
+        assert!(pass(q(&|q| q.since_us = Some(100)), &json, 3));
+        assert!(!pass(q(&|q| q.since_us = Some(101)), &json, 3));
+        assert!(!pass(q(&|q| q.until_us = Some(100)), &json, 3));
+        let err = rec(Kind::Stderr, 100, b"plain stderr");
+        assert!(
+            !pass(q(&|q| q.min_level = Some(3)), &err, 2),
+            "stderr_level info"
+        );
+        assert!(
+            pass(q(&|q| q.min_level = Some(3)), &err, 3),
+            "stderr_level warn"
+        );
     }
 
     #[test]

@@ -879,6 +879,8 @@ impl Actor {
     }
 
     async fn spawn(&mut self, why: &str) {
+        // The plugin's name comes from the owner task's span.
+        tracing::debug!("spawning: {why}");
         self.timer = None;
         self.after_exit = AfterExit::Policy;
         self.health = None;
@@ -948,12 +950,21 @@ impl Actor {
         }
         let mut child = child;
         let mut capture = Vec::new();
+        let log_cfg = self.ctx.logs.config().for_plugin(&self.cfg.logs);
+        // Settings changed by a reload: reopen (everything queued was written at the exit).
+        if self
+            .output
+            .as_ref()
+            .is_some_and(|o| *o.settings() != log_cfg)
+        {
+            self.output = None;
+        }
         if self.output.is_none() {
-            match self
-                .ctx
-                .logs
-                .open(&self.name, self.ctx.metrics.log_counters(&self.name))
-            {
+            match self.ctx.logs.open(
+                &self.name,
+                self.ctx.metrics.log_counters(&self.name),
+                &log_cfg,
+            ) {
                 Ok(f) => self.output = Some(f),
                 Err(e) => tracing::error!(plugin = %self.name, "cannot open output file: {e}"),
             }
@@ -966,12 +977,14 @@ impl Actor {
                 continue;
             };
             match pipe.into_async() {
-                Ok(r) => capture.push(tokio::spawn(capture::capture(
-                    out,
-                    stream,
-                    r,
-                    self.ctx.metrics.log_counters(&self.name),
-                    Arc::clone(&self.tail),
+                Ok(r) => capture.push(tokio::spawn(tracing::Instrument::in_current_span(
+                    capture::capture(
+                        out,
+                        stream,
+                        r,
+                        self.ctx.metrics.log_counters(&self.name),
+                        Arc::clone(&self.tail),
+                    ),
                 ))),
                 Err(e) => tracing::error!(plugin = %self.name, "cannot capture output: {e}"),
             }

@@ -197,7 +197,7 @@ pub fn start(
         let plugin = Arc::clone(&params.plugin);
         let max = params.max_frame_size;
         let peer_seq = Arc::clone(&peer_seq);
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let mut seq = Sequencer::new(0, peer_seq);
             let end = write_frames(&mut write_half, &mut rx, &mut seq, max, &cancel, |f, e| {
                 tracing::warn!(plugin = %plugin, frame_type = f.header.r#type, "frame to plugin dropped: {e}");
@@ -206,7 +206,7 @@ pub fn start(
             if let WriterEnd::Io(e) = end {
                 tracing::debug!(plugin = %plugin, "writing to plugin failed: {e}");
             }
-        })
+        }))
     };
     let reader = {
         let reader = Reader {
@@ -225,7 +225,7 @@ pub fn start(
             FrameCodec::new(reader.params.max_frame_size),
             READ_BUFFER,
         );
-        tokio::spawn(reader.run(frames))
+        tokio::spawn(tracing::Instrument::in_current_span(reader.run(frames)))
     };
     Ok(ConnHandle {
         link,
@@ -472,7 +472,10 @@ impl Reader {
                     tracing::warn!(plugin = %self.params.plugin, "publish refused: {}", e.message);
                 }
             }
-            FrameType::Request => self.bus.request(&self.link, frame).await,
+            FrameType::Request => {
+                let span = trace_span("request", &frame.header.traceparent);
+                tracing::Instrument::instrument(self.bus.request(&self.link, frame), span).await;
+            }
             FrameType::Reply => {
                 let waiter = self
                     .pending
@@ -483,7 +486,11 @@ impl Reader {
                     Some(tx) => {
                         let _ = tx.send(frame);
                     }
-                    None => self.bus.reply(&self.link, frame).await,
+                    None => {
+                        let span = trace_span("reply", &frame.header.traceparent);
+                        tracing::Instrument::instrument(self.bus.reply(&self.link, frame), span)
+                            .await;
+                    }
                 }
             }
             FrameType::Subscribe | FrameType::Unsubscribe => {
@@ -588,5 +595,14 @@ fn log_record(plugin: &str, rec: &pb::LogRecord) {
         Level::Debug => tracing::debug!(plugin, source = "sdk", "{msg}{fields}"),
         Level::Trace => tracing::trace!(plugin, source = "sdk", "{msg}{fields}"),
         _ => tracing::info!(plugin, source = "sdk", "{msg}{fields}"),
+    }
+}
+
+/// A span carrying the trace id of a frame's `traceparent`, so the host's records about its
+/// handling carry it (`trace_id`); none without a valid one.
+fn trace_span(what: &'static str, traceparent: &str) -> tracing::Span {
+    match appfw_proto::trace::TraceParent::parse(traceparent).and(traceparent.get(3..35)) {
+        Some(trace_id) => tracing::error_span!("bus", op = what, trace_id),
+        None => tracing::Span::none(),
     }
 }

@@ -318,8 +318,12 @@ impl Supervisor {
             .map(|c| {
                 let name: Arc<str> = Arc::from(c.name.as_str());
                 let (tx, rx) = mpsc::channel(64);
-                self.tasks
-                    .spawn(Actor::new(c.clone(), Arc::clone(&self.ctx), rx).run());
+                // Every host record of the owner task (and the tasks it starts) names the plugin.
+                let span = tracing::error_span!("plugin", plugin = %name);
+                self.tasks.spawn(tracing::Instrument::instrument(
+                    Actor::new(c.clone(), Arc::clone(&self.ctx), rx).run(),
+                    span,
+                ));
                 m.actors.insert(Arc::clone(&name), tx);
                 name
             })

@@ -1,7 +1,6 @@
-//! `appfw logs`: plugin output from the host's searchable index; `-f` follows.
+//! `appfw logs`: plugin output from the host's searchable index; `-f` follows the files.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use clap::Args;
 use serde_json::Value;
@@ -37,6 +36,41 @@ pub(crate) struct LogsArgs {
     /// The last N lines (default 100).
     #[arg(short = 'n', long, default_value_t = 100)]
     lines: usize,
+    /// Empty the searchable index and rebuild it from the log files (the record of truth);
+    /// waits until it has caught up.
+    #[arg(long, conflicts_with_all = ["plugin", "follow", "level", "since", "until", "grep", "field", "json"])]
+    rebuild_index: bool,
+}
+
+/// `--rebuild-index`: asks the host, then waits until every plugin's files are indexed again.
+async fn rebuild(c: &crate::client::Client) -> u8 {
+    if let Err(e) = c.post("/api/v1/logs/index/rebuild").await {
+        return fail(&e);
+    }
+    eprintln!("appfw: log index emptied; indexing the files again");
+    let started = std::time::Instant::now();
+    let mut said = started;
+    loop {
+        let v = match c.get("/api/v1/logs/index").await {
+            Ok(v) => v,
+            Err(e) => return fail(&e),
+        };
+        let plugins = v["plugins"].as_array().cloned().unwrap_or_default();
+        let lag: u64 = plugins.iter().filter_map(|p| p["lag"].as_u64()).sum();
+        if lag == 0 {
+            println!(
+                "log index rebuilt from the files of {} plugins in {:.1} s",
+                plugins.len(),
+                started.elapsed().as_secs_f64()
+            );
+            return 0;
+        }
+        if said.elapsed() >= std::time::Duration::from_secs(5) {
+            eprintln!("appfw: {lag} records still to index");
+            said = std::time::Instant::now();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 fn filters(a: &LogsArgs) -> String {
@@ -91,6 +125,9 @@ pub(crate) async fn run(cli: &Cli, a: &LogsArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if a.rebuild_index {
+        return rebuild(&c).await;
+    }
     let mut range = String::new();
     if let Some(s) = &a.since {
         range.push_str(&format!("&since={}", segment(s)));
@@ -115,31 +152,45 @@ pub(crate) async fn run(cli: &Cli, a: &LogsArgs) -> u8 {
             println!("{}", line(l, colour));
         }
     };
-    let mut last = 0;
     for l in &rows {
         print(l);
-        last = last.max(l["id"].as_i64().unwrap_or(0));
     }
     if !a.follow {
         return 0;
     }
-    if last == 0 {
-        // Nothing matched yet: follow from the newest line of any plugin.
-        if let Ok(v) = c.get("/api/v1/logs?limit=1").await {
-            last = v["lines"][0]["id"].as_i64().unwrap_or(0);
-        }
-    }
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let path = format!("/api/v1/logs?after={last}&limit=1000{}", filters(a));
-        match c.get(&path).await {
-            Ok(v) => {
-                for l in v["lines"].as_array().into_iter().flatten() {
-                    print(l);
-                    last = last.max(l["id"].as_i64().unwrap_or(0));
-                }
+    // Follow the files through the host's live tail (the index may lag; the files do not),
+    // from where the lines above end.
+    let path = format!("/api/v1/logs/stream?limit=1{}", filters(a));
+    let mut first = true;
+    let res = c
+        .stream(&path, |kind, data| {
+            let Ok(l) = serde_json::from_str::<Value>(data) else {
+                return;
+            };
+            if kind == "skipped" {
+                eprintln!(
+                    "appfw: {} lines of {} skipped (the tail fell behind; they are in the files)",
+                    l["to_seq"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .saturating_sub(l["from_seq"].as_u64().unwrap_or(0))
+                        + 1,
+                    l["plugin"].as_str().unwrap_or("?")
+                );
+                return;
             }
-            Err(e) => return fail(&e),
-        }
+            // The stream starts with the newest line already printed.
+            if std::mem::take(&mut first)
+                && l["id"].as_i64().unwrap_or(0) != 0
+                && rows.last().is_some_and(|r| r["id"] == l["id"])
+            {
+                return;
+            }
+            print(&l);
+        })
+        .await;
+    match res {
+        Ok(()) => 0,
+        Err(e) => fail(&e),
     }
 }

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use appfw_host::hostlog::LogControl;
 use tracing_subscriber::Registry;
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -109,6 +111,48 @@ impl<'a> MakeWriter<'a> for FileWriter {
     }
 }
 
+/// JSON lines with the event's fields and those of the spans around it at the top level (the
+/// event's and the innermost span's win): a record logged in a plugin's owner task carries
+/// `plugin`, one logged while a bus request is handled its `trace_id`.
+struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        tracing_subscriber::fmt::format()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        let Ok(serde_json::Value::Object(mut record)) = serde_json::from_str(&line) else {
+            return writer.write_str(&line);
+        };
+        // Innermost first: an outer span does not override an inner one's field.
+        for span in ctx.event_scope().into_iter().flatten() {
+            let ext = span.extensions();
+            let Some(fields) = ext.get::<FormattedFields<N>>() else {
+                continue;
+            };
+            if let Ok(serde_json::Value::Object(f)) = serde_json::from_str(fields.as_str()) {
+                for (k, v) in f {
+                    record.entry(k).or_insert(v);
+                }
+            }
+        }
+        writeln!(writer, "{}", serde_json::Value::Object(record))
+    }
+}
+
 pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> u8 {
     // `Targets` (levels per target, `info` or `appfw_host=debug,info`) rather than
     // `EnvFilter`: the same syntax for what a host needs, without a regex engine in the binary.
@@ -123,8 +167,8 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> u8 {
     let (filter, handle) = reload::Layer::new(filter);
     let file = Arc::new(Mutex::new(None));
     let json_file = tracing_subscriber::fmt::layer()
-        .json()
-        .flatten_event(true)
+        .fmt_fields(JsonFields::new())
+        .event_format(FlatJson)
         .with_writer(FileWriter(Arc::clone(&file)));
     let registry = tracing_subscriber::registry().with(filter).with(json_file);
     match args.log_format {
@@ -139,8 +183,8 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> u8 {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
+                    .fmt_fields(JsonFields::new())
+                    .event_format(FlatJson)
                     .with_writer(std::io::stderr),
             )
             .init(),
