@@ -444,6 +444,88 @@ fn the_live_tail_follows_the_files_within_a_second_while_the_index_lags() {
     let _ = cli.wait();
 }
 
+/// No line falls between a live tail's backlog (from the index) and its live part (from the
+/// files): a line written while the index could not take it in comes from the files, once, in
+/// order, and the index catching up later does not send it again.
+#[test]
+fn the_live_tail_sends_what_the_index_has_not_read_yet_once() {
+    use std::io::Read;
+    let work = tempfile::tempdir().unwrap();
+    let go = work.path().join("go");
+    let script = format!(
+        "i=0; while true; do if [ -e {go} ]; then rm {go}; echo \"tick $i\"; i=$((i+1)); fi; sleep 0.02; done",
+        go = go.display()
+    );
+    let cfg = format!(
+        "[[plugins]]\nname = \"tick\"\ncommand = \"sh\"\nargs = [\"-c\", {script:?}]\nprotocol = \"none\"\n"
+    );
+    let host = start(&cfg);
+    host.wait_all_running(T);
+    let tick = |i: usize| {
+        std::fs::write(&go, "").unwrap();
+        wait_for(T, &format!("tick {i} in the file"), || {
+            host.plugin_log("tick")
+                .contains(&format!("tick {i}\n"))
+                .then_some(())
+        });
+    };
+    tick(0);
+    wait_for(T, "tick 0 in the index", || {
+        let (_, v) = host.get("/api/v1/logs?plugin=tick&q=tick");
+        (v["lines"].as_array().is_some_and(|l| !l.is_empty())).then_some(())
+    });
+    // The index cannot commit while the database is locked: tick 1 is only in the file.
+    let db = rusqlite::Connection::open(host.data().join("appfw.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    tick(1);
+    let mut s = std::os::unix::net::UnixStream::connect(host.data().join("api.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "GET /api/v1/logs/stream?plugin=tick&q=tick&limit=10 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+            host.token
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut got = String::new();
+    let mut read_until = |needle: &str, got: &mut String| {
+        let deadline = std::time::Instant::now() + T;
+        let mut buf = [0u8; 4096];
+        while !got.contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in:\n{got}"
+            );
+            match s.read(&mut buf) {
+                Ok(0) => panic!("stream ended:\n{got}"),
+                Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    read_until("\"message\":\"tick 1\"", &mut got);
+    // The index takes tick 1 in now; the tail must not send it twice.
+    db.execute_batch("COMMIT").unwrap();
+    wait_for(T, "tick 1 in the index", || {
+        let (_, v) = host.get("/api/v1/logs?plugin=tick&q=tick");
+        (v["lines"].as_array().is_some_and(|l| l.len() >= 2)).then_some(())
+    });
+    tick(2);
+    read_until("\"message\":\"tick 2\"", &mut got);
+    let messages: Vec<&str> = got
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| d.split("\"message\":\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(messages, ["tick 0", "tick 1", "tick 2"], "{got}");
+}
+
 /// The host's own log: JSON lines in the data directory, with the plugin's name as a field,
 /// and a level changed through the API without a restart.
 #[test]

@@ -170,6 +170,7 @@ impl Host {
         );
         metrics.set_log_index(Arc::clone(indexer.progress()));
         let rebuild_index = Arc::clone(indexer.rebuild());
+        let log_index = Arc::clone(indexer.progress());
         let ctx = Arc::new(Ctx {
             events: events.clone(),
             bus: bus.clone(),
@@ -239,6 +240,7 @@ impl Host {
             store: Arc::clone(&store),
             logs: Arc::clone(&logs),
             rebuild_index,
+            log_index,
             started: Instant::now(),
             cancel: cancel.child_token(),
             log: opts.log.clone(),

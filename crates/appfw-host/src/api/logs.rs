@@ -101,25 +101,30 @@ pub(super) async fn logs(
     Ok(Json(serde_json::json!({ "lines": lines, "next_cursor": next_cursor })).into_response())
 }
 
-/// The newest `limit` matching lines of the index, then every line written to the files from
-/// the request on, one SSE event each (`id`: the row id, or `PLUGIN:SEQ` for a line read from
-/// the files), filtered here. The files are the record of truth and are written first, so the
-/// tail keeps up with a flood while the index lags. A tail that falls more than
-/// [`TAIL_MAX_BEHIND`] records behind a plugin jumps to its end and says so in a `skipped`
-/// event. Ends when the client goes away or the host stops.
+/// The newest `limit` matching lines of the index, then every line the index had not read yet
+/// and every line written from then on, read from the files, one SSE event each (`id`: the row
+/// id, or `PLUGIN:SEQ` for a line read from the files), filtered here. The files are the record
+/// of truth and are written first, so the tail keeps up with a flood while the index lags, and
+/// no line falls between the backlog and the live part. A tail more than [`TAIL_MAX_BEHIND`]
+/// records behind a plugin (also at the start, when the index lags that far) jumps to its end
+/// and says so in a `skipped` event. Ends when the client goes away or the host stops.
 pub(super) async fn stream(
     State(s): State<ApiState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let q = parse(raw.as_deref())?;
     let mut written = s.logs.written();
-    // Where the files end now: the live part starts there.
+    // The files are followed from where the index stood before the backlog query: every line
+    // up to there is committed and can be in the backlog, every later one comes from the files
+    // (and is left out of the backlog if the index took it in meanwhile).
     let logs = Arc::clone(&s.logs);
-    let only = q.plugin.clone();
-    let mut tails = tokio::task::spawn_blocking(move || Tails::at_end(logs, only))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let backlog = run(&s, q.clone()).await?;
+    let (only, index) = (q.plugin.clone(), Arc::clone(&s.log_index));
+    let (mut tails, from) =
+        tokio::task::spawn_blocking(move || Tails::after_index(logs, only, &index))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut backlog = run(&s, q.clone()).await?;
+    backlog.retain(|l| from.get(l.plugin.as_str()).is_none_or(|&next| l.seq < next));
     let stop = s.cancel.clone();
     let stream = async_stream(move |tx| async move {
         for l in backlog {
@@ -177,23 +182,46 @@ struct Tails {
     logs: Arc<crate::logs::Logs>,
     only: Option<String>,
     follow: std::collections::BTreeMap<Arc<str>, Follow>,
+    /// Events to send before the next lines (a skip decided at the start).
+    pending: Vec<Event>,
 }
 
 impl Tails {
-    /// Every plugin (or `only`), from the end of its files.
-    fn at_end(logs: Arc<crate::logs::Logs>, only: Option<String>) -> Self {
+    /// Every plugin (or `only`), from the first record the index has not read yet; and that
+    /// record's sequence number per plugin.
+    fn after_index(
+        logs: Arc<crate::logs::Logs>,
+        only: Option<String>,
+        index: &crate::store::logs::Progress,
+    ) -> (Self, std::collections::BTreeMap<String, u64>) {
         let mut t = Self {
             logs,
             only,
             follow: std::collections::BTreeMap::new(),
+            pending: Vec::new(),
         };
-        t.scan(true);
-        t
+        let (mut from, mut skipped) = (std::collections::BTreeMap::new(), Vec::new());
+        let dir = t.logs.dir().to_path_buf();
+        t.scan(Some(&mut |plugin: &str| {
+            let next = index.position(plugin) + 1;
+            // An index far behind (a flood, a rebuild): start at the end, as a lagging tail does.
+            let f = match Follow::at_end(&dir, plugin) {
+                Ok(end) if end.next_seq().saturating_sub(next) > TAIL_MAX_BEHIND => {
+                    skipped.push(skipped_event(plugin, next, end.next_seq()));
+                    end
+                }
+                _ => Follow::from_seq(next),
+            };
+            from.insert(plugin.to_string(), f.next_seq());
+            f
+        }));
+        t.pending = skipped;
+        (t, from)
     }
 
-    /// Starts following plugins not followed yet: from the end of their files at the start,
-    /// from their first record when they appear later.
-    fn scan(&mut self, at_start: bool) {
+    /// Starts following plugins not followed yet: at the start from the record `start` names,
+    /// later (plugins that appeared since) from their first record.
+    fn scan(&mut self, mut start: Option<&mut dyn FnMut(&str) -> Follow>) {
         let dir = self.logs.dir().to_path_buf();
         let names: Vec<String> = match &self.only {
             Some(p) => vec![p.clone()],
@@ -218,10 +246,9 @@ impl Tails {
             if self.follow.contains_key(n.as_str()) {
                 continue;
             }
-            let f = if at_start {
-                Follow::at_end(&dir, &n).unwrap_or_else(|_| Follow::from_seq(1))
-            } else {
-                Follow::from_seq(1)
+            let f = match start.as_mut() {
+                Some(s) => s(&n),
+                None => Follow::from_seq(1),
             };
             self.follow.insert(Arc::from(n.as_str()), f);
         }
@@ -229,21 +256,16 @@ impl Tails {
 
     /// Reads what is new: the events to send, and whether more is waiting.
     fn round(&mut self, q: &LogQuery) -> (Vec<Event>, bool) {
-        self.scan(false);
+        self.scan(None);
         let dir = self.logs.dir().to_path_buf();
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.pending);
         let mut more = false;
         for (plugin, f) in &mut self.follow {
             if let Some(w) = self.logs.written_seq(plugin)
                 && w.saturating_sub(f.next_seq()) > TAIL_MAX_BEHIND
                 && let Ok(end) = Follow::at_end(&dir, plugin)
             {
-                let data = serde_json::json!({
-                    "plugin": &**plugin,
-                    "from_seq": f.next_seq(),
-                    "to_seq": end.next_seq().saturating_sub(1),
-                });
-                out.push(Event::default().event("skipped").data(data.to_string()));
+                out.push(skipped_event(plugin, f.next_seq(), end.next_seq()));
                 *f = end;
             }
             let level = self.logs.stderr_level(plugin);
@@ -260,6 +282,16 @@ impl Tails {
         }
         (out, more)
     }
+}
+
+/// A `skipped` event: `plugin`'s records from `from` up to before `to` are not sent.
+fn skipped_event(plugin: &str, from: u64, to: u64) -> Event {
+    let data = serde_json::json!({
+        "plugin": plugin,
+        "from_seq": from,
+        "to_seq": to.saturating_sub(1),
+    });
+    Event::default().event("skipped").data(data.to_string())
 }
 
 fn event(l: &LogLine) -> Result<Event, Infallible> {

@@ -65,6 +65,8 @@ pub struct ApiState {
     pub logs: Arc<crate::logs::Logs>,
     /// Rebuilds the log index from the files.
     pub rebuild_index: Arc<crate::store::logs::Rebuild>,
+    /// How far the log index has read each plugin's files (where a live tail's backlog ends).
+    pub log_index: Arc<crate::store::logs::Progress>,
     /// Start instant, for uptime.
     pub started: Instant,
     /// Cancelled when the host stops (ends live tails).

@@ -132,6 +132,11 @@ impl Progress {
         }
     }
 
+    /// The last sequence number of `plugin` indexed and committed (0: none).
+    pub fn position(&self, plugin: &str) -> u64 {
+        self.slot(plugin).load(Ordering::Acquire)
+    }
+
     /// The last indexed sequence number of every plugin.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         self.plugins
