@@ -322,6 +322,61 @@ fn index_lag(host: &TestHost, plugin: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
+/// A `GET /api/v1/logs/stream` connection, read raw.
+struct Sse {
+    sock: std::os::unix::net::UnixStream,
+    got: String,
+}
+
+impl Sse {
+    fn open(host: &TestHost, query: &str) -> Self {
+        let mut sock =
+            std::os::unix::net::UnixStream::connect(host.data().join("api.sock")).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut sock,
+            format!(
+                "GET /api/v1/logs/stream?{query} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+                host.token
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        Self {
+            sock,
+            got: String::new(),
+        }
+    }
+
+    /// Reads until what was received contains `needle`; `what` describes the state on failure.
+    fn read_until(
+        &mut self,
+        needle: &str,
+        deadline: std::time::Instant,
+        what: impl Fn() -> String,
+    ) {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while !self.got.contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in:\n{}\n{}",
+                self.got,
+                what()
+            );
+            match self.sock.read(&mut buf) {
+                Ok(0) => panic!("stream ended:\n{}", self.got),
+                Ok(n) => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+}
+
 /// The live tail follows the files, not the index: while another plugin floods and the index
 /// lags far behind, a line reaches the server-sent events and `appfw logs -f` within a second
 /// of its write, filtered (plugin, level, words).
@@ -330,7 +385,7 @@ fn the_live_tail_follows_the_files_within_a_second_while_the_index_lags() {
     let _heavy = HEAVY
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    use std::io::{BufRead, Read, Write};
+    use std::io::BufRead;
     let work = tempfile::tempdir().unwrap();
     let go = work.path().join("go");
     let script = format!(
@@ -342,15 +397,7 @@ fn the_live_tail_follows_the_files_within_a_second_while_the_index_lags() {
     );
     let host = start(&cfg);
     host.wait_all_running(T);
-    let mut s = std::os::unix::net::UnixStream::connect(host.data().join("api.sock")).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    write!(
-        s,
-        "GET /api/v1/logs/stream?plugin=tick&q=tick HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
-        host.token
-    )
-    .unwrap();
+    let mut sse = Sse::open(&host, "plugin=tick&q=tick");
     // The CLI follows too, through its own connection.
     let mut cli = std::process::Command::new(&host.appfw)
         .arg("--data-dir")
@@ -372,27 +419,14 @@ fn the_live_tail_follows_the_files_within_a_second_while_the_index_lags() {
             }
         }
     });
-    let mut got = String::new();
-    let mut buf = [0u8; 4096];
-    let mut read_until = |needle: &str, deadline: std::time::Instant, got: &mut String| {
-        while !got.contains(needle) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {needle:?} in:\n{got}\nfiles: {:?}",
-                std::fs::read_dir(host.data().join("logs"))
-                    .map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
-            );
-            match s.read(&mut buf) {
-                Ok(0) => panic!("stream ended:\n{got}"),
-                Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
+    let files = || {
+        format!(
+            "files: {:?}",
+            std::fs::read_dir(host.data().join("logs"))
+                .map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
+        )
     };
-    read_until("text/event-stream", std::time::Instant::now() + T, &mut got);
+    sse.read_until("text/event-stream", std::time::Instant::now() + T, files);
     // The flood has put the index far behind.
     wait_for(T, "an index lag of 200,000 lines", || {
         (index_lag(&host, "flood") >= 200_000).then_some(())
@@ -404,10 +438,10 @@ fn the_live_tail_follows_the_files_within_a_second_while_the_index_lags() {
     for i in 0..3 {
         std::fs::write(&go, "").unwrap();
         let written = std::time::Instant::now();
-        read_until(
+        sse.read_until(
             &format!("\"message\":\"tick {i}\""),
             written + Duration::from_secs(1),
-            &mut got,
+            files,
         );
         let sse = written.elapsed();
         let want = format!("tick {i}");
@@ -439,7 +473,7 @@ fn the_live_tail_follows_the_files_within_a_second_while_the_index_lags() {
         );
     }
     db.execute_batch("COMMIT").unwrap();
-    assert!(!got.contains("noise"), "q=tick filters: {got}");
+    assert!(!sse.got.contains("noise"), "q=tick filters: {}", sse.got);
     let _ = cli.kill();
     let _ = cli.wait();
 }
@@ -449,7 +483,6 @@ fn the_live_tail_follows_the_files_within_a_second_while_the_index_lags() {
 /// order, and the index catching up later does not send it again.
 #[test]
 fn the_live_tail_sends_what_the_index_has_not_read_yet_once() {
-    use std::io::Read;
     let work = tempfile::tempdir().unwrap();
     let go = work.path().join("go");
     let script = format!(
@@ -478,38 +511,9 @@ fn the_live_tail_sends_what_the_index_has_not_read_yet_once() {
     let db = rusqlite::Connection::open(host.data().join("appfw.db")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
     tick(1);
-    let mut s = std::os::unix::net::UnixStream::connect(host.data().join("api.sock")).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    std::io::Write::write_all(
-        &mut s,
-        format!(
-            "GET /api/v1/logs/stream?plugin=tick&q=tick&limit=10 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
-            host.token
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let mut got = String::new();
-    let mut read_until = |needle: &str, got: &mut String| {
-        let deadline = std::time::Instant::now() + T;
-        let mut buf = [0u8; 4096];
-        while !got.contains(needle) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {needle:?} in:\n{got}"
-            );
-            match s.read(&mut buf) {
-                Ok(0) => panic!("stream ended:\n{got}"),
-                Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    };
-    read_until("\"message\":\"tick 1\"", &mut got);
+    let mut sse = Sse::open(&host, "plugin=tick&q=tick&limit=10");
+    let soon = || std::time::Instant::now() + T;
+    sse.read_until("\"message\":\"tick 1\"", soon(), String::new);
     // The index takes tick 1 in now; the tail must not send it twice.
     db.execute_batch("COMMIT").unwrap();
     wait_for(T, "tick 1 in the index", || {
@@ -517,13 +521,14 @@ fn the_live_tail_sends_what_the_index_has_not_read_yet_once() {
         (v["lines"].as_array().is_some_and(|l| l.len() >= 2)).then_some(())
     });
     tick(2);
-    read_until("\"message\":\"tick 2\"", &mut got);
-    let messages: Vec<&str> = got
+    sse.read_until("\"message\":\"tick 2\"", soon(), String::new);
+    let messages: Vec<&str> = sse
+        .got
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| d.split("\"message\":\"").nth(1)?.split('"').next())
         .collect();
-    assert_eq!(messages, ["tick 0", "tick 1", "tick 2"], "{got}");
+    assert_eq!(messages, ["tick 0", "tick 1", "tick 2"], "{}", sse.got);
 }
 
 /// The host's own log: JSON lines in the data directory, with the plugin's name as a field,
