@@ -175,7 +175,7 @@ mod tests {
         let sizes = [3usize, DIRECT_PAYLOAD + 5, 0, 100_000, 7];
         for (i, n) in sizes.iter().enumerate() {
             let mut f = Frame::new(FrameType::Publish, Bytes::from(vec![i as u8; *n]));
-            f.header.topic = format!("t{i}");
+            f.header.topic = format!("t{i}").into();
             tx.send(f).await.unwrap();
         }
         // One that is too large is skipped, not fatal.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use appfw_proto::pb::{self, ErrorKind, FrameType, SubscriptionKind};
 use appfw_proto::trace::{TraceParent, valid_tracestate};
-use appfw_proto::{Frame, now_unix_ms};
+use appfw_proto::{Frame, Str, now_unix_ms};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -45,8 +45,11 @@ const NO_SERVER: u64 = 0;
 /// One plugin connection as the bus sees it.
 #[derive(Debug)]
 pub struct Link {
-    /// The plugin (instance) name, stamped as sender.
+    /// The plugin (instance) name.
     pub plugin: Arc<str>,
+    /// The same name as stamped in the `sender` of what it sends: made once, shared by every
+    /// frame (a reference count, not an allocation, per message).
+    pub sender: Str,
     /// Unique per connection, so a restarted plugin's new connection is a different link.
     pub conn_id: u64,
     /// Frames to write to the plugin.
@@ -60,6 +63,7 @@ impl Link {
     /// The bus endpoint of a connection.
     pub fn new(plugin: Arc<str>, conn_id: u64, outbox: Arc<Outbox>) -> Self {
         Self {
+            sender: Str::from(&*plugin),
             plugin,
             conn_id,
             outbox,
@@ -125,11 +129,11 @@ fn sanitize_trace(plugin: &str, h: &mut pb::Header) {
         if !h.traceparent.is_empty() {
             tracing::debug!(plugin, traceparent = %h.traceparent, "malformed traceparent dropped");
         }
-        h.traceparent.clear();
-        h.tracestate.clear();
+        h.traceparent = Str::new();
+        h.tracestate = Str::new();
     } else if !valid_tracestate(&h.tracestate) {
         tracing::debug!(plugin, "malformed tracestate dropped");
-        h.tracestate.clear();
+        h.tracestate = Str::new();
     }
 }
 
@@ -172,6 +176,18 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Wakes the expiry task when a request's deadline is earlier than every pending one.
     earlier_deadline: tokio::sync::Notify,
+}
+
+/// The sender of what the host originates.
+pub const HOST_SENDER: &str = "$host";
+
+/// `sender` as a header string; `$host` without an allocation.
+pub fn sender_str(sender: &str) -> Str {
+    if sender == HOST_SENDER {
+        Str::from_static(HOST_SENDER)
+    } else {
+        Str::from(sender)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -408,7 +424,7 @@ impl Bus {
                 header: frame.header.clone(),
                 payload: frame.payload.clone(),
             };
-            stamped.header.sender = from.plugin.to_string();
+            stamped.header.sender = from.sender.clone();
             stamped.header.request_id = 0;
             for (i, d) in table.demands.iter().enumerate() {
                 if !d.is_live() {
@@ -450,7 +466,6 @@ impl Bus {
             }
             count += 1;
         }
-        let sender: &str = &from.plugin;
         frame.header.request_id = 0;
         for i in 0..count {
             let target = match inline.get(i) {
@@ -468,8 +483,7 @@ impl Bus {
                     payload: frame.payload.clone(),
                 }
             };
-            out.header.sender.clear();
-            out.header.sender.push_str(sender);
+            out.header.sender = from.sender.clone();
             out.header.subscription_id = target.id;
             match self.deliver_to(from, target, out, true, deadline).await {
                 Delivered::Yes | Delivered::Closed => {}
@@ -627,7 +641,7 @@ impl Bus {
             .fetch_add(1, Ordering::Relaxed);
         let mut f = Frame::new(FrameType::Reply, Bytes::new());
         f.header.request_id = request_id;
-        f.header.sender = sender.to_string();
+        f.header.sender = sender_str(sender);
         f.header.error = Some(e);
         self.try_deliver(to, f);
     }
@@ -657,7 +671,7 @@ impl Bus {
             .fetch_add(1, Ordering::Relaxed);
         let mut f = Frame::new(FrameType::Reply, Bytes::new());
         f.header.request_id = request_id;
-        f.header.sender = sender.to_string();
+        f.header.sender = sender_str(sender);
         f.header.error = Some(e);
         self.deliver(to, f).await;
     }
@@ -666,10 +680,12 @@ impl Bus {
     pub async fn request(&self, from: &Arc<Link>, mut frame: Frame) {
         sanitize_trace(&from.plugin, &mut frame.header);
         let origin_id = frame.header.request_id;
-        let topic = &frame.header.topic;
+        // A second reference to the topic's bytes (no copy), so `frame` can move on.
+        let topic_str = frame.header.topic.clone();
+        let topic: &str = &topic_str;
         if let Err(m) = validate_topic(topic) {
             let e = error(ErrorKind::Permanent, "invalid_topic", m);
-            return self.reply_error(from, origin_id, "$host", e).await;
+            return self.reply_error(from, origin_id, HOST_SENDER, e).await;
         }
         let now = now_unix_ms();
         let deadline_ms = match frame.header.deadline_unix_ms {
@@ -682,20 +698,18 @@ impl Bus {
                 "deadline_exceeded",
                 "the deadline passed before the request was routed",
             );
-            return self.reply_error(from, origin_id, "$host", e).await;
+            return self.reply_error(from, origin_id, HOST_SENDER, e).await;
         }
         let table = self.inner.table.load_full();
         // A live server first; an on-demand plugin is started only when nobody can answer now.
-        let servers: Vec<&Arc<Sub>> = table
-            .subs
-            .iter()
-            .filter(|s| {
-                s.kind == SubscriptionKind::Requests
-                    && s.pattern.matches(topic)
-                    && s.demand.as_ref().is_none_or(|(_, d)| d.is_live())
-            })
-            .collect();
-        let demand = if servers.is_empty() {
+        // Counted, then picked by a second pass: no allocation per request.
+        let is_server = |s: &&Arc<Sub>| {
+            s.kind == SubscriptionKind::Requests
+                && s.pattern.matches(topic)
+                && s.demand.as_ref().is_none_or(|(_, d)| d.is_live())
+        };
+        let servers = table.subs.iter().filter(is_server).count();
+        let demand = if servers == 0 {
             match self.demand_for(&table, topic) {
                 Some(d) => Some(d),
                 None => {
@@ -704,7 +718,7 @@ impl Bus {
                         "no_responders",
                         format!("nobody serves {topic:?}"),
                     );
-                    return self.reply_error(from, origin_id, "$host", e).await;
+                    return self.reply_error(from, origin_id, HOST_SENDER, e).await;
                 }
             }
         } else {
@@ -726,14 +740,23 @@ impl Bus {
             topic: topic_stat,
         };
         let mut out = frame;
-        out.header.sender = from.plugin.to_string();
+        out.header.sender = from.sender.clone();
         out.header.request_id = host_id;
         out.header.deadline_unix_ms = deadline_ms;
         if let Some(d) = demand {
             return self.demand_request(d, from, req, out);
         }
         let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
-        let server = servers[n % servers.len()];
+        // A server's `live` flag may change between the two passes: then the first one found.
+        let server = table.subs.iter().filter(is_server).nth(n % servers);
+        let Some(server) = server.or_else(|| table.subs.iter().find(is_server)) else {
+            let e = error(
+                ErrorKind::Temporary,
+                "no_responders",
+                format!("nobody serves {topic:?}"),
+            );
+            return self.reply_error(from, origin_id, HOST_SENDER, e).await;
+        };
         if let Some((_, d)) = &server.demand {
             d.touch();
         }
@@ -759,7 +782,8 @@ impl Bus {
                         "overloaded",
                         format!("{}'s queue is full", server.link.plugin),
                     );
-                    self.reply_error(&r.origin, r.origin_id, "$host", e).await;
+                    self.reply_error(&r.origin, r.origin_id, HOST_SENDER, e)
+                        .await;
                 }
             }
         }
@@ -789,7 +813,7 @@ impl Bus {
         };
         req.topic.latency.observe(req.started.elapsed());
         let mut out = frame;
-        out.header.sender = from.plugin.to_string();
+        out.header.sender = from.sender.clone();
         out.header.request_id = req.origin_id;
         out.header.subscription_id = 0;
         self.deliver(&req.origin, out).await;
@@ -839,7 +863,8 @@ impl Bus {
                     "deadline_exceeded",
                     "no reply before the deadline",
                 );
-                self.reply_error(&r.origin, r.origin_id, "$host", e).await;
+                self.reply_error(&r.origin, r.origin_id, HOST_SENDER, e)
+                    .await;
             }
         }
     }
@@ -1314,10 +1339,7 @@ mod tests {
                 "the frame itself is delivered"
             );
             assert_eq!(
-                (
-                    got.header.traceparent.as_str(),
-                    got.header.tracestate.as_str()
-                ),
+                (&*got.header.traceparent, &*got.header.tracestate),
                 (want_tp, want_ts),
                 "{tp:?} {ts:?}"
             );

@@ -134,7 +134,7 @@ impl ConnHandle {
             },
         );
         f.header.request_id = id;
-        f.header.sender = "$host".into();
+        f.header.sender = appfw_proto::Str::from_static(crate::bus::HOST_SENDER);
         let outcome = async {
             self.link
                 .outbox
@@ -463,7 +463,7 @@ impl Reader {
                 if receipt != 0 && self.publish_ack.load(Ordering::Relaxed) {
                     let mut reply = Frame::new(FrameType::Reply, Bytes::new());
                     reply.header.request_id = receipt;
-                    reply.header.sender = "$host".into();
+                    reply.header.sender = appfw_proto::Str::from_static(crate::bus::HOST_SENDER);
                     reply.header.error = result.err();
                     self.send(reply).await;
                 } else if let Err(e) = result
@@ -500,7 +500,7 @@ impl Reader {
                 };
                 let mut reply = Frame::new(FrameType::Reply, Bytes::new());
                 reply.header.request_id = id;
-                reply.header.sender = "$host".into();
+                reply.header.sender = appfw_proto::Str::from_static(crate::bus::HOST_SENDER);
                 reply.header.error = result.err();
                 self.send(reply).await;
             }
