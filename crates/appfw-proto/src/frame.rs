@@ -132,9 +132,8 @@ pub fn encode_frame(
     // Both casts were range-checked above.
     dst.put_u32(frame_len as u32);
     dst.put_u16(header_len as u16);
-    header
-        .encode(dst)
-        .map_err(|_| FrameError::HeaderTooLarge(header_len))?;
+    // Room was reserved above: the header goes in without measuring it again.
+    header.encode_raw(dst);
     dst.put_slice(payload);
     Ok(())
 }

@@ -92,7 +92,13 @@ where
             return WriterEnd::Finished;
         };
         loop {
-            if let Err(e) = put(sock, &mut buf, &mut frame, seq, max_frame, &mut on_drop).await {
+            // A small payload is only encoded (no future built per frame); a large one is
+            // written from its own memory.
+            if frame.payload.len() < DIRECT_PAYLOAD {
+                put_small(&mut buf, &mut frame, seq, max_frame, &mut on_drop);
+            } else if let Err(e) =
+                put_direct(sock, &mut buf, &mut frame, seq, max_frame, &mut on_drop).await
+            {
                 return WriterEnd::Io(e);
             }
             if buf.len() >= WRITE_BATCH_BYTES {
@@ -112,8 +118,27 @@ where
     }
 }
 
-/// Appends one frame to the batch; a large payload is written directly after the batch.
-async fn put<W, F>(
+/// Appends one frame with a small payload to the batch.
+fn put_small<F>(
+    buf: &mut BytesMut,
+    frame: &mut Frame,
+    seq: &mut Sequencer,
+    max_frame: usize,
+    on_drop: &mut F,
+) where
+    F: FnMut(&Frame, FrameError),
+{
+    frame.header.seq = seq.next;
+    frame.header.ack = seq.peer_seq.load(Ordering::Relaxed);
+    match encode_frame(&frame.header, &frame.payload, max_frame, buf) {
+        Ok(()) => seq.next += 1,
+        Err(e) => on_drop(frame, e),
+    }
+}
+
+/// Writes the batch with one frame's header at its end, then the frame's large payload from
+/// its own memory.
+async fn put_direct<W, F>(
     sock: &mut W,
     buf: &mut BytesMut,
     frame: &mut Frame,
@@ -127,33 +152,29 @@ where
 {
     frame.header.seq = seq.next;
     frame.header.ack = seq.peer_seq.load(Ordering::Relaxed);
-    let direct = frame.payload.len() >= DIRECT_PAYLOAD;
     let start = buf.len();
-    let body: &[u8] = if direct { &[] } else { &frame.payload };
-    if let Err(e) = encode_frame(&frame.header, body, max_frame, buf) {
+    if let Err(e) = encode_frame(&frame.header, &[], max_frame, buf) {
         on_drop(frame, e);
         return Ok(());
     }
-    if direct {
-        // The prefix was computed without the payload: patch it, then write the payload from
-        // its own memory.
-        let total = buf.len() - start - crate::LENGTH_PREFIX_LEN + frame.payload.len();
-        let Some(total32) = u32::try_from(total).ok().filter(|_| total <= max_frame) else {
-            buf.truncate(start);
-            on_drop(
-                frame,
-                FrameError::TooLarge {
-                    len: total,
-                    max: max_frame,
-                },
-            );
-            return Ok(());
-        };
-        buf[start..start + 4].copy_from_slice(&total32.to_be_bytes());
-        sock.write_all(buf).await?;
-        buf.clear();
-        sock.write_all(&frame.payload).await?;
-    }
+    // The prefix was computed without the payload: patch it, then write the payload from its
+    // own memory.
+    let total = buf.len() - start - crate::LENGTH_PREFIX_LEN + frame.payload.len();
+    let Some(total32) = u32::try_from(total).ok().filter(|_| total <= max_frame) else {
+        buf.truncate(start);
+        on_drop(
+            frame,
+            FrameError::TooLarge {
+                len: total,
+                max: max_frame,
+            },
+        );
+        return Ok(());
+    };
+    buf[start..start + 4].copy_from_slice(&total32.to_be_bytes());
+    sock.write_all(buf).await?;
+    buf.clear();
+    sock.write_all(&frame.payload).await?;
     seq.next += 1;
     Ok(())
 }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use demand::{Demand, DemandStatus};
-pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, SendError, SubQueue};
+pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, SendError, SubQueue, Wakes};
 pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};
 
 use crate::metrics::{Metrics, SubscriberKey, TopicStat};
@@ -143,6 +143,74 @@ fn instant_of(deadline_unix_ms: u64) -> Option<tokio::time::Instant> {
         let left = deadline_unix_ms.saturating_sub(now_unix_ms());
         tokio::time::Instant::now() + Duration::from_millis(left)
     })
+}
+
+/// The subscriptions one message goes to, as indices into its table snapshot: up to 8 without
+/// an allocation.
+#[derive(Default)]
+struct Targets {
+    inline: [usize; 8],
+    spill: Vec<usize>,
+    count: usize,
+}
+
+impl Targets {
+    fn push(&mut self, i: usize) {
+        match self.inline.get_mut(self.count) {
+            Some(slot) => *slot = i,
+            None => self.spill.push(i),
+        }
+        self.count += 1;
+    }
+
+    fn get(&self, n: usize) -> usize {
+        match self.inline.get(n) {
+            Some(&i) => i,
+            None => self.spill[n - self.inline.len()],
+        }
+    }
+}
+
+/// A publish stopped at a `block` subscriber without room, to be finished by
+/// [`Bus::publish_wait`].
+pub struct Blocked {
+    table: Arc<Table>,
+    targets: Targets,
+    /// The target it stopped at, and its copy of the message.
+    next: usize,
+    out: Frame,
+    /// The message for the targets after it.
+    rest: Frame,
+    deadline: Option<tokio::time::Instant>,
+    topic_stat: Arc<TopicStat>,
+}
+
+impl std::fmt::Debug for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocked")
+            .field("next", &self.next)
+            .field("targets", &self.targets.count)
+            .finish()
+    }
+}
+
+/// The copy of `frame` for `target`, stamped with the sender and the subscription; the last
+/// target takes `frame` itself (a header copy only bumps reference counts anyway).
+fn copy_for(from: &Link, target: &Sub, frame: &mut Frame, last: bool) -> Frame {
+    let mut out = if last {
+        std::mem::take(frame)
+    } else {
+        Frame {
+            header: frame.header.clone(),
+            payload: frame.payload.clone(),
+        }
+    };
+    out.header.sender = from.sender.clone();
+    out.header.subscription_id = target.id;
+    if let Some((_, d)) = &target.demand {
+        d.touch();
+    }
+    out
 }
 
 /// Counters of the bus.
@@ -395,9 +463,40 @@ impl Bus {
     /// Delivers a PUBLISH from `from` to every matching subscriber, each by its overflow
     /// policy. `Err` is an invalid topic, or `slow_subscriber` when a `block` subscriber had no
     /// room before its block timeout or the PUBLISH's deadline (the others got the message).
-    pub async fn publish(&self, from: &Link, mut frame: Frame) -> Result<(), pb::Error> {
-        validate_topic(&frame.header.topic)
-            .map_err(|m| error(ErrorKind::Permanent, "invalid_topic", m))?;
+    pub async fn publish(&self, from: &Link, frame: Frame) -> Result<(), pb::Error> {
+        self.publish_batched(from, frame, &mut Wakes::new()).await
+    }
+
+    /// [`Bus::publish`] for a connection's reader routing a batch of frames: the subscribers'
+    /// writers it fills are woken through `wakes`, by the caller once the batch is routed.
+    pub async fn publish_batched(
+        &self,
+        from: &Link,
+        frame: Frame,
+        wakes: &mut Wakes,
+    ) -> Result<(), pb::Error> {
+        match self.publish_now(from, frame, wakes) {
+            Ok(result) => result,
+            Err(blocked) => self.publish_wait(from, blocked, wakes).await,
+        }
+    }
+
+    /// Publishes without waiting: the whole of [`Bus::publish_batched`] unless a `block`
+    /// subscriber's queue is full, in which case the copies before it are delivered and the
+    /// rest is handed back, to be finished by [`Bus::publish_wait`]. A reader routes its
+    /// frames through this, so the common case builds no future per message.
+    // The large `Err` is the rare path, returned in place; boxing it would allocate whenever a
+    // publisher has to wait.
+    #[allow(clippy::result_large_err)]
+    pub fn publish_now(
+        &self,
+        from: &Link,
+        mut frame: Frame,
+        wakes: &mut Wakes,
+    ) -> Result<Result<(), pb::Error>, Blocked> {
+        if let Err(m) = validate_topic(&frame.header.topic) {
+            return Ok(Err(error(ErrorKind::Permanent, "invalid_topic", m)));
+        }
         sanitize_trace(&from.plugin, &mut frame.header);
         let len = frame.payload.len() as u64;
         let topic_stat = self.inner.metrics.with_topic(&frame.header.topic, |t| {
@@ -405,9 +504,6 @@ impl Bus {
             t.bytes.fetch_add(len, Ordering::Relaxed);
             Arc::clone(t)
         });
-        let deadline = instant_of(frame.header.deadline_unix_ms);
-        let mut late = 0usize;
-        let mut first_late: Option<(Arc<str>, u64)> = None;
         let table = self.inner.table.load_full();
         // On-demand plugins not live yet take the message through their queue; whether each is
         // live is read once, so a plugin turning live meanwhile gets it exactly once.
@@ -439,9 +535,7 @@ impl Bus {
         };
         // Targets first, so the last one can take the frame itself instead of a copy (1 -> 1,
         // the common case, copies no header). Up to 8 on the stack.
-        let mut inline: [Option<&Arc<Sub>>; 8] = [None; 8];
-        let mut spill: Vec<&Arc<Sub>> = Vec::new();
-        let mut count = 0usize;
+        let mut targets = Targets::default();
         let mut groups_done: Vec<&str> = Vec::new();
         for (i, sub) in table.subs.iter().enumerate() {
             if sub.kind != SubscriptionKind::Events
@@ -451,7 +545,7 @@ impl Bus {
                 continue;
             }
             let target = match &sub.group {
-                None => sub,
+                None => i,
                 Some(g) => {
                     if groups_done.contains(&&**g) {
                         continue;
@@ -460,32 +554,70 @@ impl Bus {
                     self.pick_group_member(&table, i, g, &frame.header.topic, &skip)
                 }
             };
-            match inline.get_mut(count) {
-                Some(slot) => *slot = Some(target),
-                None => spill.push(target),
-            }
-            count += 1;
+            targets.push(target);
         }
+        drop(groups_done);
         frame.header.request_id = 0;
-        for i in 0..count {
-            let target = match inline.get(i) {
-                Some(t) => t.unwrap_or_else(|| unreachable!("filled above")),
-                None => spill[i - inline.len()],
-            };
-            if let Some((_, d)) = &target.demand {
-                d.touch();
-            }
-            let mut out = if i + 1 == count {
-                std::mem::take(&mut frame)
-            } else {
-                Frame {
-                    header: frame.header.clone(),
-                    payload: frame.payload.clone(),
+        for i in 0..targets.count {
+            let target = &table.subs[targets.get(i)];
+            let out = copy_for(from, target, &mut frame, i + 1 == targets.count);
+            match target
+                .link
+                .outbox
+                .offer_deferred(out, &target.queue, true, wakes)
+            {
+                Offer::Full(out) => {
+                    return Err(Blocked {
+                        deadline: instant_of(frame.header.deadline_unix_ms),
+                        table,
+                        targets,
+                        next: i,
+                        out,
+                        rest: frame,
+                        topic_stat,
+                    });
                 }
+                outcome => {
+                    if let Delivered::Dropped = self.account(target, outcome) {
+                        topic_stat.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Finishes a publish [`Bus::publish_now`] handed back: waits for the full `block`
+    /// subscriber's room (up to its block timeout or the publish's deadline), then delivers to
+    /// the remaining subscribers, waiting likewise for each full one.
+    pub async fn publish_wait(
+        &self,
+        from: &Link,
+        blocked: Blocked,
+        wakes: &mut Wakes,
+    ) -> Result<(), pb::Error> {
+        let Blocked {
+            table,
+            targets,
+            next,
+            out,
+            mut rest,
+            deadline,
+            topic_stat,
+        } = blocked;
+        let mut late = 0usize;
+        let mut first_late: Option<(Arc<str>, u64)> = None;
+        let mut blocked_out = Some(out);
+        for i in next..targets.count {
+            let target = &table.subs[targets.get(i)];
+            let out = match blocked_out.take() {
+                Some(out) => out,
+                None => copy_for(from, target, &mut rest, i + 1 == targets.count),
             };
-            out.header.sender = from.sender.clone();
-            out.header.subscription_id = target.id;
-            match self.deliver_to(from, target, out, true, deadline).await {
+            match self
+                .deliver_to(from, target, out, true, deadline, wakes)
+                .await
+            {
                 Delivered::Yes | Delivered::Closed => {}
                 Delivered::Dropped => {
                     topic_stat.dropped.fetch_add(1, Ordering::Relaxed);
@@ -518,11 +650,14 @@ impl Bus {
         frame: Frame,
         evict: bool,
         deadline: Option<tokio::time::Instant>,
+        wakes: &mut Wakes,
     ) -> Delivered {
         let q = &sub.queue;
         let outbox = &sub.link.outbox;
-        let outcome = match outbox.offer(frame, q, evict) {
+        let outcome = match outbox.offer_deferred(frame, q, evict, wakes) {
             Offer::Full(frame) => {
+                // Waiting for a writer to make room: none of them may wait for our wake-up.
+                wakes.wake_all();
                 let started = tokio::time::Instant::now();
                 let mut until = started + q.block_timeout;
                 if let Some(d) = deadline {
@@ -535,6 +670,13 @@ impl Bus {
             }
             other => other,
         };
+        self.account(sub, outcome)
+    }
+
+    /// Counts what became of a copy offered to `sub` (an [`Offer::Full`] here is final: the
+    /// wait is over).
+    fn account(&self, sub: &Sub, outcome: Offer) -> Delivered {
+        let q = &sub.queue;
         let stats = &self.inner.stats;
         let delivered = || {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -578,14 +720,14 @@ impl Bus {
         }
     }
 
-    fn pick_group_member<'a>(
+    fn pick_group_member(
         &self,
-        table: &'a Table,
+        table: &Table,
         first: usize,
         group: &str,
         topic: &str,
         skip: &dyn Fn(&Sub) -> bool,
-    ) -> &'a Arc<Sub> {
+    ) -> usize {
         // `first` itself is never skipped, so there is at least one member. Two passes over the
         // members (count, then pick) rather than collecting them: no allocation per message.
         let is_member = |s: &&Arc<Sub>| {
@@ -598,9 +740,10 @@ impl Bus {
         let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % members;
         table.subs[first..]
             .iter()
-            .filter(is_member)
+            .enumerate()
+            .filter(|(_, s)| is_member(s))
             .nth(n)
-            .unwrap_or(&table.subs[first])
+            .map_or(first, |(i, _)| first + i)
     }
 
     /// Queues a reply or host error for `link`, waiting up to [`DELIVERY_WAIT`] for room.
@@ -677,7 +820,13 @@ impl Bus {
     }
 
     /// Routes a REQUEST from `from` to one matching server, or answers it with an error at once.
-    pub async fn request(&self, from: &Arc<Link>, mut frame: Frame) {
+    pub async fn request(&self, from: &Arc<Link>, frame: Frame) {
+        self.request_batched(from, frame, &mut Wakes::new()).await;
+    }
+
+    /// [`Bus::request`] whose server's writer is woken through `wakes` (see
+    /// [`Bus::publish_batched`]).
+    pub async fn request_batched(&self, from: &Arc<Link>, mut frame: Frame, wakes: &mut Wakes) {
         sanitize_trace(&from.plugin, &mut frame.header);
         let origin_id = frame.header.request_id;
         // A second reference to the topic's bytes (no copy), so `frame` can move on.
@@ -685,6 +834,8 @@ impl Bus {
         let topic: &str = &topic_str;
         if let Err(m) = validate_topic(topic) {
             let e = error(ErrorKind::Permanent, "invalid_topic", m);
+            // It may wait for room: wake the writers this batch filled first.
+            wakes.wake_all();
             return self.reply_error(from, origin_id, HOST_SENDER, e).await;
         }
         let now = now_unix_ms();
@@ -698,6 +849,8 @@ impl Bus {
                 "deadline_exceeded",
                 "the deadline passed before the request was routed",
             );
+            // It may wait for room: wake the writers this batch filled first.
+            wakes.wake_all();
             return self.reply_error(from, origin_id, HOST_SENDER, e).await;
         }
         let table = self.inner.table.load_full();
@@ -718,6 +871,8 @@ impl Bus {
                         "no_responders",
                         format!("nobody serves {topic:?}"),
                     );
+                    // It may wait for room: wake the writers this batch filled first.
+                    wakes.wake_all();
                     return self.reply_error(from, origin_id, HOST_SENDER, e).await;
                 }
             }
@@ -755,6 +910,8 @@ impl Bus {
                 "no_responders",
                 format!("nobody serves {topic:?}"),
             );
+            // It may wait for room: wake the writers this batch filled first.
+            wakes.wake_all();
             return self.reply_error(from, origin_id, HOST_SENDER, e).await;
         };
         if let Some((_, d)) = &server.demand {
@@ -770,7 +927,7 @@ impl Bus {
         out.header.subscription_id = server.id;
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
         match self
-            .deliver_to(from, server, out, false, instant_of(deadline_ms))
+            .deliver_to(from, server, out, false, instant_of(deadline_ms), wakes)
             .await
         {
             Delivered::Yes | Delivered::Closed => {}

@@ -10,18 +10,19 @@ use appfw_proto::pb::{self, FrameType};
 use appfw_proto::writer::{Sequencer, WriterEnd, write_frames};
 use appfw_proto::{Frame, FrameCodec, FrameError, caps, negotiate_version};
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedParts, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, Link};
+use crate::bus::{Bus, Link, Wakes};
 
-/// Frames handled one after the other before the reader looks at its heartbeat timer again.
-const BATCH: usize = 64;
+/// Room left in the read buffer below which the reader makes new room before reading.
+const MIN_READ: usize = 4 * 1024;
 /// The reader's buffer: a read takes up to this much, so a burst of small frames costs few
 /// syscalls.
 const READ_BUFFER: usize = 64 * 1024;
@@ -250,6 +251,17 @@ struct Reader {
 
 type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
 
+/// A frame the reader could not handle without waiting. Moved only on that slow path, so its
+/// size costs nothing per message (and boxing `Blocked` would allocate whenever a publisher
+/// waits).
+#[allow(clippy::large_enum_variant)]
+enum Slow {
+    /// Anything but PONG and a PUBLISH without a receipt.
+    Frame(Frame),
+    /// A PUBLISH that waits for a `block` subscriber's room.
+    Blocked(crate::bus::Blocked),
+}
+
 /// How a connection ended, reported once.
 enum End {
     Event(ConnEvent),
@@ -257,9 +269,9 @@ enum End {
 }
 
 impl Reader {
-    async fn run(self, mut frames: Frames) {
+    async fn run(self, frames: Frames) {
         let end = tokio::select! {
-            end = self.serve(&mut frames) => end,
+            end = self.serve(frames) => end,
             () = self.cancel.cancelled() => End::Cancelled,
         };
         if let End::Event(ev) = end {
@@ -381,15 +393,30 @@ impl Reader {
         Ok(())
     }
 
-    async fn serve(&self, frames: &mut Frames) -> End {
-        if let Err(end) = self.handshake(frames).await {
+    async fn serve(&self, mut frames: Frames) -> End {
+        if let Err(end) = self.handshake(&mut frames).await {
             return end;
         }
+        // From here on the reader reads and decodes by itself rather than through FramedRead's
+        // stream: each read's whole frames are routed in one go, without a future or a
+        // `Poll<Option<Result<Frame>>>` per frame to move around.
+        let FramedParts {
+            io: mut sock,
+            codec,
+            read_buf: mut buf,
+            ..
+        } = frames.into_parts();
+        let mut codec: FrameCodec = codec;
         let mut ping = tokio::time::interval(self.params.heartbeat_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pong = Instant::now();
         let mut nonce = 0u64;
+        let mut wakes = Wakes::new();
         loop {
+            if buf.capacity() - buf.len() < MIN_READ {
+                // A fresh buffer once the frames queued elsewhere still hold the old one.
+                buf.reserve(READ_BUFFER);
+            }
             tokio::select! {
                 _ = ping.tick() => {
                     let silent = last_pong.elapsed();
@@ -405,19 +432,34 @@ impl Reader {
                     // Never wait on a full queue here: that would stall heartbeat detection.
                     let _ = self.link.outbox.try_send(f);
                 }
-                next = frames.next() => {
-                    if let Some(end) = self.on_frame(next, &mut last_pong).await {
-                        return end;
+                read = sock.read_buf(&mut buf) => {
+                    match read {
+                        Ok(0) if buf.is_empty() => {
+                            return End::Event(ConnEvent::Closed {
+                                reason: "plugin closed the connection".into(),
+                            });
+                        }
+                        Ok(0) => return self.frame_error(FrameError::Truncated(buf.len())).await,
+                        Ok(_) => {}
+                        Err(e) => return self.frame_error(FrameError::Io(e)).await,
                     }
-                    // Frames already read (or readable at once) are handled without going back
-                    // through the select and its timer, at most a batch of them, so the heartbeat
-                    // still gets its turn under a flood.
-                    for _ in 0..BATCH {
-                        let Some(next) = frames.next().now_or_never() else { break };
-                        if let Some(end) = self.on_frame(next, &mut last_pong).await {
+                    // Every whole frame read so far; a partial one waits for the next read.
+                    loop {
+                        let frame = match codec.decode(&mut buf) {
+                            Ok(Some(f)) => f,
+                            Ok(None) => break,
+                            Err(e) => return self.frame_error(e).await,
+                        };
+                        // The common frames (PONG, a PUBLISH every queue has room for) are
+                        // handled without waiting, so no future is built per frame.
+                        if let Some(slow) = self.handle_now(frame, &mut last_pong, &mut wakes)
+                            && let Some(end) = self.handle_slow(slow, &mut wakes).await
+                        {
                             return end;
                         }
                     }
+                    // The read is routed: its subscribers' writers go (each once).
+                    wakes.wake_all();
                     // A publisher waiting for a `block` subscriber reads nothing meanwhile, its
                     // PONGs included: that time is not the plugin's silence.
                     let waited = self.link.waited_us.swap(0, Ordering::Relaxed);
@@ -429,50 +471,74 @@ impl Reader {
         }
     }
 
-    async fn on_frame(
-        &self,
-        next: Option<Result<Frame, FrameError>>,
-        last_pong: &mut Instant,
-    ) -> Option<End> {
-        let frame = match next {
-            None => {
-                return Some(End::Event(ConnEvent::Closed {
-                    reason: "plugin closed the connection".into(),
-                }));
-            }
-            Some(Err(e)) => return Some(self.frame_error(e).await),
-            Some(Ok(f)) => f,
-        };
+    /// Handles a frame if that needs no waiting; hands it back otherwise.
+    fn handle_now(&self, frame: Frame, last_pong: &mut Instant, wakes: &mut Wakes) -> Option<Slow> {
         self.peer_seq.store(frame.header.seq, Ordering::Relaxed);
-        if frame.frame_type() == Some(FrameType::Pong) {
-            *last_pong = Instant::now();
-            return None;
+        match frame.frame_type() {
+            Some(FrameType::Pong) => {
+                *last_pong = Instant::now();
+                None
+            }
+            Some(FrameType::Publish)
+                if frame.header.request_id == 0 || !self.publish_ack.load(Ordering::Relaxed) =>
+            {
+                match self.bus.publish_now(&self.link, frame, wakes) {
+                    Ok(result) => {
+                        self.publish_refused(result);
+                        None
+                    }
+                    Err(blocked) => Some(Slow::Blocked(blocked)),
+                }
+            }
+            _ => Some(Slow::Frame(frame)),
         }
-        self.handle(frame).await
     }
 
-    async fn handle(&self, frame: Frame) -> Option<End> {
+    async fn handle_slow(&self, slow: Slow, wakes: &mut Wakes) -> Option<End> {
+        match slow {
+            Slow::Frame(frame) => self.handle(frame, wakes).await,
+            Slow::Blocked(blocked) => {
+                let result = self.bus.publish_wait(&self.link, blocked, wakes).await;
+                self.publish_refused(result);
+                None
+            }
+        }
+    }
+
+    /// Logs a PUBLISH without a receipt that was refused for its topic.
+    fn publish_refused(&self, result: Result<(), pb::Error>) {
+        if let Err(e) = result
+            && e.code == "invalid_topic"
+        {
+            tracing::warn!(plugin = %self.params.plugin, "publish refused: {}", e.message);
+        }
+    }
+
+    async fn handle(&self, frame: Frame, wakes: &mut Wakes) -> Option<End> {
         let Some(ty) = frame.frame_type() else {
             tracing::debug!(plugin = %self.params.plugin, frame_type = frame.header.r#type, "unknown frame type skipped");
             return None;
         };
+        if !matches!(ty, FrameType::Publish | FrameType::Request) {
+            // What follows may wait (for room, for the owner task): no writer waits behind it.
+            wakes.wake_all();
+        }
         match ty {
             FrameType::Publish => {
                 let receipt = frame.header.request_id;
-                let result = self.bus.publish(&self.link, frame).await;
+                let result = self.bus.publish_batched(&self.link, frame, wakes).await;
                 if receipt != 0 && self.publish_ack.load(Ordering::Relaxed) {
+                    wakes.wake_all();
                     let mut reply = Frame::new(FrameType::Reply, Bytes::new());
                     reply.header.request_id = receipt;
                     reply.header.sender = appfw_proto::Str::from_static(crate::bus::HOST_SENDER);
                     reply.header.error = result.err();
                     self.send(reply).await;
-                } else if let Err(e) = result
-                    && e.code == "invalid_topic"
-                {
-                    tracing::warn!(plugin = %self.params.plugin, "publish refused: {}", e.message);
+                } else {
+                    self.publish_refused(result);
                 }
             }
-            FrameType::Request => self.bus.request(&self.link, frame).await,
+            FrameType::Request => self.bus.request_batched(&self.link, frame, wakes).await,
             FrameType::Reply => {
                 let waiter = self
                     .pending
