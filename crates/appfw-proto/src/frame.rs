@@ -139,6 +139,7 @@ pub fn encode_frame(
 }
 
 /// Decodes a frame body (everything after the length prefix). The payload shares `body`'s memory.
+#[inline]
 pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
     let frame_len = body.len();
     if frame_len < HEADER_LEN_LEN {
@@ -189,6 +190,7 @@ impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = FrameError;
 
+    #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         if src.len() < LENGTH_PREFIX_LEN {
             return Ok(None);
@@ -263,10 +265,12 @@ mod tests {
                 request_id: rid,
                 deadline_unix_ms: dl,
                 traceparent: tp.into(),
-                error: err.map(|(kind, code, message)| pb::Error {
-                    kind,
-                    code,
-                    message,
+                error: err.map(|(kind, code, message)| {
+                    Box::new(pb::Error {
+                        kind,
+                        code,
+                        message,
+                    })
                 }),
                 ..Header::default()
             })

@@ -1384,7 +1384,7 @@ async fn reply(inner: &Inner, id: u64, result: Result<Bytes, RequestError>) {
         Ok(payload) => Frame::new(FrameType::Reply, payload),
         Err(e) => {
             let mut f = Frame::new(FrameType::Reply, Bytes::new());
-            f.header.error = Some(e.to_pb());
+            f.header.error = Some(Box::new(e.to_pb()));
             f
         }
     };

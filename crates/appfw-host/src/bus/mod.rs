@@ -196,6 +196,7 @@ impl std::fmt::Debug for Blocked {
 
 /// The copy of `frame` for `target`, stamped with the sender and the subscription; the last
 /// target takes `frame` itself (a header copy only bumps reference counts anyway).
+#[inline(always)]
 fn copy_for(from: &Link, target: &Sub, frame: &mut Frame, last: bool) -> Frame {
     let mut out = if last {
         std::mem::take(frame)
@@ -785,7 +786,7 @@ impl Bus {
         let mut f = Frame::new(FrameType::Reply, Bytes::new());
         f.header.request_id = request_id;
         f.header.sender = sender_str(sender);
-        f.header.error = Some(e);
+        f.header.error = Some(Box::new(e));
         self.try_deliver(to, f);
     }
 
@@ -815,7 +816,7 @@ impl Bus {
         let mut f = Frame::new(FrameType::Reply, Bytes::new());
         f.header.request_id = request_id;
         f.header.sender = sender_str(sender);
-        f.header.error = Some(e);
+        f.header.error = Some(Box::new(e));
         self.deliver(to, f).await;
     }
 

@@ -226,6 +226,9 @@ impl Outbox {
 
     /// Queues a frame; `true` when the queue was empty, so the writer needs a wake-up (it takes
     /// everything at once, so it only needs a nudge for the first).
+    // Inlined (like the other steps a frame takes on the relay path): a frame is a few hundred
+    // bytes, and each call it is passed to by value would copy it.
+    #[inline(always)]
     fn push(&self, st: &mut State, frame: Frame, sub: Option<Arc<SubQueue>>) -> bool {
         if let Some(s) = &sub {
             st.sub_frames += 1;
@@ -296,6 +299,7 @@ impl Outbox {
     }
 
     /// [`Outbox::offer`] that leaves the writer's wake-up to `wakes` (see [`Wakes`]).
+    #[inline(always)]
     pub fn offer_deferred(
         self: &Arc<Self>,
         frame: Frame,
@@ -311,6 +315,7 @@ impl Outbox {
     }
 
     /// Offers without waking the writer; `true` when it needs a wake-up.
+    #[inline(always)]
     fn offer_quiet(&self, frame: Frame, sub: &Arc<SubQueue>, evict: bool) -> (Offer, bool) {
         let mut st = lock(&self.state);
         if st.closed {
@@ -500,6 +505,7 @@ impl std::fmt::Debug for OutboxReceiver {
 
 impl OutboxReceiver {
     /// Takes the next frame without waiting.
+    #[inline(always)]
     pub fn try_recv(&mut self) -> Option<Frame> {
         if self.local.is_empty() {
             let o = &self.outbox;

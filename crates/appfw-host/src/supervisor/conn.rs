@@ -472,6 +472,7 @@ impl Reader {
     }
 
     /// Handles a frame if that needs no waiting; hands it back otherwise.
+    #[inline(always)]
     fn handle_now(&self, frame: Frame, last_pong: &mut Instant, wakes: &mut Wakes) -> Option<Slow> {
         self.peer_seq.store(frame.header.seq, Ordering::Relaxed);
         match frame.frame_type() {
@@ -532,7 +533,7 @@ impl Reader {
                     let mut reply = Frame::new(FrameType::Reply, Bytes::new());
                     reply.header.request_id = receipt;
                     reply.header.sender = appfw_proto::Str::from_static(crate::bus::HOST_SENDER);
-                    reply.header.error = result.err();
+                    reply.header.error = result.err().map(Box::new);
                     self.send(reply).await;
                 } else {
                     self.publish_refused(result);
@@ -567,7 +568,7 @@ impl Reader {
                 let mut reply = Frame::new(FrameType::Reply, Bytes::new());
                 reply.header.request_id = id;
                 reply.header.sender = appfw_proto::Str::from_static(crate::bus::HOST_SENDER);
-                reply.header.error = result.err();
+                reply.header.error = result.err().map(Box::new);
                 self.send(reply).await;
             }
             FrameType::Ping => {
