@@ -7,6 +7,7 @@
 //! exception: their traffic waits in a bounded queue behind a lock (see [`demand`]).
 
 mod demand;
+mod io;
 pub mod outbox;
 mod topic;
 
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use demand::{Demand, DemandStatus};
+pub use io::IoThread;
 pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, SendError, SubQueue, Wakes};
 pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};
 
@@ -245,6 +247,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Wakes the expiry task when a request's deadline is earlier than every pending one.
     earlier_deadline: tokio::sync::Notify,
+    /// The runtime of the connections' tasks ([`IoThread`]); `None`: the caller's.
+    io: Option<tokio::runtime::Handle>,
 }
 
 /// The sender of what the host originates.
@@ -274,6 +278,15 @@ fn error(kind: ErrorKind, code: &str, message: impl Into<String>) -> pb::Error {
 impl Bus {
     /// A bus whose requests without a deadline get `default_timeout`.
     pub fn new(default_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self::with_io(default_timeout, metrics, None)
+    }
+
+    /// A bus whose connections' tasks run on `io` (the [`IoThread`]'s runtime).
+    pub fn with_io(
+        default_timeout: Duration,
+        metrics: Arc<Metrics>,
+        io: Option<tokio::runtime::Handle>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(Table::default()),
@@ -287,8 +300,14 @@ impl Bus {
                 stats: BusStats::default(),
                 metrics,
                 earlier_deadline: tokio::sync::Notify::new(),
+                io,
             }),
         }
+    }
+
+    /// The runtime connections' tasks run on, if not the caller's.
+    pub fn io_handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.inner.io.as_ref()
     }
 
     /// Changes the deadline given to requests that carry none (a config reload).

@@ -181,6 +181,9 @@ pub fn start(
     parent: &CancellationToken,
 ) -> std::io::Result<ConnHandle> {
     socket.set_nonblocking(true)?;
+    // The socket and both tasks belong to the bus's I/O runtime when it has one (see
+    // `bus::IoThread`): registered with its reactor, spawned onto it. Dropped before returning.
+    let _io = bus.io_handle().map(tokio::runtime::Handle::enter);
     let stream = UnixStream::from_std(socket)?;
     let (read_half, mut write_half) = stream.into_split();
     let (tx, mut rx) = crate::bus::outbox::outbox();
@@ -265,6 +268,9 @@ enum Slow {
 /// How a connection ended, reported once.
 enum End {
     Event(ConnEvent),
+    /// Told the owner task already (before the last frame to the plugin, see
+    /// [`Reader::report_first`]).
+    Reported,
     Cancelled,
 }
 
@@ -274,12 +280,25 @@ impl Reader {
             end = self.serve(frames) => end,
             () = self.cancel.cancelled() => End::Cancelled,
         };
-        if let End::Event(ev) = end {
-            // Stop the writer too; a protocol error frame queued before this still goes out
-            // because the writer drains its queue when cancelled.
-            self.cancel.cancel();
-            let _ = self.events.send(ev).await;
+        match end {
+            End::Event(ev) => {
+                // Stop the writer too; a protocol error frame queued before this still goes out
+                // because the writer drains its queue when cancelled.
+                self.cancel.cancel();
+                let _ = self.events.send(ev).await;
+            }
+            End::Reported => self.cancel.cancel(),
+            End::Cancelled => {}
         }
+    }
+
+    /// Tells the owner task why the connection ends, then queues `last` (PROTOCOL_ERROR,
+    /// REFUSE) for the plugin. In that order: a plugin that exits as soon as it reads the frame
+    /// must not have its exit seen before the reason.
+    async fn report_first(&self, ev: ConnEvent, last: Frame) -> End {
+        let _ = self.events.send(ev).await;
+        self.send(last).await;
+        End::Reported
     }
 
     async fn send(&self, frame: Frame) {
@@ -294,9 +313,9 @@ impl Reader {
             code: code.to_string(),
             message: message.clone(),
         };
-        self.send(Frame::control(FrameType::ProtocolError, &err))
-            .await;
-        End::Event(ConnEvent::Fault { code, message })
+        let last = Frame::control(FrameType::ProtocolError, &err);
+        self.report_first(ConnEvent::Fault { code, message }, last)
+            .await
     }
 
     async fn frame_error(&self, e: FrameError) -> End {
@@ -355,8 +374,8 @@ impl Reader {
                 plugin_min_version: hello.min_version,
                 plugin_max_version: hello.max_version,
             };
-            self.send(Frame::control(FrameType::Refuse, &refuse)).await;
-            return Err(End::Event(ConnEvent::Refused { reason }));
+            let last = Frame::control(FrameType::Refuse, &refuse);
+            return Err(self.report_first(ConnEvent::Refused { reason }, last).await);
         };
         let capabilities: Vec<String> = hello
             .capabilities
