@@ -172,10 +172,29 @@ where
         return Ok(());
     };
     buf[start..start + 4].copy_from_slice(&total32.to_be_bytes());
-    sock.write_all(buf).await?;
+    write_both(sock, buf, &frame.payload).await?;
     buf.clear();
-    sock.write_all(&frame.payload).await?;
     seq.next += 1;
+    Ok(())
+}
+
+/// Writes `a` then `b` with as few (vectored) writes as the socket allows: usually one.
+/// By hand because `write_all_vectored` is not stable in std nor offered by tokio.
+async fn write_both<W: AsyncWrite + Unpin>(
+    sock: &mut W,
+    a: &[u8],
+    b: &[u8],
+) -> std::io::Result<()> {
+    let mut bufs = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
+    let mut slices: &mut [std::io::IoSlice<'_>] = &mut bufs;
+    while !slices.is_empty() {
+        match sock.write_vectored(slices).await {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 

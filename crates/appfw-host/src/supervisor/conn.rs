@@ -23,6 +23,15 @@ use crate::bus::{Bus, Link, Wakes};
 
 /// Room left in the read buffer below which the reader makes new room before reading.
 const MIN_READ: usize = 4 * 1024;
+
+/// Bytes still missing of the partly read frame at the start of `buf` (0: none or unknown).
+fn partial_rest(buf: &[u8]) -> usize {
+    match buf.first_chunk::<{ appfw_proto::LENGTH_PREFIX_LEN }>() {
+        Some(prefix) => (appfw_proto::LENGTH_PREFIX_LEN + u32::from_be_bytes(*prefix) as usize)
+            .saturating_sub(buf.len()),
+        None => 0,
+    }
+}
 /// The reader's buffer: a read takes up to this much, so a burst of small frames costs few
 /// syscalls.
 const READ_BUFFER: usize = 64 * 1024;
@@ -432,9 +441,14 @@ impl Reader {
         let mut nonce = 0u64;
         let mut wakes = Wakes::new();
         loop {
-            if buf.capacity() - buf.len() < MIN_READ {
-                // A fresh buffer once the frames queued elsewhere still hold the old one.
-                buf.reserve(READ_BUFFER);
+            // Room for the rest of a partly read frame and a buffer's worth after it, so large
+            // frames come in a few big reads rather than one frame at a time; a fresh buffer
+            // once the frames queued elsewhere still hold the old one.
+            // (Capped: a prefix beyond the maximum is refused by the codec, never reserved.)
+            let rest = partial_rest(&buf).min(codec.max_frame_size());
+            let spare = buf.capacity() - buf.len();
+            if spare < MIN_READ || spare < rest {
+                buf.reserve(rest + READ_BUFFER);
             }
             tokio::select! {
                 _ = ping.tick() => {
