@@ -43,6 +43,13 @@ pub trait FrameSource {
     fn next_frame(&mut self) -> impl std::future::Future<Output = Option<Frame>> + Send;
     /// The next frame if one is queued.
     fn try_next_frame(&mut self) -> Option<Frame>;
+    /// Lends queued frames to `f` where they lie, in order, while it takes them (returns
+    /// `true`), and drops those; how many it took. A source that cannot lend frames takes none,
+    /// and the writer goes on with [`FrameSource::try_next_frame`].
+    fn take_in_place(&mut self, f: &mut dyn FnMut(&mut Frame) -> bool) -> usize {
+        let _ = f;
+        0
+    }
 }
 
 impl FrameSource for mpsc::Receiver<Frame> {
@@ -101,6 +108,17 @@ where
             {
                 return WriterEnd::Io(e);
             }
+            if buf.len() >= WRITE_BATCH_BYTES {
+                break;
+            }
+            // The small frames queued behind it are encoded where they lie.
+            rx.take_in_place(&mut |f| {
+                if f.payload.len() >= DIRECT_PAYLOAD || buf.len() >= WRITE_BATCH_BYTES {
+                    return false;
+                }
+                put_small(&mut buf, f, seq, max_frame, &mut on_drop);
+                true
+            });
             if buf.len() >= WRITE_BATCH_BYTES {
                 break;
             }

@@ -507,11 +507,37 @@ impl OutboxReceiver {
     /// Takes the next frame without waiting.
     #[inline(always)]
     pub fn try_recv(&mut self) -> Option<Frame> {
-        if self.local.is_empty() {
+        if self.local.is_empty() && !self.refill() {
+            return None;
+        }
+        self.local.pop_front().map(|q| q.frame)
+    }
+
+    /// Lends the queued frames to `f` where they lie, in order, while it takes them, and drops
+    /// the ones it took: the writer encodes a batch without moving each frame out of the queue.
+    pub fn take_in_place(&mut self, f: &mut dyn FnMut(&mut Frame) -> bool) -> usize {
+        if self.local.is_empty() && !self.refill() {
+            return 0;
+        }
+        let mut taken = 0;
+        for q in &mut self.local {
+            if !f(&mut q.frame) {
+                break;
+            }
+            taken += 1;
+        }
+        self.local.drain(..taken);
+        taken
+    }
+
+    /// Swaps the outbox's queue in (`local` is empty); `false` if there was nothing.
+    #[inline(always)]
+    fn refill(&mut self) -> bool {
+        {
             let o = &self.outbox;
             let mut st = lock(&o.state);
             if st.q.is_empty() {
-                return None;
+                return false;
             }
             std::mem::swap(&mut st.q, &mut self.local);
             // One subtraction per run of frames of the same subscription (usually the whole
@@ -537,7 +563,7 @@ impl OutboxReceiver {
                 o.space.notify_waiters();
             }
         }
-        self.local.pop_front().map(|q| q.frame)
+        true
     }
 
     /// Waits for the next frame. Never ends on its own: the writer stops on cancellation.
@@ -559,6 +585,10 @@ impl FrameSource for OutboxReceiver {
 
     fn try_next_frame(&mut self) -> Option<Frame> {
         self.try_recv()
+    }
+
+    fn take_in_place(&mut self, f: &mut dyn FnMut(&mut Frame) -> bool) -> usize {
+        OutboxReceiver::take_in_place(self, f)
     }
 }
 
