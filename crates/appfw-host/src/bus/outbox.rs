@@ -533,35 +533,33 @@ impl OutboxReceiver {
     /// Swaps the outbox's queue in (`local` is empty); `false` if there was nothing.
     #[inline(always)]
     fn refill(&mut self) -> bool {
-        {
-            let o = &self.outbox;
-            let mut st = lock(&o.state);
-            if st.q.is_empty() {
-                return false;
-            }
-            std::mem::swap(&mut st.q, &mut self.local);
-            // One subtraction per run of frames of the same subscription (usually the whole
-            // batch), not two atomics per frame.
-            let mut run: Option<(&Arc<SubQueue>, usize)> = None;
-            for s in self.local.iter().filter_map(|item| item.sub.as_ref()) {
-                match &mut run {
-                    Some((r, n)) if Arc::ptr_eq(r, s) => *n += 1,
-                    _ => {
-                        if let Some((r, n)) = run.replace((s, 1)) {
-                            r.release(n);
-                        }
+        let o = &self.outbox;
+        let mut st = lock(&o.state);
+        if st.q.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut st.q, &mut self.local);
+        // One subtraction per run of frames of the same subscription (usually the whole
+        // batch), not two atomics per frame.
+        let mut run: Option<(&Arc<SubQueue>, usize)> = None;
+        for s in self.local.iter().filter_map(|item| item.sub.as_ref()) {
+            match &mut run {
+                Some((r, n)) if Arc::ptr_eq(r, s) => *n += 1,
+                _ => {
+                    if let Some((r, n)) = run.replace((s, 1)) {
+                        r.release(n);
                     }
                 }
             }
-            if let Some((r, n)) = run {
-                r.release(n);
-            }
-            st.sub_frames = 0;
-            st.sub_bytes = 0;
-            drop(st);
-            if o.waiting.load(Ordering::SeqCst) > 0 {
-                o.space.notify_waiters();
-            }
+        }
+        if let Some((r, n)) = run {
+            r.release(n);
+        }
+        st.sub_frames = 0;
+        st.sub_bytes = 0;
+        drop(st);
+        if o.waiting.load(Ordering::SeqCst) > 0 {
+            o.space.notify_waiters();
         }
         true
     }
@@ -691,6 +689,49 @@ mod tests {
         assert_eq!(rx.recv().await.map(|f| f.payload), Some(Bytes::from("0")));
         assert!(waiter.await.unwrap());
         assert_eq!(drain(&mut rx), ["2"]);
+    }
+
+    #[test]
+    fn a_deferred_offer_wakes_the_writer_only_when_the_batch_is_done() {
+        use futures_util::FutureExt;
+        let (o, mut rx) = outbox_with(100, 1 << 20);
+        let a = sub(Overflow::Block, 10);
+        let mut wakes = Wakes::new();
+        {
+            let recv = rx.recv();
+            tokio::pin!(recv);
+            assert!(recv.as_mut().now_or_never().is_none(), "nothing queued yet");
+            assert!(matches!(
+                o.offer_deferred(msg(1), &a, true, &mut wakes),
+                Offer::Queued
+            ));
+            assert!(matches!(
+                o.offer_deferred(msg(2), &a, true, &mut wakes),
+                Offer::Queued
+            ));
+            assert!(
+                recv.as_mut().now_or_never().is_none(),
+                "the writer sleeps until the batch is routed"
+            );
+            wakes.wake_all();
+            let got = recv.as_mut().now_or_never().flatten().map(|f| f.payload);
+            assert_eq!(got, Some(Bytes::from("1")));
+        }
+        assert_eq!(drain(&mut rx), ["2"]);
+        // A dropped batch wakes its writers too.
+        {
+            let recv = rx.recv();
+            tokio::pin!(recv);
+            assert!(recv.as_mut().now_or_never().is_none());
+            let mut wakes = Wakes::new();
+            assert!(matches!(
+                o.offer_deferred(msg(3), &a, true, &mut wakes),
+                Offer::Queued
+            ));
+            drop(wakes);
+            let got = recv.as_mut().now_or_never().flatten().map(|f| f.payload);
+            assert_eq!(got, Some(Bytes::from("3")));
+        }
     }
 
     #[tokio::test]
