@@ -4,6 +4,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/appfw/v1/appfw.proto";
     println!("cargo:rerun-if-changed={proto}");
     let fds = protox::compile([proto], ["proto"])?;
-    prost_build::Config::new().bytes(["."]).compile_fds(fds)?;
+    // `Header` is written by hand (src/header.rs): its strings are slices of the read buffer.
+    prost_build::Config::new()
+        .bytes(["."])
+        .extern_path(".appfw.v1.Header", "crate::Header")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -71,6 +71,7 @@ pub struct Host {
     reload: ReloadHandle,
     store: Arc<crate::store::Store>,
     spawner: Option<(Spawner, crate::supervisor::process::SpawnerThreads)>,
+    bus_io: Option<crate::bus::IoThread>,
     cgroups: Option<Arc<crate::resources::CgroupRoot>>,
     logs: Arc<crate::logs::Logs>,
     indexer: Option<crate::store::logs::Indexer>,
@@ -137,7 +138,15 @@ impl Host {
         let metrics = Arc::new(crate::metrics::Metrics::new(
             config.metrics.max_series_per_plugin,
         ));
-        let bus = Bus::new(config.supervisor.request_timeout, Arc::clone(&metrics));
+        let bus_io = crate::bus::IoThread::start().map_err(|source| HostError::Io {
+            what: "cannot start the bus I/O thread",
+            source,
+        })?;
+        let bus = Bus::with_io(
+            config.supervisor.request_timeout,
+            Arc::clone(&metrics),
+            Some(bus_io.handle().clone()),
+        );
         let (restarted_tx, mut restarted_rx) = tokio::sync::mpsc::channel::<(Arc<str>, bool)>(256);
         tasks.spawn(bus.clone().run_expiry(cancel.child_token()));
 
@@ -332,6 +341,7 @@ impl Host {
             reload,
             store,
             spawner: Some((spawner, spawner_thread)),
+            bus_io: Some(bus_io),
             cgroups,
             logs,
             indexer: Some(indexer),
@@ -375,6 +385,16 @@ impl Host {
         );
         let timeout = self.reload.state().current().supervisor.shutdown_timeout;
         let forced = self.supervisor.shutdown(timeout).await;
+        // Every connection is closed and its tasks joined: the bus's I/O thread can go.
+        if let Some(io) = self.bus_io.take() {
+            let join = tokio::task::spawn_blocking(move || io.stop().join());
+            if tokio::time::timeout(std::time::Duration::from_secs(5), join)
+                .await
+                .is_err()
+            {
+                tracing::error!("the bus I/O thread did not end within 5 s; exiting without it");
+            }
+        }
         self.events.emit(None, EventKind::HostStopped { forced });
         self.cancel.cancel();
         self.tasks.close();

@@ -132,14 +132,14 @@ pub fn encode_frame(
     // Both casts were range-checked above.
     dst.put_u32(frame_len as u32);
     dst.put_u16(header_len as u16);
-    header
-        .encode(dst)
-        .map_err(|_| FrameError::HeaderTooLarge(header_len))?;
+    // Room was reserved above: the header goes in without measuring it again.
+    header.encode_raw(dst);
     dst.put_slice(payload);
     Ok(())
 }
 
 /// Decodes a frame body (everything after the length prefix). The payload shares `body`'s memory.
+#[inline]
 pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
     let frame_len = body.len();
     if frame_len < HEADER_LEN_LEN {
@@ -190,6 +190,7 @@ impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = FrameError;
 
+    #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         if src.len() < LENGTH_PREFIX_LEN {
             return Ok(None);
@@ -259,15 +260,17 @@ mod tests {
                 r#type: ty,
                 seq,
                 ack,
-                sender,
-                topic,
+                sender: sender.into(),
+                topic: topic.into(),
                 request_id: rid,
                 deadline_unix_ms: dl,
-                traceparent: tp,
-                error: err.map(|(kind, code, message)| pb::Error {
-                    kind,
-                    code,
-                    message,
+                traceparent: tp.into(),
+                error: err.map(|(kind, code, message)| {
+                    Box::new(pb::Error {
+                        kind,
+                        code,
+                        message,
+                    })
                 }),
                 ..Header::default()
             })

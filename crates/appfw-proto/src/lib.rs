@@ -11,15 +11,18 @@
 //! (and fuzzers) can use it.
 
 mod frame;
+mod header;
 pub mod trace;
 pub mod writer;
 
 pub use frame::{Frame, FrameCodec, FrameError, decode_body, encode_frame};
+pub use header::{Header, Str};
 
 /// Generated protobuf types of `proto/appfw/v1/appfw.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/appfw.v1.rs"));
+    pub use crate::header::Header;
 }
 
 /// Lowest protocol version this crate speaks.

@@ -43,6 +43,13 @@ pub trait FrameSource {
     fn next_frame(&mut self) -> impl std::future::Future<Output = Option<Frame>> + Send;
     /// The next frame if one is queued.
     fn try_next_frame(&mut self) -> Option<Frame>;
+    /// Lends queued frames to `f` where they lie, in order, while it takes them (returns
+    /// `true`), and drops those; how many it took. A source that cannot lend frames takes none,
+    /// and the writer goes on with [`FrameSource::try_next_frame`].
+    fn take_in_place(&mut self, f: &mut dyn FnMut(&mut Frame) -> bool) -> usize {
+        let _ = f;
+        0
+    }
 }
 
 impl FrameSource for mpsc::Receiver<Frame> {
@@ -92,9 +99,26 @@ where
             return WriterEnd::Finished;
         };
         loop {
-            if let Err(e) = put(sock, &mut buf, &mut frame, seq, max_frame, &mut on_drop).await {
+            // A small payload is only encoded (no future built per frame); a large one is
+            // written from its own memory.
+            if frame.payload.len() < DIRECT_PAYLOAD {
+                put_small(&mut buf, &mut frame, seq, max_frame, &mut on_drop);
+            } else if let Err(e) =
+                put_direct(sock, &mut buf, &mut frame, seq, max_frame, &mut on_drop).await
+            {
                 return WriterEnd::Io(e);
             }
+            if buf.len() >= WRITE_BATCH_BYTES {
+                break;
+            }
+            // The small frames queued behind it are encoded where they lie.
+            rx.take_in_place(&mut |f| {
+                if f.payload.len() >= DIRECT_PAYLOAD || buf.len() >= WRITE_BATCH_BYTES {
+                    return false;
+                }
+                put_small(&mut buf, f, seq, max_frame, &mut on_drop);
+                true
+            });
             if buf.len() >= WRITE_BATCH_BYTES {
                 break;
             }
@@ -112,8 +136,27 @@ where
     }
 }
 
-/// Appends one frame to the batch; a large payload is written directly after the batch.
-async fn put<W, F>(
+/// Appends one frame with a small payload to the batch.
+fn put_small<F>(
+    buf: &mut BytesMut,
+    frame: &mut Frame,
+    seq: &mut Sequencer,
+    max_frame: usize,
+    on_drop: &mut F,
+) where
+    F: FnMut(&Frame, FrameError),
+{
+    frame.header.seq = seq.next;
+    frame.header.ack = seq.peer_seq.load(Ordering::Relaxed);
+    match encode_frame(&frame.header, &frame.payload, max_frame, buf) {
+        Ok(()) => seq.next += 1,
+        Err(e) => on_drop(frame, e),
+    }
+}
+
+/// Writes the batch with one frame's header at its end, then the frame's large payload from
+/// its own memory.
+async fn put_direct<W, F>(
     sock: &mut W,
     buf: &mut BytesMut,
     frame: &mut Frame,
@@ -127,34 +170,49 @@ where
 {
     frame.header.seq = seq.next;
     frame.header.ack = seq.peer_seq.load(Ordering::Relaxed);
-    let direct = frame.payload.len() >= DIRECT_PAYLOAD;
     let start = buf.len();
-    let body: &[u8] = if direct { &[] } else { &frame.payload };
-    if let Err(e) = encode_frame(&frame.header, body, max_frame, buf) {
+    if let Err(e) = encode_frame(&frame.header, &[], max_frame, buf) {
         on_drop(frame, e);
         return Ok(());
     }
-    if direct {
-        // The prefix was computed without the payload: patch it, then write the payload from
-        // its own memory.
-        let total = buf.len() - start - crate::LENGTH_PREFIX_LEN + frame.payload.len();
-        let Some(total32) = u32::try_from(total).ok().filter(|_| total <= max_frame) else {
-            buf.truncate(start);
-            on_drop(
-                frame,
-                FrameError::TooLarge {
-                    len: total,
-                    max: max_frame,
-                },
-            );
-            return Ok(());
-        };
-        buf[start..start + 4].copy_from_slice(&total32.to_be_bytes());
-        sock.write_all(buf).await?;
-        buf.clear();
-        sock.write_all(&frame.payload).await?;
-    }
+    // The prefix was computed without the payload: patch it, then write the payload from its
+    // own memory.
+    let total = buf.len() - start - crate::LENGTH_PREFIX_LEN + frame.payload.len();
+    let Some(total32) = u32::try_from(total).ok().filter(|_| total <= max_frame) else {
+        buf.truncate(start);
+        on_drop(
+            frame,
+            FrameError::TooLarge {
+                len: total,
+                max: max_frame,
+            },
+        );
+        return Ok(());
+    };
+    buf[start..start + 4].copy_from_slice(&total32.to_be_bytes());
+    write_both(sock, buf, &frame.payload).await?;
+    buf.clear();
     seq.next += 1;
+    Ok(())
+}
+
+/// Writes `a` then `b` with as few (vectored) writes as the socket allows: usually one.
+/// By hand because `write_all_vectored` is not stable in std nor offered by tokio.
+async fn write_both<W: AsyncWrite + Unpin>(
+    sock: &mut W,
+    a: &[u8],
+    b: &[u8],
+) -> std::io::Result<()> {
+    let mut bufs = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
+    let mut slices: &mut [std::io::IoSlice<'_>] = &mut bufs;
+    while !slices.is_empty() {
+        match sock.write_vectored(slices).await {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -175,7 +233,7 @@ mod tests {
         let sizes = [3usize, DIRECT_PAYLOAD + 5, 0, 100_000, 7];
         for (i, n) in sizes.iter().enumerate() {
             let mut f = Frame::new(FrameType::Publish, Bytes::from(vec![i as u8; *n]));
-            f.header.topic = format!("t{i}");
+            f.header.topic = format!("t{i}").into();
             tx.send(f).await.unwrap();
         }
         // One that is too large is skipped, not fatal.

@@ -115,14 +115,14 @@ impl Message {
     fn from_frame(frame: Frame) -> Self {
         let h = frame.header;
         Self {
-            topic: h.topic,
-            sender: h.sender,
+            topic: h.topic.to_string(),
+            sender: h.sender.to_string(),
             payload: frame.payload,
             deadline: (h.deadline_unix_ms > 0)
                 .then(|| UNIX_EPOCH + Duration::from_millis(h.deadline_unix_ms)),
-            traceparent: h.traceparent,
-            tracestate: h.tracestate,
-            content_type: h.content_type,
+            traceparent: h.traceparent.to_string(),
+            tracestate: h.tracestate.to_string(),
+            content_type: h.content_type.to_string(),
             trace: None,
         }
     }
@@ -566,8 +566,8 @@ impl Plugin {
     /// Sets the trace context of an outgoing message or request (see [`TraceContext`]).
     fn stamp_trace(&self, f: &mut Frame) {
         if let Some(t) = TraceContext::for_outgoing(self.inner.new_traces) {
-            f.header.traceparent = t.traceparent();
-            f.header.tracestate = t.tracestate;
+            f.header.traceparent = t.traceparent().into();
+            f.header.tracestate = t.tracestate.into();
         }
     }
 
@@ -585,7 +585,7 @@ impl Plugin {
     /// Publishes `payload` on `topic` to every subscriber.
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), SdkError> {
         let mut f = Frame::new(FrameType::Publish, payload.into());
-        f.header.topic = topic.to_string();
+        f.header.topic = topic.into();
         self.stamp_trace(&mut f);
         self.send(f).await
     }
@@ -599,8 +599,8 @@ impl Plugin {
         content_type: &str,
     ) -> Result<(), SdkError> {
         let mut f = Frame::new(FrameType::Publish, payload);
-        f.header.topic = topic.to_string();
-        f.header.content_type = content_type.to_string();
+        f.header.topic = topic.into();
+        f.header.content_type = content_type.into();
         self.stamp_trace(&mut f);
         self.send(f).await
     }
@@ -622,7 +622,7 @@ impl Plugin {
             ));
         }
         let mut f = Frame::new(FrameType::Publish, payload.into());
-        f.header.topic = topic.to_string();
+        f.header.topic = topic.into();
         f.header.deadline_unix_ms = unix_ms(SystemTime::now() + timeout).max(1);
         self.stamp_trace(&mut f);
         self.call(f, topic, timeout).await.map(|_| ())
@@ -765,7 +765,7 @@ impl Plugin {
         timeout: Duration,
     ) -> Result<Message, RequestError> {
         let mut f = Frame::new(FrameType::Request, payload.into());
-        f.header.topic = topic.to_string();
+        f.header.topic = topic.into();
         f.header.deadline_unix_ms = unix_ms(SystemTime::now() + timeout).max(1);
         self.stamp_trace(&mut f);
         self.call(f, topic, timeout).await
@@ -837,7 +837,7 @@ impl Plugin {
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(id, tx);
         let mut f = Frame::control(ty, msg);
-        f.header.topic = topic.to_string();
+        f.header.topic = topic.into();
         f.header.request_id = id;
         if self.send(f).await.is_err() {
             lock(&self.inner.pending).remove(&id);
@@ -1384,7 +1384,7 @@ async fn reply(inner: &Inner, id: u64, result: Result<Bytes, RequestError>) {
         Ok(payload) => Frame::new(FrameType::Reply, payload),
         Err(e) => {
             let mut f = Frame::new(FrameType::Reply, Bytes::new());
-            f.header.error = Some(e.to_pb());
+            f.header.error = Some(Box::new(e.to_pb()));
             f
         }
     };

@@ -200,11 +200,11 @@ async fn requests_get_replies_and_typed_errors() {
     let req = recv_type(&mut host, FrameType::Request).await;
     let mut rep = Frame::new(FrameType::Reply, Bytes::new());
     rep.header.request_id = req.header.request_id;
-    rep.header.error = Some(pb::Error {
+    rep.header.error = Some(Box::new(pb::Error {
         kind: ErrorKind::Temporary as i32,
         code: "no_responders".into(),
         message: "nobody".into(),
-    });
+    }));
     host.send(rep).await.unwrap();
     let err: RequestError = call.await.unwrap().unwrap_err();
     assert!(err.is_temporary());
@@ -318,11 +318,11 @@ async fn subscribe_options_reach_the_host_and_confirmed_publishes_report_slow_su
     assert!(f.header.deadline_unix_ms > now_unix_ms());
     let mut rep = Frame::new(FrameType::Reply, Bytes::new());
     rep.header.request_id = f.header.request_id;
-    rep.header.error = Some(pb::Error {
+    rep.header.error = Some(Box::new(pb::Error {
         kind: ErrorKind::Temporary as i32,
         code: "slow_subscriber".into(),
         message: "1 subscriber(s) had no room".into(),
-    });
+    }));
     host.send(rep).await.unwrap();
     let err = call.await.unwrap().unwrap_err();
     assert_eq!(err.code, "slow_subscriber");
@@ -396,10 +396,12 @@ async fn answer(host: &mut Host, error: Option<&str>) -> Frame {
     let req = recv_type(host, FrameType::Request).await;
     let mut rep = Frame::new(FrameType::Reply, Bytes::from_static(b"ok"));
     rep.header.request_id = req.header.request_id;
-    rep.header.error = error.map(|code| pb::Error {
-        kind: ErrorKind::Temporary as i32,
-        code: code.into(),
-        message: "try later".into(),
+    rep.header.error = error.map(|code| {
+        Box::new(pb::Error {
+            kind: ErrorKind::Temporary as i32,
+            code: code.into(),
+            message: "try later".into(),
+        })
     });
     host.send(rep).await.unwrap();
     req
@@ -449,11 +451,11 @@ async fn temporary_errors_are_retried_within_the_deadline_and_a_failing_destinat
     let req = recv_type(&mut host, FrameType::Request).await;
     let mut rep = Frame::new(FrameType::Reply, Bytes::new());
     rep.header.request_id = req.header.request_id;
-    rep.header.error = Some(pb::Error {
+    rep.header.error = Some(Box::new(pb::Error {
         kind: ErrorKind::Permanent as i32,
         code: "bad_request".into(),
         message: "no".into(),
-    });
+    }));
     host.send(rep).await.unwrap();
     assert_eq!(call.await.unwrap().unwrap_err().code, "bad_request");
 

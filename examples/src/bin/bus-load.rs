@@ -285,12 +285,11 @@ fn rr_server() {
         match frame_type(body) {
             9 => {
                 let h = header(body);
-                let mut reply = pb::Header {
+                let reply = pb::Header {
                     r#type: FrameType::Reply as i32,
                     request_id: h.request_id,
                     ..Default::default()
                 };
-                reply.content_type.clear();
                 out.clear();
                 encode_frame(&reply, payload(body), MAX_FRAME, &mut out)
                     .unwrap_or_else(|e| die(e.to_string()));

@@ -349,7 +349,7 @@ impl Bus {
 
     /// A PUBLISH for a demand that was not live when routing began.
     pub(super) fn demand_publish(&self, d: &Demand, frame: &Frame) {
-        let topic = frame.header.topic.as_str();
+        let topic: &str = &frame.header.topic;
         let mut st = d.lock();
         // Delivered at once only to the adopted connection: a stopping process gets nothing new.
         if let (Mode::Starting | Mode::Live, Some(conn)) = (&st.mode, st.conn) {
@@ -498,7 +498,7 @@ impl Bus {
             }
         };
         if let Some(e) = refused {
-            self.reply_error_now(from, origin_id, "$host", e);
+            self.reply_error_now(from, origin_id, super::HOST_SENDER, e);
         }
     }
 

@@ -7,6 +7,7 @@
 //! exception: their traffic waits in a bounded queue behind a lock (see [`demand`]).
 
 mod demand;
+mod io;
 pub mod outbox;
 mod topic;
 
@@ -17,13 +18,14 @@ use std::time::Duration;
 
 use appfw_proto::pb::{self, ErrorKind, FrameType, SubscriptionKind};
 use appfw_proto::trace::{TraceParent, valid_tracestate};
-use appfw_proto::{Frame, now_unix_ms};
+use appfw_proto::{Frame, Str, now_unix_ms};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use demand::{Demand, DemandStatus};
-pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, SendError, SubQueue};
+pub use io::IoThread;
+pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, SendError, SubQueue, Wakes};
 pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};
 
 use crate::metrics::{Metrics, SubscriberKey, TopicStat};
@@ -45,8 +47,11 @@ const NO_SERVER: u64 = 0;
 /// One plugin connection as the bus sees it.
 #[derive(Debug)]
 pub struct Link {
-    /// The plugin (instance) name, stamped as sender.
+    /// The plugin (instance) name.
     pub plugin: Arc<str>,
+    /// The same name as stamped in the `sender` of what it sends: made once, shared by every
+    /// frame (a reference count, not an allocation, per message).
+    pub sender: Str,
     /// Unique per connection, so a restarted plugin's new connection is a different link.
     pub conn_id: u64,
     /// Frames to write to the plugin.
@@ -60,6 +65,7 @@ impl Link {
     /// The bus endpoint of a connection.
     pub fn new(plugin: Arc<str>, conn_id: u64, outbox: Arc<Outbox>) -> Self {
         Self {
+            sender: Str::from(&*plugin),
             plugin,
             conn_id,
             outbox,
@@ -125,11 +131,11 @@ fn sanitize_trace(plugin: &str, h: &mut pb::Header) {
         if !h.traceparent.is_empty() {
             tracing::debug!(plugin, traceparent = %h.traceparent, "malformed traceparent dropped");
         }
-        h.traceparent.clear();
-        h.tracestate.clear();
+        h.traceparent = Str::new();
+        h.tracestate = Str::new();
     } else if !valid_tracestate(&h.tracestate) {
         tracing::debug!(plugin, "malformed tracestate dropped");
-        h.tracestate.clear();
+        h.tracestate = Str::new();
     }
 }
 
@@ -139,6 +145,75 @@ fn instant_of(deadline_unix_ms: u64) -> Option<tokio::time::Instant> {
         let left = deadline_unix_ms.saturating_sub(now_unix_ms());
         tokio::time::Instant::now() + Duration::from_millis(left)
     })
+}
+
+/// The subscriptions one message goes to, as indices into its table snapshot: up to 8 without
+/// an allocation.
+#[derive(Default)]
+struct Targets {
+    inline: [usize; 8],
+    spill: Vec<usize>,
+    count: usize,
+}
+
+impl Targets {
+    fn push(&mut self, i: usize) {
+        match self.inline.get_mut(self.count) {
+            Some(slot) => *slot = i,
+            None => self.spill.push(i),
+        }
+        self.count += 1;
+    }
+
+    fn get(&self, n: usize) -> usize {
+        match self.inline.get(n) {
+            Some(&i) => i,
+            None => self.spill[n - self.inline.len()],
+        }
+    }
+}
+
+/// A publish stopped at a `block` subscriber without room, to be finished by
+/// [`Bus::publish_wait`].
+pub struct Blocked {
+    table: Arc<Table>,
+    targets: Targets,
+    /// The target it stopped at, and its copy of the message.
+    next: usize,
+    out: Frame,
+    /// The message for the targets after it.
+    rest: Frame,
+    deadline: Option<tokio::time::Instant>,
+    topic_stat: Arc<TopicStat>,
+}
+
+impl std::fmt::Debug for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocked")
+            .field("next", &self.next)
+            .field("targets", &self.targets.count)
+            .finish()
+    }
+}
+
+/// The copy of `frame` for `target`, stamped with the sender and the subscription; the last
+/// target takes `frame` itself (a header copy only bumps reference counts anyway).
+#[inline(always)]
+fn copy_for(from: &Link, target: &Sub, frame: &mut Frame, last: bool) -> Frame {
+    let mut out = if last {
+        std::mem::take(frame)
+    } else {
+        Frame {
+            header: frame.header.clone(),
+            payload: frame.payload.clone(),
+        }
+    };
+    out.header.sender = from.sender.clone();
+    out.header.subscription_id = target.id;
+    if let Some((_, d)) = &target.demand {
+        d.touch();
+    }
+    out
 }
 
 /// Counters of the bus.
@@ -172,6 +247,20 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Wakes the expiry task when a request's deadline is earlier than every pending one.
     earlier_deadline: tokio::sync::Notify,
+    /// The runtime of the connections' tasks ([`IoThread`]); `None`: the caller's.
+    io: Option<tokio::runtime::Handle>,
+}
+
+/// The sender of what the host originates.
+pub const HOST_SENDER: &str = "$host";
+
+/// `sender` as a header string; `$host` without an allocation.
+pub fn sender_str(sender: &str) -> Str {
+    if sender == HOST_SENDER {
+        Str::from_static(HOST_SENDER)
+    } else {
+        Str::from(sender)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -189,6 +278,15 @@ fn error(kind: ErrorKind, code: &str, message: impl Into<String>) -> pb::Error {
 impl Bus {
     /// A bus whose requests without a deadline get `default_timeout`.
     pub fn new(default_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self::with_io(default_timeout, metrics, None)
+    }
+
+    /// A bus whose connections' tasks run on `io` (the [`IoThread`]'s runtime).
+    pub fn with_io(
+        default_timeout: Duration,
+        metrics: Arc<Metrics>,
+        io: Option<tokio::runtime::Handle>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(Table::default()),
@@ -202,8 +300,14 @@ impl Bus {
                 stats: BusStats::default(),
                 metrics,
                 earlier_deadline: tokio::sync::Notify::new(),
+                io,
             }),
         }
+    }
+
+    /// The runtime connections' tasks run on, if not the caller's.
+    pub fn io_handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.inner.io.as_ref()
     }
 
     /// Changes the deadline given to requests that carry none (a config reload).
@@ -379,9 +483,40 @@ impl Bus {
     /// Delivers a PUBLISH from `from` to every matching subscriber, each by its overflow
     /// policy. `Err` is an invalid topic, or `slow_subscriber` when a `block` subscriber had no
     /// room before its block timeout or the PUBLISH's deadline (the others got the message).
-    pub async fn publish(&self, from: &Link, mut frame: Frame) -> Result<(), pb::Error> {
-        validate_topic(&frame.header.topic)
-            .map_err(|m| error(ErrorKind::Permanent, "invalid_topic", m))?;
+    pub async fn publish(&self, from: &Link, frame: Frame) -> Result<(), pb::Error> {
+        self.publish_batched(from, frame, &mut Wakes::new()).await
+    }
+
+    /// [`Bus::publish`] for a connection's reader routing a batch of frames: the subscribers'
+    /// writers it fills are woken through `wakes`, by the caller once the batch is routed.
+    pub async fn publish_batched(
+        &self,
+        from: &Link,
+        frame: Frame,
+        wakes: &mut Wakes,
+    ) -> Result<(), pb::Error> {
+        match self.publish_now(from, frame, wakes) {
+            Ok(result) => result,
+            Err(blocked) => self.publish_wait(from, blocked, wakes).await,
+        }
+    }
+
+    /// Publishes without waiting: the whole of [`Bus::publish_batched`] unless a `block`
+    /// subscriber's queue is full, in which case the copies before it are delivered and the
+    /// rest is handed back, to be finished by [`Bus::publish_wait`]. A reader routes its
+    /// frames through this, so the common case builds no future per message.
+    // The large `Err` is the rare path, returned in place; boxing it would allocate whenever a
+    // publisher has to wait.
+    #[allow(clippy::result_large_err)]
+    pub fn publish_now(
+        &self,
+        from: &Link,
+        mut frame: Frame,
+        wakes: &mut Wakes,
+    ) -> Result<Result<(), pb::Error>, Blocked> {
+        if let Err(m) = validate_topic(&frame.header.topic) {
+            return Ok(Err(error(ErrorKind::Permanent, "invalid_topic", m)));
+        }
         sanitize_trace(&from.plugin, &mut frame.header);
         let len = frame.payload.len() as u64;
         let topic_stat = self.inner.metrics.with_topic(&frame.header.topic, |t| {
@@ -389,9 +524,6 @@ impl Bus {
             t.bytes.fetch_add(len, Ordering::Relaxed);
             Arc::clone(t)
         });
-        let deadline = instant_of(frame.header.deadline_unix_ms);
-        let mut late = 0usize;
-        let mut first_late: Option<(Arc<str>, u64)> = None;
         let table = self.inner.table.load_full();
         // On-demand plugins not live yet take the message through their queue; whether each is
         // live is read once, so a plugin turning live meanwhile gets it exactly once.
@@ -408,7 +540,7 @@ impl Bus {
                 header: frame.header.clone(),
                 payload: frame.payload.clone(),
             };
-            stamped.header.sender = from.plugin.to_string();
+            stamped.header.sender = from.sender.clone();
             stamped.header.request_id = 0;
             for (i, d) in table.demands.iter().enumerate() {
                 if !d.is_live() {
@@ -423,9 +555,7 @@ impl Bus {
         };
         // Targets first, so the last one can take the frame itself instead of a copy (1 -> 1,
         // the common case, copies no header). Up to 8 on the stack.
-        let mut inline: [Option<&Arc<Sub>>; 8] = [None; 8];
-        let mut spill: Vec<&Arc<Sub>> = Vec::new();
-        let mut count = 0usize;
+        let mut targets = Targets::default();
         let mut groups_done: Vec<&str> = Vec::new();
         for (i, sub) in table.subs.iter().enumerate() {
             if sub.kind != SubscriptionKind::Events
@@ -435,7 +565,7 @@ impl Bus {
                 continue;
             }
             let target = match &sub.group {
-                None => sub,
+                None => i,
                 Some(g) => {
                     if groups_done.contains(&&**g) {
                         continue;
@@ -444,34 +574,70 @@ impl Bus {
                     self.pick_group_member(&table, i, g, &frame.header.topic, &skip)
                 }
             };
-            match inline.get_mut(count) {
-                Some(slot) => *slot = Some(target),
-                None => spill.push(target),
-            }
-            count += 1;
+            targets.push(target);
         }
-        let sender: &str = &from.plugin;
+        drop(groups_done);
         frame.header.request_id = 0;
-        for i in 0..count {
-            let target = match inline.get(i) {
-                Some(t) => t.unwrap_or_else(|| unreachable!("filled above")),
-                None => spill[i - inline.len()],
-            };
-            if let Some((_, d)) = &target.demand {
-                d.touch();
-            }
-            let mut out = if i + 1 == count {
-                std::mem::take(&mut frame)
-            } else {
-                Frame {
-                    header: frame.header.clone(),
-                    payload: frame.payload.clone(),
+        for i in 0..targets.count {
+            let target = &table.subs[targets.get(i)];
+            let out = copy_for(from, target, &mut frame, i + 1 == targets.count);
+            match target
+                .link
+                .outbox
+                .offer_deferred(out, &target.queue, true, wakes)
+            {
+                Offer::Full(out) => {
+                    return Err(Blocked {
+                        deadline: instant_of(frame.header.deadline_unix_ms),
+                        table,
+                        targets,
+                        next: i,
+                        out,
+                        rest: frame,
+                        topic_stat,
+                    });
                 }
+                outcome => {
+                    if let Delivered::Dropped = self.account(target, outcome) {
+                        topic_stat.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Finishes a publish [`Bus::publish_now`] handed back: waits for the full `block`
+    /// subscriber's room (up to its block timeout or the publish's deadline), then delivers to
+    /// the remaining subscribers, waiting likewise for each full one.
+    pub async fn publish_wait(
+        &self,
+        from: &Link,
+        blocked: Blocked,
+        wakes: &mut Wakes,
+    ) -> Result<(), pb::Error> {
+        let Blocked {
+            table,
+            targets,
+            next,
+            out,
+            mut rest,
+            deadline,
+            topic_stat,
+        } = blocked;
+        let mut late = 0usize;
+        let mut first_late: Option<(Arc<str>, u64)> = None;
+        let mut blocked_out = Some(out);
+        for i in next..targets.count {
+            let target = &table.subs[targets.get(i)];
+            let out = match blocked_out.take() {
+                Some(out) => out,
+                None => copy_for(from, target, &mut rest, i + 1 == targets.count),
             };
-            out.header.sender.clear();
-            out.header.sender.push_str(sender);
-            out.header.subscription_id = target.id;
-            match self.deliver_to(from, target, out, true, deadline).await {
+            match self
+                .deliver_to(from, target, out, true, deadline, wakes)
+                .await
+            {
                 Delivered::Yes | Delivered::Closed => {}
                 Delivered::Dropped => {
                     topic_stat.dropped.fetch_add(1, Ordering::Relaxed);
@@ -504,11 +670,14 @@ impl Bus {
         frame: Frame,
         evict: bool,
         deadline: Option<tokio::time::Instant>,
+        wakes: &mut Wakes,
     ) -> Delivered {
         let q = &sub.queue;
         let outbox = &sub.link.outbox;
-        let outcome = match outbox.offer(frame, q, evict) {
+        let outcome = match outbox.offer_deferred(frame, q, evict, wakes) {
             Offer::Full(frame) => {
+                // Waiting for a writer to make room: none of them may wait for our wake-up.
+                wakes.wake_all();
                 let started = tokio::time::Instant::now();
                 let mut until = started + q.block_timeout;
                 if let Some(d) = deadline {
@@ -521,6 +690,13 @@ impl Bus {
             }
             other => other,
         };
+        self.account(sub, outcome)
+    }
+
+    /// Counts what became of a copy offered to `sub` (an [`Offer::Full`] here is final: the
+    /// wait is over).
+    fn account(&self, sub: &Sub, outcome: Offer) -> Delivered {
+        let q = &sub.queue;
         let stats = &self.inner.stats;
         let delivered = || {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -564,14 +740,14 @@ impl Bus {
         }
     }
 
-    fn pick_group_member<'a>(
+    fn pick_group_member(
         &self,
-        table: &'a Table,
+        table: &Table,
         first: usize,
         group: &str,
         topic: &str,
         skip: &dyn Fn(&Sub) -> bool,
-    ) -> &'a Arc<Sub> {
+    ) -> usize {
         // `first` itself is never skipped, so there is at least one member. Two passes over the
         // members (count, then pick) rather than collecting them: no allocation per message.
         let is_member = |s: &&Arc<Sub>| {
@@ -584,9 +760,10 @@ impl Bus {
         let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % members;
         table.subs[first..]
             .iter()
-            .filter(is_member)
+            .enumerate()
+            .filter(|(_, s)| is_member(s))
             .nth(n)
-            .unwrap_or(&table.subs[first])
+            .map_or(first, |(i, _)| first + i)
     }
 
     /// Queues a reply or host error for `link`, waiting up to [`DELIVERY_WAIT`] for room.
@@ -627,8 +804,8 @@ impl Bus {
             .fetch_add(1, Ordering::Relaxed);
         let mut f = Frame::new(FrameType::Reply, Bytes::new());
         f.header.request_id = request_id;
-        f.header.sender = sender.to_string();
-        f.header.error = Some(e);
+        f.header.sender = sender_str(sender);
+        f.header.error = Some(Box::new(e));
         self.try_deliver(to, f);
     }
 
@@ -657,19 +834,29 @@ impl Bus {
             .fetch_add(1, Ordering::Relaxed);
         let mut f = Frame::new(FrameType::Reply, Bytes::new());
         f.header.request_id = request_id;
-        f.header.sender = sender.to_string();
-        f.header.error = Some(e);
+        f.header.sender = sender_str(sender);
+        f.header.error = Some(Box::new(e));
         self.deliver(to, f).await;
     }
 
     /// Routes a REQUEST from `from` to one matching server, or answers it with an error at once.
-    pub async fn request(&self, from: &Arc<Link>, mut frame: Frame) {
+    pub async fn request(&self, from: &Arc<Link>, frame: Frame) {
+        self.request_batched(from, frame, &mut Wakes::new()).await;
+    }
+
+    /// [`Bus::request`] whose server's writer is woken through `wakes` (see
+    /// [`Bus::publish_batched`]).
+    pub async fn request_batched(&self, from: &Arc<Link>, mut frame: Frame, wakes: &mut Wakes) {
         sanitize_trace(&from.plugin, &mut frame.header);
         let origin_id = frame.header.request_id;
-        let topic = &frame.header.topic;
+        // A second reference to the topic's bytes (no copy), so `frame` can move on.
+        let topic_str = frame.header.topic.clone();
+        let topic: &str = &topic_str;
         if let Err(m) = validate_topic(topic) {
             let e = error(ErrorKind::Permanent, "invalid_topic", m);
-            return self.reply_error(from, origin_id, "$host", e).await;
+            // It may wait for room: wake the writers this batch filled first.
+            wakes.wake_all();
+            return self.reply_error(from, origin_id, HOST_SENDER, e).await;
         }
         let now = now_unix_ms();
         let deadline_ms = match frame.header.deadline_unix_ms {
@@ -682,20 +869,20 @@ impl Bus {
                 "deadline_exceeded",
                 "the deadline passed before the request was routed",
             );
-            return self.reply_error(from, origin_id, "$host", e).await;
+            // It may wait for room: wake the writers this batch filled first.
+            wakes.wake_all();
+            return self.reply_error(from, origin_id, HOST_SENDER, e).await;
         }
         let table = self.inner.table.load_full();
         // A live server first; an on-demand plugin is started only when nobody can answer now.
-        let servers: Vec<&Arc<Sub>> = table
-            .subs
-            .iter()
-            .filter(|s| {
-                s.kind == SubscriptionKind::Requests
-                    && s.pattern.matches(topic)
-                    && s.demand.as_ref().is_none_or(|(_, d)| d.is_live())
-            })
-            .collect();
-        let demand = if servers.is_empty() {
+        // Counted, then picked by a second pass: no allocation per request.
+        let is_server = |s: &&Arc<Sub>| {
+            s.kind == SubscriptionKind::Requests
+                && s.pattern.matches(topic)
+                && s.demand.as_ref().is_none_or(|(_, d)| d.is_live())
+        };
+        let servers = table.subs.iter().filter(is_server).count();
+        let demand = if servers == 0 {
             match self.demand_for(&table, topic) {
                 Some(d) => Some(d),
                 None => {
@@ -705,7 +892,9 @@ impl Bus {
                         "no_responders",
                         format!("nobody serves {topic:?}"),
                     );
-                    return self.reply_error(from, origin_id, "$host", e).await;
+                    // It may wait for room: wake the writers this batch filled first.
+                    wakes.wake_all();
+                    return self.reply_error(from, origin_id, HOST_SENDER, e).await;
                 }
             }
         } else {
@@ -727,14 +916,25 @@ impl Bus {
             topic: topic_stat,
         };
         let mut out = frame;
-        out.header.sender = from.plugin.to_string();
+        out.header.sender = from.sender.clone();
         out.header.request_id = host_id;
         out.header.deadline_unix_ms = deadline_ms;
         if let Some(d) = demand {
             return self.demand_request(d, from, req, out);
         }
         let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
-        let server = servers[n % servers.len()];
+        // A server's `live` flag may change between the two passes: then the first one found.
+        let server = table.subs.iter().filter(is_server).nth(n % servers);
+        let Some(server) = server.or_else(|| table.subs.iter().find(is_server)) else {
+            let e = error(
+                ErrorKind::Temporary,
+                "no_responders",
+                format!("nobody serves {topic:?}"),
+            );
+            // It may wait for room: wake the writers this batch filled first.
+            wakes.wake_all();
+            return self.reply_error(from, origin_id, HOST_SENDER, e).await;
+        };
         if let Some((_, d)) = &server.demand {
             d.touch();
         }
@@ -748,7 +948,7 @@ impl Bus {
         out.header.subscription_id = server.id;
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
         match self
-            .deliver_to(from, server, out, false, instant_of(deadline_ms))
+            .deliver_to(from, server, out, false, instant_of(deadline_ms), wakes)
             .await
         {
             Delivered::Yes | Delivered::Closed => {}
@@ -760,7 +960,8 @@ impl Bus {
                         "overloaded",
                         format!("{}'s queue is full", server.link.plugin),
                     );
-                    self.reply_error(&r.origin, r.origin_id, "$host", e).await;
+                    self.reply_error(&r.origin, r.origin_id, HOST_SENDER, e)
+                        .await;
                 }
             }
         }
@@ -790,7 +991,7 @@ impl Bus {
         };
         req.topic.latency.observe(req.started.elapsed());
         let mut out = frame;
-        out.header.sender = from.plugin.to_string();
+        out.header.sender = from.sender.clone();
         out.header.request_id = req.origin_id;
         out.header.subscription_id = 0;
         self.deliver(&req.origin, out).await;
@@ -840,7 +1041,8 @@ impl Bus {
                     "deadline_exceeded",
                     "no reply before the deadline",
                 );
-                self.reply_error(&r.origin, r.origin_id, "$host", e).await;
+                self.reply_error(&r.origin, r.origin_id, HOST_SENDER, e)
+                    .await;
             }
         }
     }
@@ -1315,10 +1517,7 @@ mod tests {
                 "the frame itself is delivered"
             );
             assert_eq!(
-                (
-                    got.header.traceparent.as_str(),
-                    got.header.tracestate.as_str()
-                ),
+                (&*got.header.traceparent, &*got.header.tracestate),
                 (want_tp, want_ts),
                 "{tp:?} {ts:?}"
             );

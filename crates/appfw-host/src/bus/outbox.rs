@@ -93,6 +93,12 @@ impl SubQueue {
         self.queued.load(Ordering::Relaxed)
     }
 
+    /// `n` of its frames left the outbox.
+    fn release(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        self.stat.pending.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+
     /// Whether a drop should be logged now (at most once per 10 s per subscription).
     pub fn should_warn(&self) -> bool {
         let now = appfw_proto::now_unix_ms();
@@ -218,7 +224,12 @@ impl Outbox {
         self.closed.load(Ordering::Relaxed)
     }
 
-    fn push(&self, st: &mut State, frame: Frame, sub: Option<Arc<SubQueue>>) {
+    /// Queues a frame; `true` when the queue was empty, so the writer needs a wake-up (it takes
+    /// everything at once, so it only needs a nudge for the first).
+    // Inlined (like the other steps a frame takes on the relay path): a frame is a few hundred
+    // bytes, and each call it is passed to by value would copy it.
+    #[inline(always)]
+    fn push(&self, st: &mut State, frame: Frame, sub: Option<Arc<SubQueue>>) -> bool {
         if let Some(s) = &sub {
             st.sub_frames += 1;
             st.sub_bytes += frame.payload.len();
@@ -227,10 +238,12 @@ impl Outbox {
         }
         let was_empty = st.q.is_empty();
         st.q.push_back(Queued { frame, sub });
-        if was_empty {
-            // The writer takes everything at once, so it only needs a nudge for the first.
-            self.ready.notify_one();
-        }
+        was_empty
+    }
+
+    /// Wakes the writer (it keeps the permit if it is not waiting yet).
+    fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// Queues a reply or control frame if there is room, without waiting.
@@ -242,7 +255,9 @@ impl Outbox {
         if st.q.len() >= self.frames_cap + CONTROL_RESERVE {
             return Err(SendError::Full);
         }
-        self.push(&mut st, frame, None);
+        if self.push(&mut st, frame, None) {
+            self.wake();
+        }
         Ok(())
     }
 
@@ -260,7 +275,9 @@ impl Outbox {
                     return Err(SendError::Closed);
                 }
                 if st.q.len() < self.frames_cap + CONTROL_RESERVE {
-                    self.push(&mut st, frame, None);
+                    if self.push(&mut st, frame, None) {
+                        self.wake();
+                    }
                     return Ok(());
                 }
             }
@@ -274,9 +291,35 @@ impl Outbox {
     /// subscription's oldest message under [`Overflow::DropOldest`] (requests are never evicted:
     /// every request must be answered, and the new one can be answered at once).
     pub fn offer(&self, frame: Frame, sub: &Arc<SubQueue>, evict: bool) -> Offer {
+        let (offer, wake) = self.offer_quiet(frame, sub, evict);
+        if wake {
+            self.wake();
+        }
+        offer
+    }
+
+    /// [`Outbox::offer`] that leaves the writer's wake-up to `wakes` (see [`Wakes`]).
+    #[inline(always)]
+    pub fn offer_deferred(
+        self: &Arc<Self>,
+        frame: Frame,
+        sub: &Arc<SubQueue>,
+        evict: bool,
+        wakes: &mut Wakes,
+    ) -> Offer {
+        let (offer, wake) = self.offer_quiet(frame, sub, evict);
+        if wake {
+            wakes.add(self);
+        }
+        offer
+    }
+
+    /// Offers without waking the writer; `true` when it needs a wake-up.
+    #[inline(always)]
+    fn offer_quiet(&self, frame: Frame, sub: &Arc<SubQueue>, evict: bool) -> (Offer, bool) {
         let mut st = lock(&self.state);
         if st.closed {
-            return Offer::Closed;
+            return (Offer::Closed, false);
         }
         let len = frame.payload.len();
         let fits = |st: &State| {
@@ -285,11 +328,11 @@ impl Outbox {
                 && (st.sub_frames == 0 || st.sub_bytes + len <= self.bytes_cap)
         };
         if fits(&st) {
-            self.push(&mut st, frame, Some(Arc::clone(sub)));
-            return Offer::Queued;
+            let wake = self.push(&mut st, frame, Some(Arc::clone(sub)));
+            return (Offer::Queued, wake);
         }
         match sub.policy {
-            Overflow::Block => Offer::Full(frame),
+            Overflow::Block => (Offer::Full(frame), false),
             Overflow::DropOldest if evict => {
                 // Make room by removing this subscription's oldest frames (usually at the front).
                 let mut first = None;
@@ -301,7 +344,7 @@ impl Outbox {
                     else {
                         // The queue is full of other subscriptions' messages: nothing of ours
                         // to drop, so the new one goes.
-                        return Offer::Dropped;
+                        return (Offer::Dropped, false);
                     };
                     if let Some(old) = st.q.remove(i) {
                         Self::forget(&mut st, &old);
@@ -309,13 +352,14 @@ impl Outbox {
                         first.get_or_insert(old.frame);
                     }
                 }
-                self.push(&mut st, frame, Some(Arc::clone(sub)));
-                match first {
+                let wake = self.push(&mut st, frame, Some(Arc::clone(sub)));
+                let offer = match first {
                     Some(first) => Offer::QueuedDroppedOldest { first, count },
                     None => Offer::Queued,
-                }
+                };
+                (offer, wake)
             }
-            Overflow::DropOldest | Overflow::DropNewest => Offer::Dropped,
+            Overflow::DropOldest | Overflow::DropNewest => (Offer::Dropped, false),
         }
     }
 
@@ -370,6 +414,63 @@ impl Outbox {
     }
 }
 
+/// How many writers one [`Wakes`] holds back; the ones after that are woken at once.
+const DEFERRED_WAKES: usize = 16;
+
+/// The writers a connection's reader filled while it routed one batch of frames, woken together
+/// when the batch is done (or dropped): a burst of messages read in one go costs each writer one
+/// wake-up and goes out in one write, instead of the writer racing the reader frame by frame.
+/// Bounded, and nothing to allocate: the first [`DEFERRED_WAKES`] writers wait for the end of
+/// the batch, others are woken at once.
+#[derive(Default)]
+pub struct Wakes {
+    held: [Option<Arc<Outbox>>; DEFERRED_WAKES],
+    len: usize,
+}
+
+impl std::fmt::Debug for Wakes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wakes").field("len", &self.len).finish()
+    }
+}
+
+impl Wakes {
+    /// Nothing held.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&mut self, o: &Arc<Outbox>) {
+        let held = &self.held[..self.len];
+        if held.iter().flatten().any(|h| Arc::ptr_eq(h, o)) {
+            return;
+        }
+        match self.held.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(Arc::clone(o));
+                self.len += 1;
+            }
+            None => o.wake(),
+        }
+    }
+
+    /// Wakes every writer held.
+    pub fn wake_all(&mut self) {
+        for slot in &mut self.held[..self.len] {
+            if let Some(o) = slot.take() {
+                o.wake();
+            }
+        }
+        self.len = 0;
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
+
 /// Counts a sender in [`Outbox::waiting`] from before its first look at the queue (so the
 /// writer, which reads the count after taking frames, cannot miss it) until it returns.
 struct Waiting<'a>(&'a AtomicUsize);
@@ -404,28 +505,63 @@ impl std::fmt::Debug for OutboxReceiver {
 
 impl OutboxReceiver {
     /// Takes the next frame without waiting.
+    #[inline(always)]
     pub fn try_recv(&mut self) -> Option<Frame> {
-        if self.local.is_empty() {
-            let o = &self.outbox;
-            let mut st = lock(&o.state);
-            if st.q.is_empty() {
-                return None;
-            }
-            std::mem::swap(&mut st.q, &mut self.local);
-            for item in &self.local {
-                if let Some(s) = &item.sub {
-                    s.queued.fetch_sub(1, Ordering::Relaxed);
-                    s.stat.pending.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            st.sub_frames = 0;
-            st.sub_bytes = 0;
-            drop(st);
-            if o.waiting.load(Ordering::SeqCst) > 0 {
-                o.space.notify_waiters();
-            }
+        if self.local.is_empty() && !self.refill() {
+            return None;
         }
         self.local.pop_front().map(|q| q.frame)
+    }
+
+    /// Lends the queued frames to `f` where they lie, in order, while it takes them, and drops
+    /// the ones it took: the writer encodes a batch without moving each frame out of the queue.
+    pub fn take_in_place(&mut self, f: &mut dyn FnMut(&mut Frame) -> bool) -> usize {
+        if self.local.is_empty() && !self.refill() {
+            return 0;
+        }
+        let mut taken = 0;
+        for q in &mut self.local {
+            if !f(&mut q.frame) {
+                break;
+            }
+            taken += 1;
+        }
+        self.local.drain(..taken);
+        taken
+    }
+
+    /// Swaps the outbox's queue in (`local` is empty); `false` if there was nothing.
+    #[inline(always)]
+    fn refill(&mut self) -> bool {
+        let o = &self.outbox;
+        let mut st = lock(&o.state);
+        if st.q.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut st.q, &mut self.local);
+        // One subtraction per run of frames of the same subscription (usually the whole
+        // batch), not two atomics per frame.
+        let mut run: Option<(&Arc<SubQueue>, usize)> = None;
+        for s in self.local.iter().filter_map(|item| item.sub.as_ref()) {
+            match &mut run {
+                Some((r, n)) if Arc::ptr_eq(r, s) => *n += 1,
+                _ => {
+                    if let Some((r, n)) = run.replace((s, 1)) {
+                        r.release(n);
+                    }
+                }
+            }
+        }
+        if let Some((r, n)) = run {
+            r.release(n);
+        }
+        st.sub_frames = 0;
+        st.sub_bytes = 0;
+        drop(st);
+        if o.waiting.load(Ordering::SeqCst) > 0 {
+            o.space.notify_waiters();
+        }
+        true
     }
 
     /// Waits for the next frame. Never ends on its own: the writer stops on cancellation.
@@ -447,6 +583,10 @@ impl FrameSource for OutboxReceiver {
 
     fn try_next_frame(&mut self) -> Option<Frame> {
         self.try_recv()
+    }
+
+    fn take_in_place(&mut self, f: &mut dyn FnMut(&mut Frame) -> bool) -> usize {
+        OutboxReceiver::take_in_place(self, f)
     }
 }
 
@@ -549,6 +689,49 @@ mod tests {
         assert_eq!(rx.recv().await.map(|f| f.payload), Some(Bytes::from("0")));
         assert!(waiter.await.unwrap());
         assert_eq!(drain(&mut rx), ["2"]);
+    }
+
+    #[test]
+    fn a_deferred_offer_wakes_the_writer_only_when_the_batch_is_done() {
+        use futures_util::FutureExt;
+        let (o, mut rx) = outbox_with(100, 1 << 20);
+        let a = sub(Overflow::Block, 10);
+        let mut wakes = Wakes::new();
+        {
+            let recv = rx.recv();
+            tokio::pin!(recv);
+            assert!(recv.as_mut().now_or_never().is_none(), "nothing queued yet");
+            assert!(matches!(
+                o.offer_deferred(msg(1), &a, true, &mut wakes),
+                Offer::Queued
+            ));
+            assert!(matches!(
+                o.offer_deferred(msg(2), &a, true, &mut wakes),
+                Offer::Queued
+            ));
+            assert!(
+                recv.as_mut().now_or_never().is_none(),
+                "the writer sleeps until the batch is routed"
+            );
+            wakes.wake_all();
+            let got = recv.as_mut().now_or_never().flatten().map(|f| f.payload);
+            assert_eq!(got, Some(Bytes::from("1")));
+        }
+        assert_eq!(drain(&mut rx), ["2"]);
+        // A dropped batch wakes its writers too.
+        {
+            let recv = rx.recv();
+            tokio::pin!(recv);
+            assert!(recv.as_mut().now_or_never().is_none());
+            let mut wakes = Wakes::new();
+            assert!(matches!(
+                o.offer_deferred(msg(3), &a, true, &mut wakes),
+                Offer::Queued
+            ));
+            drop(wakes);
+            let got = recv.as_mut().now_or_never().flatten().map(|f| f.payload);
+            assert_eq!(got, Some(Bytes::from("3")));
+        }
     }
 
     #[tokio::test]

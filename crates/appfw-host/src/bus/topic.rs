@@ -20,16 +20,30 @@ pub struct Pattern {
     text: Box<str>,
 }
 
+fn valid_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':')
+}
+
 fn valid_token(t: &str) -> bool {
-    !t.is_empty()
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'))
+    !t.is_empty() && t.bytes().all(valid_byte)
 }
 
 /// Checks a concrete topic (no wildcards).
 pub fn validate_topic(topic: &str) -> Result<(), String> {
     if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
         return Err(format!("topic must be 1 to {MAX_TOPIC_LEN} bytes long"));
+    }
+    // One pass over the bytes for the common, valid topic; the split below only names the
+    // culprit.
+    let mut after_dot = true;
+    let fine = topic.bytes().all(|b| {
+        let dot = b == b'.';
+        let ok = if dot { !after_dot } else { valid_byte(b) };
+        after_dot = dot;
+        ok
+    });
+    if fine && !after_dot {
+        return Ok(());
     }
     if let Some(bad) = topic.split('.').find(|t| !valid_token(t)) {
         return Err(format!(
@@ -185,6 +199,10 @@ mod tests {
         assert!(Pattern::parse("a b").is_err());
         assert!(validate_topic("a.*").is_err());
         assert!(validate_topic("a.b-c:d_e").is_ok());
+        for bad in [".a", "a.", "a..b", ".", "a b", "é", "a.>"] {
+            let e = validate_topic(bad).unwrap_err();
+            assert!(e.contains("invalid token"), "{bad:?}: {e}");
+        }
         assert!(validate_topic(&"a".repeat(300)).is_err());
     }
 }

@@ -1292,7 +1292,7 @@ impl Actor {
                     reason: reason.to_string(),
                 },
             );
-            f.header.sender = "$host".into();
+            f.header.sender = appfw_proto::Str::from_static(crate::bus::HOST_SENDER);
             let sent = p
                 .conn
                 .as_ref()

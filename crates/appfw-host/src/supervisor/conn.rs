@@ -10,18 +10,28 @@ use appfw_proto::pb::{self, FrameType};
 use appfw_proto::writer::{Sequencer, WriterEnd, write_frames};
 use appfw_proto::{Frame, FrameCodec, FrameError, caps, negotiate_version};
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedParts, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, Link};
+use crate::bus::{Bus, Link, Wakes};
 
-/// Frames handled one after the other before the reader looks at its heartbeat timer again.
-const BATCH: usize = 64;
+/// Room left in the read buffer below which the reader makes new room before reading.
+const MIN_READ: usize = 4 * 1024;
+
+/// Bytes still missing of the partly read frame at the start of `buf` (0: none or unknown).
+fn partial_rest(buf: &[u8]) -> usize {
+    match buf.first_chunk::<{ appfw_proto::LENGTH_PREFIX_LEN }>() {
+        Some(prefix) => (appfw_proto::LENGTH_PREFIX_LEN + u32::from_be_bytes(*prefix) as usize)
+            .saturating_sub(buf.len()),
+        None => 0,
+    }
+}
 /// The reader's buffer: a read takes up to this much, so a burst of small frames costs few
 /// syscalls.
 const READ_BUFFER: usize = 64 * 1024;
@@ -134,7 +144,7 @@ impl ConnHandle {
             },
         );
         f.header.request_id = id;
-        f.header.sender = "$host".into();
+        f.header.sender = appfw_proto::Str::from_static(crate::bus::HOST_SENDER);
         let outcome = async {
             self.link
                 .outbox
@@ -180,6 +190,9 @@ pub fn start(
     parent: &CancellationToken,
 ) -> std::io::Result<ConnHandle> {
     socket.set_nonblocking(true)?;
+    // The socket and both tasks belong to the bus's I/O runtime when it has one (see
+    // `bus::IoThread`): registered with its reactor, spawned onto it. Dropped before returning.
+    let _io = bus.io_handle().map(tokio::runtime::Handle::enter);
     let stream = UnixStream::from_std(socket)?;
     let (read_half, mut write_half) = stream.into_split();
     let (tx, mut rx) = crate::bus::outbox::outbox();
@@ -250,24 +263,51 @@ struct Reader {
 
 type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
 
+/// A frame the reader could not handle without waiting. Moved only on that slow path, so its
+/// size costs nothing per message (and boxing `Blocked` would allocate whenever a publisher
+/// waits).
+#[allow(clippy::large_enum_variant)]
+enum Slow {
+    /// Anything but PONG and a PUBLISH without a receipt.
+    Frame(Frame),
+    /// A PUBLISH that waits for a `block` subscriber's room.
+    Blocked(crate::bus::Blocked),
+}
+
 /// How a connection ended, reported once.
 enum End {
     Event(ConnEvent),
+    /// Told the owner task already (before the last frame to the plugin, see
+    /// [`Reader::report_first`]).
+    Reported,
     Cancelled,
 }
 
 impl Reader {
-    async fn run(self, mut frames: Frames) {
+    async fn run(self, frames: Frames) {
         let end = tokio::select! {
-            end = self.serve(&mut frames) => end,
+            end = self.serve(frames) => end,
             () = self.cancel.cancelled() => End::Cancelled,
         };
-        if let End::Event(ev) = end {
-            // Stop the writer too; a protocol error frame queued before this still goes out
-            // because the writer drains its queue when cancelled.
-            self.cancel.cancel();
-            let _ = self.events.send(ev).await;
+        match end {
+            End::Event(ev) => {
+                // Stop the writer too; a protocol error frame queued before this still goes out
+                // because the writer drains its queue when cancelled.
+                self.cancel.cancel();
+                let _ = self.events.send(ev).await;
+            }
+            End::Reported => self.cancel.cancel(),
+            End::Cancelled => {}
         }
+    }
+
+    /// Tells the owner task why the connection ends, then queues `last` (PROTOCOL_ERROR,
+    /// REFUSE) for the plugin. In that order: a plugin that exits as soon as it reads the frame
+    /// must not have its exit seen before the reason.
+    async fn report_first(&self, ev: ConnEvent, last: Frame) -> End {
+        let _ = self.events.send(ev).await;
+        self.send(last).await;
+        End::Reported
     }
 
     async fn send(&self, frame: Frame) {
@@ -282,9 +322,9 @@ impl Reader {
             code: code.to_string(),
             message: message.clone(),
         };
-        self.send(Frame::control(FrameType::ProtocolError, &err))
-            .await;
-        End::Event(ConnEvent::Fault { code, message })
+        let last = Frame::control(FrameType::ProtocolError, &err);
+        self.report_first(ConnEvent::Fault { code, message }, last)
+            .await
     }
 
     async fn frame_error(&self, e: FrameError) -> End {
@@ -343,8 +383,8 @@ impl Reader {
                 plugin_min_version: hello.min_version,
                 plugin_max_version: hello.max_version,
             };
-            self.send(Frame::control(FrameType::Refuse, &refuse)).await;
-            return Err(End::Event(ConnEvent::Refused { reason }));
+            let last = Frame::control(FrameType::Refuse, &refuse);
+            return Err(self.report_first(ConnEvent::Refused { reason }, last).await);
         };
         let capabilities: Vec<String> = hello
             .capabilities
@@ -381,15 +421,35 @@ impl Reader {
         Ok(())
     }
 
-    async fn serve(&self, frames: &mut Frames) -> End {
-        if let Err(end) = self.handshake(frames).await {
+    async fn serve(&self, mut frames: Frames) -> End {
+        if let Err(end) = self.handshake(&mut frames).await {
             return end;
         }
+        // From here on the reader reads and decodes by itself rather than through FramedRead's
+        // stream: each read's whole frames are routed in one go, without a future or a
+        // `Poll<Option<Result<Frame>>>` per frame to move around.
+        let FramedParts {
+            io: mut sock,
+            codec,
+            read_buf: mut buf,
+            ..
+        } = frames.into_parts();
+        let mut codec: FrameCodec = codec;
         let mut ping = tokio::time::interval(self.params.heartbeat_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pong = Instant::now();
         let mut nonce = 0u64;
+        let mut wakes = Wakes::new();
         loop {
+            // Room for the rest of a partly read frame and a buffer's worth after it, so large
+            // frames come in a few big reads rather than one frame at a time; a fresh buffer
+            // once the frames queued elsewhere still hold the old one.
+            // (Capped: a prefix beyond the maximum is refused by the codec, never reserved.)
+            let rest = partial_rest(&buf).min(codec.max_frame_size());
+            let spare = buf.capacity() - buf.len();
+            if spare < MIN_READ || spare < rest {
+                buf.reserve(rest + READ_BUFFER);
+            }
             tokio::select! {
                 _ = ping.tick() => {
                     let silent = last_pong.elapsed();
@@ -405,19 +465,34 @@ impl Reader {
                     // Never wait on a full queue here: that would stall heartbeat detection.
                     let _ = self.link.outbox.try_send(f);
                 }
-                next = frames.next() => {
-                    if let Some(end) = self.on_frame(next, &mut last_pong).await {
-                        return end;
+                read = sock.read_buf(&mut buf) => {
+                    match read {
+                        Ok(0) if buf.is_empty() => {
+                            return End::Event(ConnEvent::Closed {
+                                reason: "plugin closed the connection".into(),
+                            });
+                        }
+                        Ok(0) => return self.frame_error(FrameError::Truncated(buf.len())).await,
+                        Ok(_) => {}
+                        Err(e) => return self.frame_error(FrameError::Io(e)).await,
                     }
-                    // Frames already read (or readable at once) are handled without going back
-                    // through the select and its timer, at most a batch of them, so the heartbeat
-                    // still gets its turn under a flood.
-                    for _ in 0..BATCH {
-                        let Some(next) = frames.next().now_or_never() else { break };
-                        if let Some(end) = self.on_frame(next, &mut last_pong).await {
+                    // Every whole frame read so far; a partial one waits for the next read.
+                    loop {
+                        let frame = match codec.decode(&mut buf) {
+                            Ok(Some(f)) => f,
+                            Ok(None) => break,
+                            Err(e) => return self.frame_error(e).await,
+                        };
+                        // The common frames (PONG, a PUBLISH every queue has room for) are
+                        // handled without waiting, so no future is built per frame.
+                        if let Some(slow) = self.handle_now(frame, &mut last_pong, &mut wakes)
+                            && let Some(end) = self.handle_slow(slow, &mut wakes).await
+                        {
                             return end;
                         }
                     }
+                    // The read is routed: its subscribers' writers go (each once).
+                    wakes.wake_all();
                     // A publisher waiting for a `block` subscriber reads nothing meanwhile, its
                     // PONGs included: that time is not the plugin's silence.
                     let waited = self.link.waited_us.swap(0, Ordering::Relaxed);
@@ -429,52 +504,82 @@ impl Reader {
         }
     }
 
-    async fn on_frame(
-        &self,
-        next: Option<Result<Frame, FrameError>>,
-        last_pong: &mut Instant,
-    ) -> Option<End> {
-        let frame = match next {
-            None => {
-                return Some(End::Event(ConnEvent::Closed {
-                    reason: "plugin closed the connection".into(),
-                }));
-            }
-            Some(Err(e)) => return Some(self.frame_error(e).await),
-            Some(Ok(f)) => f,
-        };
+    /// Handles a frame if that needs no waiting; hands it back otherwise.
+    #[inline(always)]
+    fn handle_now(&self, frame: Frame, last_pong: &mut Instant, wakes: &mut Wakes) -> Option<Slow> {
         self.peer_seq.store(frame.header.seq, Ordering::Relaxed);
-        if frame.frame_type() == Some(FrameType::Pong) {
-            *last_pong = Instant::now();
-            return None;
+        match frame.frame_type() {
+            Some(FrameType::Pong) => {
+                *last_pong = Instant::now();
+                None
+            }
+            Some(FrameType::Publish)
+                if frame.header.request_id == 0 || !self.publish_ack.load(Ordering::Relaxed) =>
+            {
+                match self.bus.publish_now(&self.link, frame, wakes) {
+                    Ok(result) => {
+                        self.publish_refused(result);
+                        None
+                    }
+                    Err(blocked) => Some(Slow::Blocked(blocked)),
+                }
+            }
+            _ => Some(Slow::Frame(frame)),
         }
-        self.handle(frame).await
     }
 
-    async fn handle(&self, frame: Frame) -> Option<End> {
+    async fn handle_slow(&self, slow: Slow, wakes: &mut Wakes) -> Option<End> {
+        match slow {
+            Slow::Frame(frame) => self.handle(frame, wakes).await,
+            Slow::Blocked(blocked) => {
+                let result = self.bus.publish_wait(&self.link, blocked, wakes).await;
+                self.publish_refused(result);
+                None
+            }
+        }
+    }
+
+    /// Logs a PUBLISH without a receipt that was refused for its topic.
+    fn publish_refused(&self, result: Result<(), pb::Error>) {
+        if let Err(e) = result
+            && e.code == "invalid_topic"
+        {
+            tracing::warn!(plugin = %self.params.plugin, "publish refused: {}", e.message);
+        }
+    }
+
+    async fn handle(&self, frame: Frame, wakes: &mut Wakes) -> Option<End> {
         let Some(ty) = frame.frame_type() else {
             tracing::debug!(plugin = %self.params.plugin, frame_type = frame.header.r#type, "unknown frame type skipped");
             return None;
         };
+        if !matches!(ty, FrameType::Publish | FrameType::Request) {
+            // What follows may wait (for room, for the owner task): no writer waits behind it.
+            wakes.wake_all();
+        }
         match ty {
             FrameType::Publish => {
                 let receipt = frame.header.request_id;
-                let result = self.bus.publish(&self.link, frame).await;
+                let result = self.bus.publish_batched(&self.link, frame, wakes).await;
                 if receipt != 0 && self.publish_ack.load(Ordering::Relaxed) {
+                    wakes.wake_all();
                     let mut reply = Frame::new(FrameType::Reply, Bytes::new());
                     reply.header.request_id = receipt;
-                    reply.header.sender = "$host".into();
-                    reply.header.error = result.err();
+                    reply.header.sender = appfw_proto::Str::from_static(crate::bus::HOST_SENDER);
+                    reply.header.error = result.err().map(Box::new);
                     self.send(reply).await;
-                } else if let Err(e) = result
-                    && e.code == "invalid_topic"
-                {
-                    tracing::warn!(plugin = %self.params.plugin, "publish refused: {}", e.message);
+                } else {
+                    self.publish_refused(result);
                 }
             }
             FrameType::Request => {
+                // A span only for a traced request (host records about it carry its trace id).
                 let span = trace_span("request", &frame.header.traceparent);
-                tracing::Instrument::instrument(self.bus.request(&self.link, frame), span).await;
+                tracing::Instrument::instrument(
+                    self.bus.request_batched(&self.link, frame, wakes),
+                    span,
+                )
+                .await;
             }
             FrameType::Reply => {
                 let waiter = self
@@ -507,8 +612,8 @@ impl Reader {
                 };
                 let mut reply = Frame::new(FrameType::Reply, Bytes::new());
                 reply.header.request_id = id;
-                reply.header.sender = "$host".into();
-                reply.header.error = result.err();
+                reply.header.sender = appfw_proto::Str::from_static(crate::bus::HOST_SENDER);
+                reply.header.error = result.err().map(Box::new);
                 self.send(reply).await;
             }
             FrameType::Ping => {
