@@ -355,6 +355,13 @@ impl PluginBuilder {
             None => stream_from_env()?,
         };
         let name = std::env::var(appfw_proto::ENV_PLUGIN_NAME).unwrap_or_default();
+        // Before the handshake: the host counts the plugin as running once it is done, and a
+        // SIGTERM from then on must be a graceful stop, not the default death by signal.
+        let sigterm = if self.handle_sigterm {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
+        } else {
+            None
+        };
         let mut framed = Framed::new(stream, FrameCodec::default());
         let hello = pb::Hello {
             min_version: self.versions.0,
@@ -414,10 +421,7 @@ impl PluginBuilder {
         let writer = tokio::spawn(writer_loop(Arc::clone(&inner), write_half, rx, max_frame));
         let events = tokio::spawn(event_loop(Arc::clone(&inner), reader));
         let mut tasks = vec![writer, events];
-        if self.handle_sigterm
-            && let Ok(mut sig) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+        if let Some(mut sig) = sigterm {
             let token = inner.shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
