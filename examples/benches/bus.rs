@@ -227,9 +227,7 @@ impl Drop for KillOnDrop {
 }
 
 /// A NATS server for the comparison, with `APPFW_BENCH_NATS=1` and `nats-server` installed
-/// (apt: `nats-server`). Off by default: under these unthrottled bursts nats-server disconnects
-/// slow consumers (and sometimes the publisher) in some configurations, and the round then
-/// waits for its timeout.
+/// (apt: `nats-server`). Off by default, so the bench needs nothing beyond the workspace.
 fn nats_server() -> Option<(KillOnDrop, String)> {
     std::env::var_os("APPFW_BENCH_NATS")?;
     let port = appfw_testkit::free_port();
@@ -237,7 +235,16 @@ fn nats_server() -> Option<(KillOnDrop, String)> {
     // NATS disconnects a subscriber that falls more than max_pending (64 MiB by default)
     // behind; the bench's bursts are larger, and every message must arrive.
     let conf = std::env::temp_dir().join(format!("appfw-bench-nats-{port}.conf"));
-    std::fs::write(&conf, "max_pending: 2GB\nwrite_deadline: \"60s\"\n").ok()?;
+    // Its log beside the config: a closed connection says why there.
+    let log = conf.with_extension("log");
+    std::fs::write(
+        &conf,
+        format!(
+            "max_pending: 2GB\nwrite_deadline: \"60s\"\nlog_file: {:?}\n",
+            log.display().to_string()
+        ),
+    )
+    .ok()?;
     let child = Command::new("nats-server")
         .args(["-c"])
         .arg(&conf)

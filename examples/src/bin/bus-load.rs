@@ -509,11 +509,21 @@ mod nats {
     pub fn publisher(addr: &str) {
         let (sock, _path) = control();
         let mut c = Conn::connect(addr);
-        let mut w = c.w.try_clone().unwrap_or_else(|e| die(e.to_string()));
+        // One writer for the batches and the PONGs, held across each whole write: a PONG
+        // written between two parts of a batch's write cut a PUB in two (the server then
+        // closed the connection with a parser error).
+        let w = Arc::new(Mutex::new(
+            c.w.try_clone().unwrap_or_else(|e| die(e.to_string())),
+        ));
+        let pongs = Arc::clone(&w);
         std::thread::spawn(move || {
             loop {
                 if let Event::Ping = c.next() {
-                    c.send(b"PONG\r\n");
+                    pongs
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .write_all(b"PONG\r\n")
+                        .unwrap_or_else(|e| die(format!("nats write: {e}")));
                 }
             }
         });
@@ -539,7 +549,9 @@ mod nats {
             let mut left = count as usize;
             while left > 0 {
                 let k = left.min(per);
-                w.write_all(&batch[..k * single.len()])
+                w.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .write_all(&batch[..k * single.len()])
                     .unwrap_or_else(|e| die(format!("publish: {e}")));
                 left -= k;
             }
