@@ -331,11 +331,7 @@ fn queries(host: &TestHost, n: usize) {
 }
 
 fn main() {
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let want = |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()));
+    let want = appfw_testkit::bench_wants();
     let host_bin = build_appfw(&bin_dir());
     let lines = env_num("APPFW_BENCH_LOG_LINES", 5_000_000);
     let rounds = env_num("APPFW_BENCH_LOG_ROUNDS", 3);

@@ -521,12 +521,7 @@ fn launch(program: &Path, args: &[&std::ffi::OsStr]) -> std::process::Child {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; a filter argument selects one benchmark.
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let want = |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()));
+    let want = appfw_testkit::bench_wants();
     let host_bin = build_appfw(&bin_dir());
     if want("respawn") {
         respawn(&host_bin, env_num("APPFW_BENCH_ROUNDS", 200) as usize);

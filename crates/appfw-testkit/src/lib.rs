@@ -50,6 +50,16 @@ fn expand(config: &str, bin_dir: &Path, dir: &Path) -> String {
     )
 }
 
+/// The parts a bench binary should run: every one when no filter argument was given, else
+/// those whose name contains one of them (`cargo bench` itself passes `--bench`).
+pub fn bench_wants() -> impl Fn(&str) -> bool {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    move |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()))
+}
+
 /// A number from the environment variable `name` (benches scale their runs with these), or
 /// `default` when it is unset or not a number.
 pub fn env_num(name: &str, default: u64) -> u64 {

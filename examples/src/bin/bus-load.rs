@@ -211,6 +211,40 @@ fn sub() {
     }
 }
 
+/// Waits for the next command on the control socket, `VERB COUNT SIZE`: its numbers and
+/// where to answer.
+fn next_command(sock: &UnixDatagram) -> (u64, u64, std::os::unix::net::SocketAddr) {
+    let mut cmd = [0u8; 256];
+    let (n, from) = sock
+        .recv_from(&mut cmd)
+        .unwrap_or_else(|e| die(e.to_string()));
+    let line = String::from_utf8_lossy(&cmd[..n]);
+    let words: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [count, size] = words[..] else {
+        die(format!("bad command {line:?}"));
+    };
+    (count, size, from)
+}
+
+/// Answers a command (best effort: the bench times out if it is lost).
+fn reply(sock: &UnixDatagram, to: &std::os::unix::net::SocketAddr, what: &[u8]) {
+    if let Some(p) = to.as_pathname() {
+        let _ = sock.send_to(what, p);
+    }
+}
+
+/// Round-trip times in µs as the bench reads them: `P50 P99 MEAN`.
+fn rtt_summary(rtt: &mut [f64]) -> String {
+    rtt.sort_by(f64::total_cmp);
+    let pct = |p: f64| rtt[((rtt.len() as f64 - 1.0) * p).round() as usize];
+    let mean = rtt.iter().sum::<f64>() / rtt.len() as f64;
+    format!("{:.1} {:.1} {:.1}", pct(0.5), pct(0.99), mean)
+}
+
 fn control() -> (UnixDatagram, String) {
     let path = flag("--control").unwrap_or_else(|| die("--control PATH".into()));
     let _ = std::fs::remove_file(&path);
@@ -236,20 +270,8 @@ fn publisher() {
     let (s, r) = connect(None);
     let w = Arc::new(Mutex::new(s));
     answer_pings(Arc::clone(&w), r);
-    let mut cmd = [0u8; 256];
     loop {
-        let (n, from) = sock
-            .recv_from(&mut cmd)
-            .unwrap_or_else(|e| die(e.to_string()));
-        let line = String::from_utf8_lossy(&cmd[..n]).into_owned();
-        let words: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        let [count, size] = words[..] else {
-            die(format!("bad command {line:?}"));
-        };
+        let (count, size, from) = next_command(&sock);
         let mut one = Frame::new(FrameType::Publish, Bytes::from(vec![b'x'; size as usize]));
         one.header.topic = "bench.t".into();
         let mut single = BytesMut::new();
@@ -267,9 +289,7 @@ fn publisher() {
                 .unwrap_or_else(|e| die(format!("publish: {e}")));
             left -= k;
         }
-        if let Some(p) = from.as_pathname() {
-            let _ = sock.send_to(b"done", p);
-        }
+        reply(&sock, &from, b"done");
     }
 }
 
@@ -304,21 +324,9 @@ fn rr_server() {
 fn rr_client() {
     let (sock, _path) = control();
     let (mut s, mut r) = connect(None);
-    let mut cmd = [0u8; 256];
     let mut id = 1u64;
     loop {
-        let (n, from) = sock
-            .recv_from(&mut cmd)
-            .unwrap_or_else(|e| die(e.to_string()));
-        let line = String::from_utf8_lossy(&cmd[..n]).into_owned();
-        let words: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        let [count, size] = words[..] else {
-            die(format!("bad command {line:?}"));
-        };
+        let (count, size, from) = next_command(&sock);
         let mut req = Frame::new(FrameType::Request, Bytes::from(vec![b'x'; size as usize]));
         req.header.topic = "bench.rr".into();
         let mut out = BytesMut::new();
@@ -349,13 +357,7 @@ fn rr_client() {
             }
             rtt.push(t0.elapsed().as_secs_f64() * 1e6);
         }
-        rtt.sort_by(f64::total_cmp);
-        let pct = |p: f64| rtt[((rtt.len() as f64 - 1.0) * p).round() as usize];
-        let mean = rtt.iter().sum::<f64>() / rtt.len() as f64;
-        let answer = format!("{:.1} {:.1} {:.1}", pct(0.5), pct(0.99), mean);
-        if let Some(p) = from.as_pathname() {
-            let _ = sock.send_to(answer.as_bytes(), p);
-        }
+        reply(&sock, &from, rtt_summary(&mut rtt).as_bytes());
     }
 }
 
@@ -527,20 +529,8 @@ mod nats {
                 }
             }
         });
-        let mut cmd = [0u8; 256];
         loop {
-            let (n, from) = sock
-                .recv_from(&mut cmd)
-                .unwrap_or_else(|e| die(e.to_string()));
-            let line = String::from_utf8_lossy(&cmd[..n]).into_owned();
-            let words: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            let [count, size] = words[..] else {
-                die(format!("bad command {line:?}"));
-            };
+            let (count, size, from) = next_command(&sock);
             let mut single = format!("PUB bench.t {size}\r\n").into_bytes();
             single.extend(std::iter::repeat_n(b'x', size as usize));
             single.extend_from_slice(b"\r\n");
@@ -555,9 +545,7 @@ mod nats {
                     .unwrap_or_else(|e| die(format!("publish: {e}")));
                 left -= k;
             }
-            if let Some(p) = from.as_pathname() {
-                let _ = sock.send_to(b"done", p);
-            }
+            reply(&sock, &from, b"done");
         }
     }
 
@@ -593,20 +581,8 @@ mod nats {
         let mut c = Conn::connect(addr);
         c.send(b"SUB _INBOX.bench 1\r\n");
         c.sync();
-        let mut cmd = [0u8; 256];
         loop {
-            let (n, from) = sock
-                .recv_from(&mut cmd)
-                .unwrap_or_else(|e| die(e.to_string()));
-            let line = String::from_utf8_lossy(&cmd[..n]).into_owned();
-            let words: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            let [count, size] = words[..] else {
-                die(format!("bad command {line:?}"));
-            };
+            let (count, size, from) = next_command(&sock);
             let mut req = format!("PUB bench.rr _INBOX.bench {size}\r\n").into_bytes();
             req.extend(std::iter::repeat_n(b'x', size as usize));
             req.extend_from_slice(b"\r\n");
@@ -623,13 +599,7 @@ mod nats {
                 }
                 rtt.push(t0.elapsed().as_secs_f64() * 1e6);
             }
-            rtt.sort_by(f64::total_cmp);
-            let pct = |p: f64| rtt[((rtt.len() as f64 - 1.0) * p).round() as usize];
-            let mean = rtt.iter().sum::<f64>() / rtt.len() as f64;
-            let answer = format!("{:.1} {:.1} {:.1}", pct(0.5), pct(0.99), mean);
-            if let Some(p) = from.as_pathname() {
-                let _ = sock.send_to(answer.as_bytes(), p);
-            }
+            reply(&sock, &from, rtt_summary(&mut rtt).as_bytes());
         }
     }
 }

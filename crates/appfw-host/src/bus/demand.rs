@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::{Bus, Link, NO_SERVER, Pattern, PendingReq, Sub, Table, error, lock};
+use super::{Bus, Link, NO_SERVER, Pattern, PendingReq, Sub, Table, error, lock, no_responders};
 use crate::metrics::DemandCounters;
 
 /// What the bus does with traffic for an on-demand plugin that is not live.
@@ -469,11 +469,7 @@ impl Bus {
                 (Mode::Refusing { code, message }, None) => {
                     Some(error(ErrorKind::Temporary, code, message.clone()))
                 }
-                (Mode::Live, None) => Some(error(
-                    ErrorKind::Temporary,
-                    "no_responders",
-                    format!("nobody serves {topic:?}"),
-                )),
+                (Mode::Live, None) => Some(no_responders(&topic)),
                 (Mode::Cold | Mode::Starting, None) if st.queue.len() >= st.cap => Some(error(
                     ErrorKind::Temporary,
                     "overloaded",

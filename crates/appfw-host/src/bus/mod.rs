@@ -267,6 +267,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The answer to a request nobody serves.
+fn no_responders(topic: &str) -> pb::Error {
+    error(
+        ErrorKind::Temporary,
+        "no_responders",
+        format!("nobody serves {topic:?}"),
+    )
+}
+
 fn error(kind: ErrorKind, code: &str, message: impl Into<String>) -> pb::Error {
     pb::Error {
         kind: kind as i32,
@@ -827,6 +836,13 @@ impl Bus {
         Some(r)
     }
 
+    /// Answers a request the host cannot route with `e`. The reply may wait for room in the
+    /// requester's outbox, so the writers this batch filled are woken first.
+    async fn refuse_request(&self, from: &Link, origin_id: u64, wakes: &mut Wakes, e: pb::Error) {
+        wakes.wake_all();
+        self.reply_error(from, origin_id, HOST_SENDER, e).await;
+    }
+
     async fn reply_error(&self, to: &Link, request_id: u64, sender: &str, e: pb::Error) {
         self.inner
             .stats
@@ -854,9 +870,7 @@ impl Bus {
         let topic: &str = &topic_str;
         if let Err(m) = validate_topic(topic) {
             let e = error(ErrorKind::Permanent, "invalid_topic", m);
-            // It may wait for room: wake the writers this batch filled first.
-            wakes.wake_all();
-            return self.reply_error(from, origin_id, HOST_SENDER, e).await;
+            return self.refuse_request(from, origin_id, wakes, e).await;
         }
         let now = now_unix_ms();
         let deadline_ms = match frame.header.deadline_unix_ms {
@@ -869,9 +883,7 @@ impl Bus {
                 "deadline_exceeded",
                 "the deadline passed before the request was routed",
             );
-            // It may wait for room: wake the writers this batch filled first.
-            wakes.wake_all();
-            return self.reply_error(from, origin_id, HOST_SENDER, e).await;
+            return self.refuse_request(from, origin_id, wakes, e).await;
         }
         let table = self.inner.table.load_full();
         // A live server first; an on-demand plugin is started only when nobody can answer now.
@@ -887,14 +899,8 @@ impl Bus {
                 Some(d) => Some(d),
                 None => {
                     tracing::debug!(topic = %topic, "request answered no_responders: nobody serves {topic:?}");
-                    let e = error(
-                        ErrorKind::Temporary,
-                        "no_responders",
-                        format!("nobody serves {topic:?}"),
-                    );
-                    // It may wait for room: wake the writers this batch filled first.
-                    wakes.wake_all();
-                    return self.reply_error(from, origin_id, HOST_SENDER, e).await;
+                    let e = no_responders(topic);
+                    return self.refuse_request(from, origin_id, wakes, e).await;
                 }
             }
         } else {
@@ -926,14 +932,8 @@ impl Bus {
         // A server's `live` flag may change between the two passes: then the first one found.
         let server = table.subs.iter().filter(is_server).nth(n % servers);
         let Some(server) = server.or_else(|| table.subs.iter().find(is_server)) else {
-            let e = error(
-                ErrorKind::Temporary,
-                "no_responders",
-                format!("nobody serves {topic:?}"),
-            );
-            // It may wait for room: wake the writers this batch filled first.
-            wakes.wake_all();
-            return self.reply_error(from, origin_id, HOST_SENDER, e).await;
+            let e = no_responders(topic);
+            return self.refuse_request(from, origin_id, wakes, e).await;
         };
         if let Some((_, d)) = &server.demand {
             d.touch();
