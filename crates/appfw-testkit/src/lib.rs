@@ -283,9 +283,21 @@ impl TestHost {
         std::fs::read_to_string(self.dir.path().join("host.log")).unwrap_or_default()
     }
 
+    /// Every record of `name`'s log files (rotated and current), one per line in the record
+    /// line format (the lines of a batch each as its own record), so a test can look for
+    /// ` o some output` whatever form the host wrote it in.
     pub fn plugin_log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.data().join("logs").join(format!("{name}.log")))
-            .unwrap_or_default()
+        use appfw_host::logs::record::{self, Stamp};
+        let Ok((recs, _)) = appfw_host::logs::read::records(&self.data().join("logs"), name, 0)
+        else {
+            return String::new();
+        };
+        let mut out = Vec::new();
+        for r in recs {
+            let stamp = Stamp::at(record::system_time(r.time_us));
+            record::write(&mut out, r.seq, &stamp, r.kind, r.end, &r.payload);
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {

@@ -1,6 +1,9 @@
-//! Plugin stdout/stderr capture: the hot path. Read a big chunk, split lines, stamp one time
-//! for the chunk, number the lines, write the buffer (or queue it for the writer thread). Nothing is parsed
-//! here (the index does that from the files), so a flood is captured at pipe speed.
+//! Plugin stdout/stderr capture: the hot path. Read a big chunk, find its lines, stamp one time
+//! for the chunk, number the lines, write them (or queue them for the writer thread). The
+//! whole lines of a big chunk go to the file as one batch record, straight from the read
+//! buffer in a vectored write after a header: the bytes a flood costs are the plugin's own, as
+//! for `cat`. Nothing is parsed here (the index does that from the files), so a flood is
+//! captured at pipe speed.
 //!
 //! Also keeps the last lines for the exit event, and echoes lines into the host log at a
 //! bounded rate (a flooding plugin must not flood the host log).
@@ -21,7 +24,8 @@ use crate::metrics::LogCounters;
 const HOST_LOG_RATE: u32 = 50;
 /// Largest read from a pipe (the pipe is raised to this size too).
 const MAX_READ: usize = 1024 * 1024;
-/// Buffers a stream may have queued for the writer at once: its share of the backlog.
+/// `policy = "drop"`: buffers a stream may have queued for the writer thread at once (its
+/// share of the backlog).
 const POOL: usize = 4;
 
 /// The last lines a plugin printed (at most 20, at most 4 KiB), kept for the exit event: what a
@@ -142,40 +146,97 @@ impl RateLimit {
     }
 }
 
+/// A piece of a chunk, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Whole lines of the chunk at this range, each ending with its newline and none longer
+    /// than `max`; and how many.
+    Run(std::ops::Range<usize>, u64),
+    /// A line (or a piece of one) that is not a run of the chunk: a line begun in an earlier
+    /// chunk, or a piece of a line longer than `max` ([`End::Continued`] but the last).
+    Line(&'a [u8], End),
+}
+
 /// Splits `chunk`, which follows `carry` (the unfinished line of the previous chunk), into
-/// lines of at most `max` bytes, calling `emit` for each, and leaves its unfinished end in
-/// `carry`. A longer line is cut into pieces marked [`End::Continued`]; none is dropped.
-pub fn split(carry: &mut Vec<u8>, chunk: &[u8], max: usize, mut emit: impl FnMut(&[u8], End)) {
+/// runs of whole lines of at most `max` bytes and single lines, calling `emit` for each, and
+/// leaves its unfinished end in `carry`. A longer line is cut into pieces marked
+/// [`End::Continued`]; none is dropped. Costs a pass that counts newlines and a look back from
+/// every `max` bytes, not a search per line.
+pub fn split(carry: &mut Vec<u8>, chunk: &[u8], max: usize, mut emit: impl FnMut(Piece<'_>)) {
     let max = max.max(1);
-    let mut rest = chunk;
-    while let Some(i) = memchr::memchr(b'\n', rest) {
-        if carry.is_empty() {
-            pieces(&rest[..i], max, &mut emit);
-        } else {
-            carry.extend_from_slice(&rest[..i]);
-            pieces(carry, max, &mut emit);
-            carry.clear();
+    let mut p = 0;
+    if !carry.is_empty() {
+        match memchr::memchr(b'\n', chunk) {
+            Some(i) => {
+                carry.extend_from_slice(&chunk[..i]);
+                pieces(carry, max, &mut emit);
+                carry.clear();
+                p = i + 1;
+            }
+            None => {
+                carry.extend_from_slice(chunk);
+                cut_carry(carry, max, &mut emit);
+                return;
+            }
         }
-        rest = &rest[i + 1..];
     }
-    carry.extend_from_slice(rest);
-    // Only more than `max` is cut: a line of exactly `max` bytes may still end with a newline.
+    let end = memchr::memrchr(b'\n', &chunk[p..]).map_or(p, |i| p + i + 1);
+    let mut run = p;
+    while p < end {
+        // Every line that ends within the next max + 1 bytes is at most max long; the last
+        // newline there is where the next look starts.
+        let window = &chunk[p..(p + max + 1).min(end)];
+        match memchr::memrchr(b'\n', window) {
+            Some(i) => p += i + 1,
+            None => {
+                if run < p {
+                    emit(Piece::Run(run..p, record::count_lines(&chunk[run..p])));
+                }
+                // A newline follows (`end` is after one).
+                let nl = memchr::memchr(b'\n', &chunk[p..end]).map_or(end - 1, |i| p + i);
+                pieces(&chunk[p..nl], max, &mut emit);
+                p = nl + 1;
+                run = p;
+            }
+        }
+    }
+    if run < end {
+        emit(Piece::Run(run..end, record::count_lines(&chunk[run..end])));
+    }
+    carry.extend_from_slice(&chunk[end..]);
+    cut_carry(carry, max, &mut emit);
+}
+
+/// Only more than `max` is cut from an unfinished line: a line of exactly `max` bytes may still
+/// end with a newline.
+fn cut_carry(carry: &mut Vec<u8>, max: usize, emit: &mut impl FnMut(Piece<'_>)) {
     if carry.len() > max {
         let whole = (carry.len() - 1) / max * max;
         for p in carry[..whole].chunks(max) {
-            emit(p, End::Continued);
+            emit(Piece::Line(p, End::Continued));
         }
         carry.drain(..whole);
     }
 }
 
-fn pieces(line: &[u8], max: usize, emit: &mut impl FnMut(&[u8], End)) {
+fn pieces(line: &[u8], max: usize, emit: &mut impl FnMut(Piece<'_>)) {
     let mut l = line;
     while l.len() > max {
-        emit(&l[..max], End::Continued);
+        emit(Piece::Line(&l[..max], End::Continued));
         l = &l[max..];
     }
-    emit(l, End::Newline);
+    emit(Piece::Line(l, End::Newline));
+}
+
+/// Runs shorter than this are written as one record per line (a copy this small costs less
+/// than a batch's header, and the file reads better); longer ones as a batch.
+const BATCH_MIN: usize = 4096;
+
+/// What one chunk puts in the file, in order: bytes of `own` (records, batch heads) and runs
+/// of the read buffer.
+enum Seg {
+    Own(std::ops::Range<usize>),
+    Raw(std::ops::Range<usize>),
 }
 
 /// Reads `pipe` until EOF (the process and everything holding the pipe exited), writing every
@@ -192,31 +253,32 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
         _ => Level::Info,
     };
     let plugin = Arc::clone(&log.name);
+    // `drop` policy: buffers lent to the writer thread, so a slow disk never slows the capture.
     let (back, mut pool) = mpsc::channel::<Vec<u8>>(POOL);
-    for _ in 0..POOL {
-        let _ = back.try_send(Vec::new());
+    if log.policy == LogPolicy::Drop {
+        for _ in 0..POOL {
+            let _ = back.try_send(Vec::new());
+        }
     }
     // Not zero-filled: pages are only touched as data arrives, which keeps idle plugins cheap.
     // Small until the plugin writes a lot: a read that fills the buffer grows it, so a quiet
     // plugin costs 4 KiB and a flooding one is read in 1 MiB chunks.
     let mut raw: Vec<u8> = Vec::with_capacity(4 * 1024);
     let mut carry: Vec<u8> = Vec::new();
+    let mut own: Vec<u8> = Vec::new();
+    let mut segs: Vec<Seg> = Vec::new();
     let mut rate = RateLimit {
         window: Instant::now(),
         used: 0,
         suppressed: 0,
     };
-    let mut spare: Option<Vec<u8>> = None;
     loop {
-        // Backpressure: with `block`, no read before a buffer is free, so a plugin that writes
-        // faster than its file is written waits on its full pipe.
-        if log.policy == LogPolicy::Block && spare.is_none() {
-            spare = pool.recv().await;
-        }
         if raw.len() == raw.capacity() && raw.capacity() < MAX_READ {
             raw.reserve_exact((raw.capacity() * 16).min(MAX_READ) - raw.len());
         }
         raw.clear();
+        // Backpressure (`block`): nothing is read while the last chunk is written, so a plugin
+        // that writes faster than its file is written waits on its full pipe.
         let read = pipe.read_buf(&mut raw);
         // While lines are being suppressed, wake up when the window ends to report them even
         // if the plugin falls silent.
@@ -237,42 +299,100 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
             Ok(_) => {}
         }
         let stamp = Stamp::now();
-        let buf = match spare.take() {
-            Some(b) => Some(b),
-            None => pool.try_recv().ok(),
+        let lent = match log.policy {
+            LogPolicy::Block => None,
+            LogPolicy::Drop => match pool.try_recv() {
+                Ok(b) => Some(b),
+                Err(_) => {
+                    // All buffers queued: drop whole lines, counted.
+                    let mut lines = 0u64;
+                    split(&mut carry, &raw, log.max_line, |p| {
+                        lines += match p {
+                            Piece::Run(_, n) => n,
+                            Piece::Line(..) => 1,
+                        }
+                    });
+                    if lines > 0 {
+                        let mut seq = log.next.lock().await;
+                        log.count_drop(&mut seq, lines);
+                    }
+                    continue;
+                }
+            },
         };
-        let Some(mut buf) = buf else {
-            // `drop` policy and all buffers queued: drop whole lines, counted.
-            let mut lines = 0u64;
-            split(&mut carry, &raw, log.max_line, |_, _| lines += 1);
-            if lines > 0 {
-                let mut seq = log.next.lock().await;
-                log.count_drop(&mut seq, lines);
-            }
-            continue;
-        };
-        buf.reserve(raw.len() + raw.len() / 2 + 64);
+        own.clear();
+        segs.clear();
         let budget = rate.budget(&plugin, kind);
+        let mut echo_left = budget;
         let mut seq = log.next.lock().await;
-        let first = log.note_drops(&mut seq, &stamp, &mut buf);
+        let first = log.note_drops(&mut seq, &stamp, &mut own);
         let start = seq.next;
         let mut digits = record::SeqText::new(start);
         // A line begun in an earlier read ends in this one: the tail needs its beginning too
         // (an entry is cut at 512 bytes, so that much is enough).
         let head = (!carry.is_empty()).then(|| carry[..carry.len().min(512)].to_vec());
-        split(&mut carry, &raw, log.max_line, |line, end| {
-            record::write_digits(&mut buf, digits.text(), &stamp, kind, end, line);
-            digits.incr();
+        let mut mark = 0;
+        split(&mut carry, &raw, log.max_line, |piece| match piece {
+            Piece::Line(line, end) => {
+                record::write_digits(&mut own, digits.text(), &stamp, kind, end, line);
+                digits.incr();
+                if echo_left > 0 {
+                    echo(&plugin, kind, line, &mut rate);
+                    echo_left -= 1;
+                }
+            }
+            Piece::Run(range, count) => {
+                let lines = &raw[range.clone()];
+                for line in lines[..lines.len() - 1]
+                    .split(|b| *b == b'\n')
+                    .take(echo_left as usize)
+                {
+                    echo(&plugin, kind, line, &mut rate);
+                    echo_left -= 1;
+                }
+                if range.len() < BATCH_MIN {
+                    for line in lines[..lines.len() - 1].split(|b| *b == b'\n') {
+                        record::write_digits(
+                            &mut own,
+                            digits.text(),
+                            &stamp,
+                            kind,
+                            End::Newline,
+                            line,
+                        );
+                        digits.incr();
+                    }
+                } else {
+                    record::write_batch_head(
+                        &mut own,
+                        digits.text(),
+                        &stamp,
+                        kind,
+                        count,
+                        range.len(),
+                    );
+                    digits.add(count);
+                    segs.push(Seg::Own(mark..own.len()));
+                    segs.push(Seg::Raw(range));
+                    mark = own.len();
+                }
+            }
         });
+        if mark < own.len() {
+            segs.push(Seg::Own(mark..own.len()));
+        }
         let next = digits.value();
         seq.next = next;
         let lines = next - start;
         if lines == 0 && first.is_none() {
             drop(seq);
-            spare = Some(buf);
+            if let Some(b) = lent {
+                let _ = back.try_send(b);
+            }
             continue;
         }
         counters.inc_by(level, lines);
+        rate.suppressed += lines.saturating_sub(u64::from(budget - echo_left));
         let whole = last_lines(&raw);
         match head {
             Some(mut h) if !whole.is_empty() && whole.as_ptr() == raw.as_ptr() => {
@@ -281,16 +401,32 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
             }
             _ => tail.push(kind, whole),
         }
-        echo_some(&plugin, kind, &buf, lines, budget, &mut rate);
-        let job = Job {
-            log: Arc::clone(&log),
-            buf,
-            first: first.unwrap_or(start),
-            last: next - 1,
-            lines,
-            back: Some(back.clone()),
-        };
-        log.queue(&mut seq, job).await;
+        let parts: Vec<&[u8]> = segs
+            .iter()
+            .map(|s| match s {
+                Seg::Own(r) => &own[r.clone()],
+                Seg::Raw(r) => &raw[r.clone()],
+            })
+            .collect();
+        let first = first.unwrap_or(start);
+        match lent {
+            // The capture task writes itself (see `PluginLog::queue`), under the sequence lock.
+            None => log.sink.write_parts(&log, &parts, first, next - 1, lines),
+            Some(mut buf) => {
+                for p in &parts {
+                    buf.extend_from_slice(p);
+                }
+                let job = Job {
+                    log: Arc::clone(&log),
+                    buf,
+                    first,
+                    last: next - 1,
+                    lines,
+                    back: Some(back.clone()),
+                };
+                log.queue(&mut seq, job).await;
+            }
+        }
     }
     if !carry.is_empty() {
         let stamp = Stamp::now();
@@ -316,24 +452,6 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
     rate.roll(&plugin, kind);
 }
 
-/// The host-log echo: only the first `budget` lines of a chunk are looked at.
-fn echo_some(plugin: &str, kind: Kind, buf: &[u8], lines: u64, budget: u32, rate: &mut RateLimit) {
-    let echoed = u64::from(budget).min(lines);
-    let mut rest = buf;
-    for _ in 0..echoed {
-        let Some(i) = memchr::memchr(b'\n', rest) else {
-            break;
-        };
-        if let Ok(r) = record::parse(&rest[..i])
-            && r.kind == kind
-        {
-            echo(plugin, kind, r.payload, rate);
-        }
-        rest = &rest[i + 1..];
-    }
-    rate.suppressed += lines - echoed;
-}
-
 fn echo(plugin: &str, kind: Kind, line: &[u8], rate: &mut RateLimit) {
     rate.used += 1;
     let text = String::from_utf8_lossy(line);
@@ -351,9 +469,45 @@ mod tests {
         let mut carry = Vec::new();
         let mut out = Vec::new();
         for c in chunks {
-            split(&mut carry, c, max, |l, e| out.push((l.to_vec(), e)));
+            split(&mut carry, c, max, |p| match p {
+                Piece::Line(l, e) => out.push((l.to_vec(), e)),
+                Piece::Run(r, n) => {
+                    let lines = &c[r];
+                    assert_eq!(lines.last(), Some(&b'\n'));
+                    let v: Vec<&[u8]> = lines[..lines.len() - 1].split(|b| *b == b'\n').collect();
+                    assert_eq!(v.len() as u64, n);
+                    for l in v {
+                        assert!(l.len() <= max);
+                        out.push((l.to_vec(), End::Newline));
+                    }
+                }
+            });
         }
         (out, carry)
+    }
+
+    #[test]
+    fn whole_lines_come_as_runs_that_a_long_line_breaks() {
+        let mut pieces = Vec::new();
+        let mut carry = b"be".to_vec();
+        let chunk = b"gun\na\nbb\n0123456789\ncc\ndd\nrest";
+        split(&mut carry, chunk, 5, |p| {
+            pieces.push(match p {
+                Piece::Line(l, e) => format!("line {} {e:?}", String::from_utf8_lossy(l)),
+                Piece::Run(r, n) => format!("run {r:?} {n}"),
+            });
+        });
+        assert_eq!(
+            pieces,
+            [
+                "line begun Newline",
+                "run 4..9 2",
+                "line 01234 Continued",
+                "line 56789 Newline",
+                "run 20..26 2",
+            ]
+        );
+        assert_eq!(carry, b"rest");
     }
 
     #[test]

@@ -7,11 +7,11 @@
 //! retention can ask the index whether it has read a file up to its end.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::record::{self, End, Kind, Stamp};
+use super::record::{self, BatchHead, End, Head, Kind, Stamp};
 
 /// How a plugin's files are written.
 #[derive(Clone, Debug)]
@@ -87,6 +87,113 @@ pub fn rotated(dir: &Path) -> Vec<Rotated> {
     out
 }
 
+/// What a read of a file from its start found.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// The first record's sequence number and time (µs).
+    pub first: Option<(u64, u64)>,
+    /// The last complete record's sequence number.
+    pub last: Option<u64>,
+    /// Whether the first line is whole and not a record (a file of an older host's format).
+    pub foreign: bool,
+    /// Where the last whole record (or skipped line) ends.
+    pub end: u64,
+    /// What starts at `end` and is not whole: a write in progress, or one a crash cut short.
+    pub torn: Option<Torn>,
+}
+
+/// An incomplete record at the end of a file.
+#[derive(Debug)]
+pub struct Torn {
+    /// If it is a batch: its head and where its body starts.
+    pub batch: Option<(BatchHead, u64)>,
+}
+
+/// Longest header line looked for (a record holds at most `max_line`, at most 16 MiB).
+const HEAD_MAX: u64 = record::MAX_BATCH + 4096;
+
+/// Reads the first `len` bytes of `file` record by record from its start, jumping over the
+/// bodies of batches (a file written by a flood is mostly batches, so this reads little of
+/// it). Records can only be told apart from the start: a batch's lines may look like anything.
+pub fn scan(file: &File, len: u64) -> io::Result<Scanned> {
+    let mut r = BufReader::with_capacity(256 * 1024, file);
+    r.seek(SeekFrom::Start(0))?;
+    let mut out = Scanned::default();
+    let mut line = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        line.clear();
+        let mut n = r.by_ref().take(HEAD_MAX).read_until(b'\n', &mut line)? as u64;
+        if line.last() != Some(&b'\n') {
+            if n < HEAD_MAX {
+                out.torn = Some(Torn { batch: None });
+                break;
+            }
+            // Far longer than any record: damage, skipped to its newline.
+            loop {
+                let b = r.fill_buf()?;
+                if b.is_empty() {
+                    out.torn = Some(Torn { batch: None });
+                    return Ok(out);
+                }
+                let (used, done) = match memchr::memchr(b'\n', b) {
+                    Some(i) => (i + 1, true),
+                    None => (b.len(), false),
+                };
+                r.consume(used);
+                n += used as u64;
+                if done {
+                    break;
+                }
+            }
+            line.clear();
+        }
+        match record::parse_head(&line) {
+            Ok(Head::Line(rec)) => {
+                out.first.get_or_insert((rec.seq, rec.time_us));
+                out.last = Some(rec.seq);
+            }
+            Ok(Head::Batch(h)) => {
+                if pos + n + h.len > len {
+                    out.torn = Some(Torn {
+                        batch: Some((h, pos + n)),
+                    });
+                    break;
+                }
+                out.first.get_or_insert((h.seq, h.time_us));
+                out.last = Some(h.last());
+                // At most MAX_BATCH: fits.
+                r.seek_relative(h.len as i64)?;
+                n += h.len;
+            }
+            Err(_) => out.foreign |= pos == 0,
+        }
+        pos += n;
+        out.end = pos;
+    }
+    Ok(out)
+}
+
+/// Writes all of `parts` (the kernel may take fewer bytes than asked, more than `IOV_MAX`
+/// parts are taken in turns by the standard library).
+fn write_all_vectored(f: &mut File, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        match f.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// What a write did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -131,8 +238,9 @@ pub struct LogFile {
 impl LogFile {
     /// Opens `plugin`'s current file and returns it with the next sequence number: one more
     /// than the last record in the current file, else in the newest rotated file, else 1.
-    /// A current file torn by a crash mid-write is ended with a newline first; a file not made
-    /// of records (an older host's format) is moved aside to `<plugin>.legacy.log`.
+    /// A current file whose last record a crash cut short is cut back to its last whole record
+    /// (a cut batch keeps its whole lines); a file not made of records (an older host's format)
+    /// is moved aside to `<plugin>.legacy.log`.
     pub fn open(logs: &Path, plugin: &str, opts: FileOptions) -> io::Result<(Self, u64)> {
         let dir = archive_dir(logs, plugin);
         std::fs::create_dir_all(&dir)?;
@@ -158,17 +266,9 @@ impl LogFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((lf, from_archive + 1)),
             Err(e) => return Err(e),
         };
-        let len = f.metadata()?.len();
-        if len == 0 {
-            return Ok((lf, from_archive + 1));
-        }
-        let mut head =
-            vec![0; usize::try_from(len.min(lf.opts.max_line as u64 + 4096)).unwrap_or(4096)];
-        f.read_exact(&mut head)?;
-        let first = memchr::memchr(b'\n', &head)
-            .and_then(|i| record::parse(&head[..i]).ok())
-            .map(|r| (r.seq, r.time_us));
-        let Some((first, first_us)) = first else {
+        let mut len = f.metadata()?.len();
+        let mut sc = scan(&f, len)?;
+        if sc.foreign {
             drop(f);
             let aside = logs.join(format!("{plugin}.legacy.log"));
             tracing::warn!(
@@ -179,17 +279,14 @@ impl LogFile {
             );
             std::fs::rename(&path, &aside)?;
             return Ok((lf, from_archive + 1));
-        };
-        let back = len.min(2 * lf.opts.max_line as u64 + 8192);
-        f.seek(SeekFrom::Start(len - back))?;
-        let mut tail = vec![0; usize::try_from(back).unwrap_or(0)];
-        f.read_exact(&mut tail)?;
-        let last = record::last_seq(&tail).unwrap_or(first);
-        let mut len = len;
-        if tail.last() != Some(&b'\n') {
-            f.write_all(b"\n")?;
-            len += 1;
         }
+        if let Some(torn) = sc.torn.take() {
+            len = repair(&mut f, &path, &mut sc, torn, len)?;
+        }
+        let (Some((first, first_us)), Some(last)) = (sc.first, sc.last) else {
+            // Nothing whole in it: the next write starts it again.
+            return Ok((lf, from_archive + 1));
+        };
         lf.file = Some(f);
         lf.len = len;
         lf.first = Some(first);
@@ -198,12 +295,13 @@ impl LogFile {
         Ok((lf, last.max(from_archive) + 1))
     }
 
-    /// Writes `buf`, whole records numbered `first..=last` (`lines` lines of the plugin),
-    /// rotating first when the file is full or old. A refused write (disk full) leaves the
-    /// file as it was, and the lines are dropped and counted until a retry, once a second,
-    /// succeeds; that write starts with a record saying what was dropped.
-    pub fn write(&mut self, buf: &[u8], first: u64, last: u64, lines: u64) -> Outcome {
-        if buf.is_empty() {
+    /// Writes `parts` (in one vectored write), whole records numbered `first..=last` (`lines`
+    /// lines of the plugin), rotating first when the file is full or old. A refused write (disk
+    /// full) leaves the file as it was, and the lines are dropped and counted until a retry,
+    /// once a second, succeeds; that write starts with a record saying what was dropped.
+    pub fn write(&mut self, parts: &[&[u8]], first: u64, last: u64, lines: u64) -> Outcome {
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        if size == 0 {
             return Outcome::Written;
         }
         let mut note = Vec::new();
@@ -234,7 +332,7 @@ impl LogFile {
             self.dropping.as_ref().map_or(first, |d| d.to)
         };
         let mut rotated = false;
-        let total = (note.len() + buf.len()) as u64;
+        let total = (note.len() + size) as u64;
         if self.file.is_some()
             && self.len > 0
             && (self.len + total > self.opts.max_file_size
@@ -245,7 +343,7 @@ impl LogFile {
                 Err(e) => return self.refused(first, last, lines, &e),
             }
         }
-        if let Err(e) = self.append(&note, buf, note_first, last) {
+        if let Err(e) = self.append(&note, parts, size, note_first, last) {
             return self.refused(first, last, lines, &e);
         }
         if let Some(d) = self.dropping.take() {
@@ -258,7 +356,14 @@ impl LogFile {
         }
     }
 
-    fn append(&mut self, note: &[u8], buf: &[u8], first: u64, last: u64) -> io::Result<()> {
+    fn append(
+        &mut self,
+        note: &[u8],
+        parts: &[&[u8]],
+        size: usize,
+        first: u64,
+        last: u64,
+    ) -> io::Result<()> {
         if self.file.is_none() {
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -271,7 +376,12 @@ impl LogFile {
         let Some(f) = self.file.as_mut() else {
             return Err(io::Error::other("log file not open"));
         };
-        let res = f.write_all(note).and_then(|()| f.write_all(buf));
+        let res = if note.is_empty() {
+            write_all_vectored(f, parts)
+        } else {
+            f.write_all(note)
+                .and_then(|()| write_all_vectored(f, parts))
+        };
         if let Err(e) = res {
             // A torn record would corrupt the file: cut what this write added.
             let _ = f.set_len(self.len);
@@ -281,7 +391,7 @@ impl LogFile {
             self.first = Some(first);
             self.born = SystemTime::now();
         }
-        self.len += (note.len() + buf.len()) as u64;
+        self.len += (note.len() + size) as u64;
         self.last = last;
         Ok(())
     }
@@ -345,6 +455,41 @@ impl LogFile {
     }
 }
 
+/// Cuts a current file back to the end of its last whole record (`sc.end`), after a crash cut
+/// its last write short: appending after half a record would glue the next one to it. The whole
+/// lines of a cut batch are kept, as a shorter batch with the same numbers. Returns the new
+/// length.
+fn repair(f: &mut File, path: &Path, sc: &mut Scanned, torn: Torn, len: u64) -> io::Result<u64> {
+    let mut body = Vec::new();
+    if let Some((_, at)) = &torn.batch {
+        f.seek(SeekFrom::Start(*at))?;
+        f.take(len - at).read_to_end(&mut body)?;
+        let whole = memchr::memrchr(b'\n', &body).map_or(0, |i| i + 1);
+        body.truncate(whole);
+    }
+    f.set_len(sc.end)?;
+    let mut kept = 0;
+    if let (Some((h, _)), false) = (torn.batch, body.is_empty()) {
+        let count = record::count_lines(&body);
+        let mut head = Vec::new();
+        let seq = h.seq.to_string();
+        let stamp = Stamp::at(record::system_time(h.time_us));
+        record::write_batch_head(&mut head, seq.as_bytes(), &stamp, h.kind, count, body.len());
+        f.write_all(&head)?;
+        f.write_all(&body)?;
+        sc.first.get_or_insert((h.seq, h.time_us));
+        sc.last = Some(h.seq + count - 1);
+        kept = count;
+    }
+    tracing::warn!(
+        "{}: the last write was cut short (the host stopped while writing it): cut back to byte {}, {} whole lines of it kept",
+        path.display(),
+        sc.end,
+        kept
+    );
+    f.metadata().map(|m| m.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,22 +520,19 @@ mod tests {
 
     fn all_seqs(logs: &Path, plugin: &str) -> Vec<u64> {
         let mut seqs = Vec::new();
+        let read = |text: &[u8]| -> Vec<u64> {
+            let mut it = record::Records::new(text);
+            let s = it.by_ref().map(|r| r.seq).collect();
+            assert_eq!((it.bad(), it.consumed()), (0, text.len()));
+            s
+        };
         for r in rotated(&archive_dir(logs, plugin)) {
-            let text = std::fs::read(&r.path).unwrap();
-            let s: Vec<u64> = text
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(|l| record::parse(l).unwrap().seq)
-                .collect();
+            let s = read(&std::fs::read(&r.path).unwrap());
             assert_eq!((s[0], *s.last().unwrap()), (r.first, r.last), "{r:?}");
             seqs.extend(s);
         }
         if let Ok(text) = std::fs::read(current_path(logs, plugin)) {
-            seqs.extend(
-                text.split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(|l| record::parse(l).unwrap().seq),
-            );
+            seqs.extend(read(&text));
         }
         seqs
     }
@@ -404,7 +546,7 @@ mod tests {
         for _ in 0..30 {
             let buf = records(seq..=seq + 4);
             assert!(matches!(
-                f.write(&buf, seq, seq + 4, 5),
+                f.write(&[&buf], seq, seq + 4, 5),
                 Outcome::Written | Outcome::Rotated
             ));
             seq += 5;
@@ -413,7 +555,7 @@ mod tests {
         assert!(rotated(&archive_dir(dir.path(), "p")).len() >= 5);
         let (mut f, next) = LogFile::open(dir.path(), "p", opts(1000)).unwrap();
         assert_eq!(next, seq);
-        f.write(&records(seq..=seq), seq, seq, 1);
+        f.write(&[&records(seq..=seq)], seq, seq, 1);
         // And from the archive alone.
         f.rotate().unwrap();
         drop(f);
@@ -422,20 +564,32 @@ mod tests {
         assert_eq!(all_seqs(dir.path(), "p"), (1..=seq).collect::<Vec<_>>());
     }
 
+    fn batch(seq: u64, lines: &[&str]) -> Vec<u8> {
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let mut out = Vec::new();
+        let digits = seq.to_string();
+        record::write_batch_head(
+            &mut out,
+            digits.as_bytes(),
+            &Stamp::now(),
+            Kind::Stdout,
+            lines.len() as u64,
+            body.len(),
+        );
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+
     #[test]
-    fn a_torn_file_is_ended_and_a_legacy_one_moved_aside() {
+    fn a_torn_record_is_cut_and_a_legacy_file_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let mut text = records(1..=3);
         text.extend_from_slice(b"4 2026-11-26T11:2");
         std::fs::write(current_path(dir.path(), "p"), &text).unwrap();
         let (mut f, next) = LogFile::open(dir.path(), "p", opts(1 << 20)).unwrap();
         assert_eq!(next, 4);
-        f.write(&records(4..=4), 4, 4, 1);
-        let text = std::fs::read_to_string(current_path(dir.path(), "p")).unwrap();
-        let lines: Vec<_> = text.lines().collect();
-        assert_eq!(lines.len(), 5);
-        assert!(record::parse(lines[3].as_bytes()).is_err());
-        assert_eq!(record::parse(lines[4].as_bytes()).unwrap().seq, 4);
+        f.write(&[&records(4..=4)], 4, 4, 1);
+        assert_eq!(all_seqs(dir.path(), "p"), [1, 2, 3, 4]);
 
         std::fs::write(
             current_path(dir.path(), "q"),
@@ -445,6 +599,60 @@ mod tests {
         let (_, next) = LogFile::open(dir.path(), "q", opts(1 << 20)).unwrap();
         assert_eq!(next, 1);
         assert!(dir.path().join("q.legacy.log").exists());
+    }
+
+    /// A crash in the middle of writing a batch: its whole lines are kept (a shorter batch with
+    /// the same numbers), the cut line is not, and the next write follows them.
+    #[test]
+    fn a_torn_batch_keeps_its_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = records(1..=2);
+        let b = batch(3, &["three", "four", "five"]);
+        // Cut inside "five".
+        text.extend_from_slice(&b[..b.len() - 3]);
+        std::fs::write(current_path(dir.path(), "p"), &text).unwrap();
+        let (mut f, next) = LogFile::open(dir.path(), "p", opts(1 << 20)).unwrap();
+        assert_eq!(next, 5);
+        f.write(&[&batch(5, &["five again", "six"])], 5, 6, 2);
+        assert_eq!(all_seqs(dir.path(), "p"), [1, 2, 3, 4, 5, 6]);
+        let all = std::fs::read(current_path(dir.path(), "p")).unwrap();
+        let lines: Vec<_> = record::Records::new(&all)
+            .map(|r| r.payload.to_vec())
+            .collect();
+        assert_eq!(lines[2..], [&b"three"[..], b"four", b"five again", b"six"]);
+
+        // Cut inside the head: nothing of the batch is kept.
+        let mut text = records(1..=2);
+        text.extend_from_slice(&b[..10]);
+        std::fs::write(current_path(dir.path(), "r"), &text).unwrap();
+        let (_, next) = LogFile::open(dir.path(), "r", opts(1 << 20)).unwrap();
+        assert_eq!(next, 3);
+        let all = std::fs::read(current_path(dir.path(), "r")).unwrap();
+        let lines: Vec<_> = record::Records::new(&all)
+            .map(|r| r.payload.to_vec())
+            .collect();
+        assert_eq!(lines, [&b"line 1"[..], b"line 2"]);
+        assert_eq!(all.last(), Some(&b'\n'));
+        // A file that is only a cut batch: numbering goes on from the archive.
+        std::fs::write(current_path(dir.path(), "s"), &b[..b.len() - 6]).unwrap();
+        let (_, next) = LogFile::open(dir.path(), "s", opts(1 << 20)).unwrap();
+        assert_eq!(next, 4, "three was whole");
+    }
+
+    #[test]
+    fn scan_jumps_over_batches_whatever_their_lines_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.log");
+        let mut text = records(1..=1);
+        // Lines that look like records, and one far longer than a head is looked for.
+        text.extend(batch(2, &["99 2026-11-26T11:24:46.123456Z o fake", "x"]));
+        text.extend(records(4..=4));
+        std::fs::write(&path, &text).unwrap();
+        let f = File::open(&path).unwrap();
+        let sc = scan(&f, text.len() as u64).unwrap();
+        assert_eq!((sc.first.map(|f| f.0), sc.last), (Some(1), Some(4)));
+        assert_eq!(sc.end, text.len() as u64);
+        assert!(sc.torn.is_none() && !sc.foreign);
     }
 
     /// A real full disk: a 1 MiB tmpfs (needs root to mount; skipped otherwise).
@@ -475,17 +683,20 @@ mod tests {
         // Fill the disk.
         while !matches!(outcomes.last(), Some(Outcome::StartedDropping(_))) {
             assert!(Instant::now() < deadline);
-            outcomes.push(f.write(&records(seq..=seq + 99), seq, seq + 99, 100));
+            outcomes.push(f.write(&[&records(seq..=seq + 99)], seq, seq + 99, 100));
             seq += 100;
         }
         let first_dropped = seq - 100;
-        assert_eq!(f.write(&records(seq..=seq), seq, seq, 1), Outcome::Dropped);
+        assert_eq!(
+            f.write(&[&records(seq..=seq)], seq, seq, 1),
+            Outcome::Dropped
+        );
         seq += 1;
         // Space returns: the next retry (at most a second later) writes, with a note first.
         std::fs::remove_file(&filler).unwrap();
         let resumed = loop {
             assert!(Instant::now() < deadline, "never resumed");
-            let o = f.write(&records(seq..=seq), seq, seq, 1);
+            let o = f.write(&[&records(seq..=seq)], seq, seq, 1);
             seq += 1;
             if let Outcome::Resumed(n) = o {
                 break n;

@@ -3,12 +3,15 @@
 //! the reader (seen by inode). The index and the live tail both read the files this way.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::files::{archive_dir, current_path, rotated};
-use super::record::{self, Record};
+use super::files::{archive_dir, current_path, rotated, scan};
+use super::record::{self, Entry, Record};
+
+/// Bytes read from a file at a time.
+const READ: usize = 256 * 1024;
 
 /// Where a reader of one plugin's records is.
 pub struct Follow {
@@ -16,18 +19,44 @@ pub struct Follow {
     next: u64,
     src: Option<Source>,
     /// Where reading stopped at the end of the current file (inode, offset): the file is closed
-    /// while nothing new comes (no descriptor per idle plugin), and reopened there.
+    /// while nothing new comes (no descriptor or buffer per idle plugin), and reopened there.
     resume: Option<(u64, u64)>,
 }
 
 struct Source {
-    reader: BufReader<Box<dyn Read + Send>>,
+    reader: Box<dyn Read + Send>,
     /// The current file (rather than a rotated one), and its inode.
     current: Option<u64>,
-    /// Bytes of it read so far.
+    /// For a rotated file: the last record its name says it holds.
+    last: u64,
+    /// Offset in the file of `buf[0]`.
     offset: u64,
-    /// An unfinished last line of the current file.
-    partial: Vec<u8>,
+    /// Bytes read and not yet consumed from `start` on (a record is consumed once all of it
+    /// is delivered).
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Source {
+    /// Reads more after what is buffered; 0 at the end of what is there.
+    fn fill(&mut self) -> usize {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.offset += self.start as u64;
+            self.start = 0;
+        }
+        let have = self.buf.len();
+        self.buf.resize(have + READ, 0);
+        let got = loop {
+            match self.reader.read(&mut self.buf[have..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break 0,
+            }
+        };
+        self.buf.truncate(have + got);
+        got
+    }
 }
 
 impl Follow {
@@ -40,13 +69,13 @@ impl Follow {
         }
     }
 
-    /// Starts after the last complete record written so far (a live tail): the end of the
-    /// current file, found without reading it from its start.
+    /// Starts after the last whole record written so far (a live tail). The current file is
+    /// read from its start for that, jumping over batches (see [`scan`]).
     pub fn at_end(logs: &Path, plugin: &str) -> io::Result<Self> {
         let from_archive = rotated(&archive_dir(logs, plugin))
             .last()
             .map_or(0, |r| r.last);
-        let mut f = match File::open(current_path(logs, plugin)) {
+        let f = match File::open(current_path(logs, plugin)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(Self::from_seq(from_archive + 1));
@@ -54,29 +83,13 @@ impl Follow {
             Err(e) => return Err(e),
         };
         let meta = f.metadata()?;
-        let len = meta.len();
-        // The last record of a line of at most max_line bytes (16 MiB at most).
-        let mut back = 64 * 1024u64;
-        loop {
-            let start = len.saturating_sub(back);
-            f.seek(SeekFrom::Start(start))?;
-            let mut tail = Vec::new();
-            (&mut f).take(len - start).read_to_end(&mut tail)?;
-            // Complete lines only: a write in progress may have left half a record.
-            let end = memchr::memrchr(b'\n', &tail).map_or(0, |i| i + 1);
-            if let Some(last) = record::last_seq(&tail[..end]) {
-                return Ok(Self {
-                    next: last.max(from_archive) + 1,
-                    src: None,
-                    resume: Some((meta.ino(), start + end as u64)),
-                });
-            }
-            if start == 0 || back >= 32 * 1024 * 1024 {
-                // No complete record: read the current file from its start.
-                return Ok(Self::from_seq(from_archive + 1));
-            }
-            back *= 8;
-        }
+        let sc = scan(&f, meta.len())?;
+        Ok(Self {
+            next: sc.last.unwrap_or(0).max(from_archive) + 1,
+            src: None,
+            // A write in progress at the end is read once it is whole.
+            resume: Some((meta.ino(), sc.end)),
+        })
     }
 
     /// The next sequence number wanted.
@@ -94,7 +107,6 @@ impl Follow {
         mut f: impl FnMut(&Record<'_>),
     ) -> usize {
         let mut n = 0;
-        let mut line = Vec::new();
         while n < max {
             if self.src.is_none() {
                 self.src = open_source(logs, plugin, self.next, self.resume.take());
@@ -103,38 +115,55 @@ impl Follow {
                 }
             }
             let Some(src) = self.src.as_mut() else { break };
-            line.clear();
-            let got = src.reader.read_until(b'\n', &mut line).unwrap_or(0);
-            src.offset += got as u64;
-            if got > 0 && line.last() == Some(&b'\n') {
-                let full: &[u8] = if src.partial.is_empty() {
-                    &line
-                } else {
-                    src.partial.extend_from_slice(&line);
-                    &src.partial
-                };
-                if let Ok(r) = record::parse(full)
-                    && r.seq >= self.next
-                {
-                    self.next = r.seq + 1;
-                    f(&r);
-                    n += 1;
+            // Whole records of what is buffered.
+            loop {
+                match record::next_entry(&src.buf[src.start..]) {
+                    Entry::Line(r, used) => {
+                        if r.seq >= self.next {
+                            self.next = r.seq + 1;
+                            f(&r);
+                            n += 1;
+                        }
+                        src.start += used;
+                    }
+                    Entry::Batch(h, body, used) => {
+                        if h.last() >= self.next {
+                            let from = self.next;
+                            for r in h.records(body).filter(|r| r.seq >= from) {
+                                if n == max {
+                                    // The rest of the batch next time (it stays unconsumed).
+                                    return n;
+                                }
+                                self.next = r.seq + 1;
+                                f(&r);
+                                n += 1;
+                            }
+                        }
+                        src.start += used;
+                    }
+                    Entry::Bad(used) => src.start += used,
+                    Entry::Incomplete => break,
                 }
-                src.partial.clear();
+                if n == max {
+                    return n;
+                }
+            }
+            if src.fill() > 0 {
                 continue;
             }
             // End of what is there.
-            src.partial.extend_from_slice(&line);
             match src.current {
                 None => {
-                    // A rotated file read to its end: on to the next one.
+                    // A rotated file read to its end: on to the next one (past what its name
+                    // promised, even if damage left records out, so it is not read again).
+                    self.next = self.next.max(src.last.saturating_add(1));
                     self.src = None;
                 }
                 Some(ino) => {
                     let now = std::fs::metadata(current_path(logs, plugin)).map(|m| m.ino());
                     if now.ok() == Some(ino) {
-                        // Caught up: close it, and come back to the start of the unfinished line.
-                        self.resume = Some((ino, src.offset - src.partial.len() as u64));
+                        // Caught up: close it, and come back to the start of what is not whole.
+                        self.resume = Some((ino, src.offset));
                         self.src = None;
                         break;
                     }
@@ -173,19 +202,23 @@ fn open_source(logs: &Path, plugin: &str, next: u64, resume: Option<(u64, u64)>)
             (Box::new(file), off)
         };
         return Some(Source {
-            reader: BufReader::with_capacity(256 * 1024, inner),
+            reader: inner,
             current: None,
+            last: f.last,
             offset,
-            partial: Vec::new(),
+            buf: Vec::new(),
+            start: 0,
         });
     }
     let mut file = File::open(current_path(logs, plugin)).ok()?;
     let ino = file.metadata().ok()?.ino();
     let offset = at(&mut file, ino);
     Some(Source {
-        reader: BufReader::with_capacity(256 * 1024, Box::new(file)),
+        reader: Box::new(file),
         current: Some(ino),
+        last: 0,
         offset,
-        partial: Vec::new(),
+        buf: Vec::new(),
+        start: 0,
     })
 }

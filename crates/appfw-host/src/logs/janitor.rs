@@ -157,7 +157,7 @@ mod tests {
                 End::Newline,
                 b"0123456789012345678901234567890123456789",
             );
-            f.write(&b, s, s, 1);
+            f.write(&[&b], s, s, 1);
         }
         let arch = dir.path().join("p");
         let n = rotated(&arch).len();

@@ -1,8 +1,9 @@
 //! Plugin logs: capture into sequenced record files, rotation, compression and retention.
 //!
 //! ```text
-//! stdout/stderr pipe -> capture task (one per stream: read a big chunk, split lines, one
-//!   timestamp per chunk, number them under the plugin's sequence lock, write the buffer)
+//! stdout/stderr pipe -> capture task (one per stream: read a big chunk, find its lines, one
+//!   timestamp per chunk, number them under the plugin's sequence lock, write them: a big run
+//!   of lines as one batch record straight from the read buffer)
 //! LOG frame (SDK)    -> conn reader: one `l` record, same lock
 //!   -> the write, by the capture task itself (policy block) or the writer thread (one per
 //!      host, bounded queue; policy drop): append to <logs>/<plugin>.log, rotate by size/age
@@ -90,8 +91,19 @@ struct Sink {
 }
 
 impl Sink {
-    fn write(&self, job: Job) {
-        write_job(job, &self.events, &self.janitor);
+    fn write(&self, mut job: Job) {
+        self.write_parts(&job.log, &[&job.buf], job.first, job.last, job.lines);
+        if let Some(back) = job.back.take() {
+            job.buf.clear();
+            // The pool has room for every buffer it lent.
+            let _ = back.try_send(std::mem::take(&mut job.buf));
+        }
+    }
+
+    /// Writes `parts` (records numbered `first..=last`, `lines` lines of the plugin) in one
+    /// vectored write, and tells the index and the live tails.
+    fn write_parts(&self, log: &PluginLog, parts: &[&[u8]], first: u64, last: u64, lines: u64) {
+        write_parts(log, parts, first, last, lines, &self.events, &self.janitor);
         if let Some(w) = &self.wake {
             w.wake();
         }
@@ -309,53 +321,44 @@ async fn sync(writer: &mpsc::Sender<Msg>, timeout: Duration) -> bool {
     .unwrap_or(false)
 }
 
-fn write_job(mut job: Job, events: &Events, janitor: &std::sync::mpsc::SyncSender<Option<String>>) {
-    let outcome = {
-        let mut f = job.log.file.lock().unwrap_or_else(PoisonError::into_inner);
-        f.write(&job.buf, job.first, job.last, job.lines)
-    };
+fn write_parts(
+    log: &PluginLog,
+    parts: &[&[u8]],
+    first: u64,
+    last: u64,
+    lines: u64,
+    events: &Events,
+    janitor: &std::sync::mpsc::SyncSender<Option<String>>,
+) {
+    let outcome = lock(&log.file).write(parts, first, last, lines);
     if matches!(
         outcome,
         Outcome::Written | Outcome::Rotated | Outcome::Resumed(_)
     ) {
-        job.log
-            .counters
-            .written_seq
-            .fetch_max(job.last, Ordering::Relaxed);
+        log.counters.written_seq.fetch_max(last, Ordering::Relaxed);
     }
     match outcome {
         Outcome::Written => {}
         Outcome::Rotated => {
             // Full queue: the janitor's periodic pass finds the file.
-            let _ = janitor.try_send(Some(job.log.name.to_string()));
+            let _ = janitor.try_send(Some(log.name.to_string()));
         }
         Outcome::Dropped => {
-            job.log
-                .counters
-                .dropped
-                .fetch_add(job.lines, Ordering::Relaxed);
+            log.counters.dropped.fetch_add(lines, Ordering::Relaxed);
         }
         Outcome::StartedDropping(reason) => {
-            job.log
-                .counters
-                .dropped
-                .fetch_add(job.lines, Ordering::Relaxed);
+            log.counters.dropped.fetch_add(lines, Ordering::Relaxed);
             events.emit(
-                Some(&job.log.name),
+                Some(&log.name),
                 EventKind::LogDropped {
                     reason,
-                    from_seq: job.first,
+                    from_seq: first,
                 },
             );
         }
         Outcome::Resumed(dropped) => {
-            events.emit(Some(&job.log.name), EventKind::LogResumed { dropped });
+            events.emit(Some(&log.name), EventKind::LogResumed { dropped });
         }
-    }
-    if let Some(back) = job.back.take() {
-        job.buf.clear();
-        // The pool has room for every buffer it lent.
-        let _ = back.try_send(std::mem::take(&mut job.buf));
     }
 }
 

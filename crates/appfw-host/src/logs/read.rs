@@ -34,27 +34,24 @@ pub fn file_bytes(path: &Path) -> io::Result<Vec<u8>> {
 }
 
 /// Every complete record of `plugin` numbered `from` or more, oldest first, and how many lines
-/// were not records (a torn write before a crash). A file rotated or deleted while this reads
+/// were not records (damage). An incomplete record at the end of a file (a write in progress)
+/// is left out. A file rotated or deleted while this reads
 /// is looked for again once.
 pub fn records(logs: &Path, plugin: &str, from: u64) -> io::Result<(Vec<OwnedRecord>, u64)> {
     let mut out = Vec::new();
     let mut bad = 0;
     let mut push = |bytes: &[u8], out: &mut Vec<OwnedRecord>| {
-        let mut rest = bytes;
-        while let Some(i) = memchr::memchr(b'\n', rest) {
-            match record::parse(&rest[..i]) {
-                Ok(r) if r.seq >= from => out.push(OwnedRecord {
-                    seq: r.seq,
-                    time_us: r.time_us,
-                    kind: r.kind,
-                    end: r.end,
-                    payload: r.payload.to_vec(),
-                }),
-                Ok(_) => {}
-                Err(_) => bad += 1,
-            }
-            rest = &rest[i + 1..];
+        let mut it = record::Records::new(bytes);
+        for r in it.by_ref().filter(|r| r.seq >= from) {
+            out.push(OwnedRecord {
+                seq: r.seq,
+                time_us: r.time_us,
+                kind: r.kind,
+                end: r.end,
+                payload: r.payload.to_vec(),
+            });
         }
+        bad += it.bad();
     };
     let mut files = rotated(&archive_dir(logs, plugin));
     files.retain(|f| f.last >= from);

@@ -1,11 +1,17 @@
-//! The on-disk log record: one line per record, written by the capture path and read by the
-//! index, the live tail, the CLI and a host that takes over.
+//! The on-disk log record, written by the capture path and read by the index, the live tail,
+//! the CLI and a host that takes over. A file holds two forms of record, in sequence order:
 //!
 //! ```text
-//! <seq> <time> <kind>[<flag>] <payload>\n
+//! <seq> <time> <kind>[<flag>] <payload>\n                 one record (a line)
+//! <seq> <time> <kind>* <count> <len>\n<len bytes>         a batch of <count> records
+//!
 //! 42 2026-11-26T11:24:46.123456Z o hello world
 //! 43 2026-11-26T11:24:46.123456Z e+ first 64 KiB of a long line ...
 //! 44 2026-11-26T11:24:46.123456Z e ... and the rest of it
+//! 45 2026-11-26T11:24:46.200000Z o* 3 18
+//! line a
+//! line b
+//! line c
 //! ```
 //!
 //! - `seq`: decimal, per plugin, increasing by one per record, continued across rotations and
@@ -18,8 +24,16 @@
 //! - `payload`: the line's bytes exactly as the plugin wrote them, without the newline: a line
 //!   never contains `\n`, so no escaping is needed, and invalid UTF-8, `\r` and colour codes are
 //!   kept byte for byte. Readers decide what to show (the store strips colour codes).
+//! - A batch (`*`): the next `len` bytes are `count` whole lines as the plugin wrote them, each
+//!   ending with its newline and none longer than `logs.max_line`; they are records `seq`,
+//!   `seq + 1`, ... with the batch's time and kind and no flag. The capture path writes a big
+//!   read this way, straight from its read buffer: one header per chunk instead of one per line
+//!   is what lets it keep up with the pipe (the bytes written are the plugin's bytes, as `cat`
+//!   would write them). `len` makes the form unambiguous whatever the lines hold; a reader
+//!   reads records from the start of a file (or from where an earlier read stopped), never
+//!   backwards.
 //!
-//! Writing costs one timestamp per read chunk, an itoa per line and a copy of the line.
+//! Writing costs one timestamp per read chunk and, for a line record, an itoa and a copy.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -127,6 +141,14 @@ pub enum RecordError {
         /// 1-based column.
         col: usize,
     },
+    /// A batch header's line count or byte length is missing, zero or too large.
+    #[error(
+        "column {col}: expected a batch's line count and byte length (at most {MAX_BATCH} bytes)"
+    )]
+    Batch {
+        /// 1-based column.
+        col: usize,
+    },
     /// The line holds a newline (a record never does).
     #[error("column {col}: a record ends at its first newline")]
     Newline {
@@ -219,6 +241,11 @@ impl SeqText {
         &self.digits[self.start..]
     }
 
+    /// Adds `n` (a batch's lines).
+    pub fn add(&mut self, n: u64) {
+        *self = Self::new(self.value.saturating_add(n));
+    }
+
     /// Adds one.
     pub fn incr(&mut self) {
         if self.value == u64::MAX {
@@ -262,8 +289,69 @@ pub fn write_digits(
     out.push(b'\n');
 }
 
-/// Parses one record; `line` may end with its newline.
+/// Largest body of a batch record. The capture path writes at most one read (1 MiB) per batch;
+/// a larger length is damage, not a batch to wait for.
+pub const MAX_BATCH: u64 = 16 * 1024 * 1024;
+
+/// A batch header: records `seq..seq + count` are the `count` lines of the next `len` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHead {
+    /// Sequence number of the first line.
+    pub seq: u64,
+    /// Microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// Source of every line.
+    pub kind: Kind,
+    /// Lines in the body (at least 1).
+    pub count: u64,
+    /// Bytes of the body (at least 1, at most [`MAX_BATCH`]).
+    pub len: u64,
+}
+
+impl BatchHead {
+    /// Sequence number of its last line.
+    pub fn last(&self) -> u64 {
+        self.seq.saturating_add(self.count - 1)
+    }
+
+    /// The records of `body` (the `len` bytes after the header, checked by [`next_entry`]).
+    pub fn records<'a>(&self, body: &'a [u8]) -> impl Iterator<Item = Record<'a>> + use<'a> {
+        let h = *self;
+        let body = body.strip_suffix(b"\n").unwrap_or(body);
+        body.split(|b| *b == b'\n')
+            .enumerate()
+            .map(move |(i, payload)| Record {
+                seq: h.seq.saturating_add(i as u64),
+                time_us: h.time_us,
+                kind: h.kind,
+                end: End::Newline,
+                payload,
+            })
+    }
+}
+
+/// A parsed header line: a whole record, or the head of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head<'a> {
+    /// A record.
+    Line(Record<'a>),
+    /// A batch; its lines follow.
+    Batch(BatchHead),
+}
+
+/// Parses one record; `line` may end with its newline. A batch header is not a record.
 pub fn parse(line: &[u8]) -> Result<Record<'_>, RecordError> {
+    match parse_head(line)? {
+        Head::Line(r) => Ok(r),
+        Head::Batch(_) => {
+            let col = memchr::memchr(b'*', line).map_or(1, |i| i + 1);
+            Err(RecordError::Kind { col })
+        }
+    }
+}
+
+/// Parses one header line (a record, or a batch's head); `line` may end with its newline.
+pub fn parse_head(line: &[u8]) -> Result<Head<'_>, RecordError> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     if let Some(i) = memchr::memchr(b'\n', line) {
         return Err(RecordError::Newline { col: i + 1 });
@@ -287,18 +375,186 @@ pub fn parse(line: &[u8]) -> Result<Record<'_>, RecordError> {
         Some(b' ') => (End::Newline, k0 + 2),
         Some(b'+') => (End::Continued, k0 + 3),
         Some(b'-') => (End::Partial, k0 + 3),
+        Some(b'*') if line.get(k0 + 2) == Some(&b' ') => {
+            let c0 = k0 + 3;
+            let bad = RecordError::Batch { col: c0 + 1 };
+            let (count, len) = line[c0..]
+                .split(|b| *b == b' ')
+                .map(parse_u64)
+                .collect::<Option<Vec<u64>>>()
+                .and_then(|v| match v[..] {
+                    [c, l] => Some((c, l)),
+                    _ => None,
+                })
+                .ok_or_else(|| bad.clone())?;
+            if count == 0 || len < count || len > MAX_BATCH {
+                return Err(bad);
+            }
+            return Ok(Head::Batch(BatchHead {
+                seq,
+                time_us,
+                kind,
+                count,
+                len,
+            }));
+        }
         _ => return Err(kind_err),
     };
     if p0 > k0 + 2 && line.get(p0 - 1) != Some(&b' ') {
         return Err(kind_err);
     }
-    Ok(Record {
+    Ok(Head::Line(Record {
         seq,
         time_us,
         kind,
         end,
         payload: &line[p0..],
-    })
+    }))
+}
+
+/// One step through a buffer of records that starts at a record's first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry<'a> {
+    /// A record, and the bytes it took.
+    Line(Record<'a>, usize),
+    /// A batch: its head, its body (see [`BatchHead::records`]) and the bytes it took.
+    Batch(BatchHead, &'a [u8], usize),
+    /// A line that is not a record (damage, or a torn write an older host left), with its
+    /// newline: skipped.
+    Bad(usize),
+    /// The buffer ends inside a record: a write in progress, or a write a crash cut short.
+    Incomplete,
+}
+
+/// The first entry of `buf`. A batch whose body is not `count` whole lines is damage: its head
+/// is [`Entry::Bad`] (and its lines are read as records, which they almost never parse as).
+pub fn next_entry(buf: &[u8]) -> Entry<'_> {
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
+        return Entry::Incomplete;
+    };
+    match parse_head(&buf[..nl]) {
+        Ok(Head::Line(r)) => Entry::Line(r, nl + 1),
+        Ok(Head::Batch(h)) => {
+            // `len` is at most MAX_BATCH, so this fits.
+            let end = nl + 1 + h.len as usize;
+            let Some(body) = buf.get(nl + 1..end) else {
+                return Entry::Incomplete;
+            };
+            if body.last() == Some(&b'\n') && count_lines(body) == h.count {
+                Entry::Batch(h, body, end)
+            } else {
+                Entry::Bad(nl + 1)
+            }
+        }
+        Err(_) => Entry::Bad(nl + 1),
+    }
+}
+
+/// Every record of a buffer that starts at a record's first byte, oldest first, the lines of
+/// batches one by one. Stops at an incomplete record at the end (see [`Records::consumed`]).
+#[derive(Debug)]
+pub struct Records<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    batch: Option<(BatchHead, &'a [u8], u64)>,
+    bad: u64,
+}
+
+impl<'a> Records<'a> {
+    /// Reads `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            batch: None,
+            bad: 0,
+        }
+    }
+
+    /// Lines skipped because they were not records.
+    pub fn bad(&self) -> u64 {
+        self.bad
+    }
+
+    /// Bytes of whole records read so far; once the iterator has ended, where the incomplete
+    /// record at the end starts (the buffer's length if there is none).
+    pub fn consumed(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Record<'a>;
+
+    fn next(&mut self) -> Option<Record<'a>> {
+        loop {
+            if let Some((h, rest, i)) = &mut self.batch {
+                let line = match memchr::memchr(b'\n', rest) {
+                    Some(n) => {
+                        let l = &rest[..n];
+                        *rest = &rest[n + 1..];
+                        l
+                    }
+                    None => {
+                        self.batch = None;
+                        continue;
+                    }
+                };
+                let r = Record {
+                    seq: h.seq.saturating_add(*i),
+                    time_us: h.time_us,
+                    kind: h.kind,
+                    end: End::Newline,
+                    payload: line,
+                };
+                *i += 1;
+                return Some(r);
+            }
+            match next_entry(&self.buf[self.pos..]) {
+                Entry::Line(r, used) => {
+                    self.pos += used;
+                    return Some(r);
+                }
+                Entry::Batch(h, body, used) => {
+                    self.pos += used;
+                    self.batch = Some((h, body, 0));
+                }
+                Entry::Bad(used) => {
+                    self.pos += used;
+                    self.bad += 1;
+                }
+                Entry::Incomplete => return None,
+            }
+        }
+    }
+}
+
+/// Newlines in `b`: the capture path counts every byte of a flood. `memchr`'s iterator counts
+/// with vector instructions (its `count` is specialised), without stopping at each match.
+pub fn count_lines(b: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', b).count() as u64
+}
+
+/// Appends the head of a batch of `count` lines, `len` bytes, numbered from `seq` (as text).
+pub fn write_batch_head(
+    out: &mut Vec<u8>,
+    seq: &[u8],
+    stamp: &Stamp,
+    kind: Kind,
+    count: u64,
+    len: usize,
+) {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(seq);
+    out.push(b' ');
+    out.extend_from_slice(stamp.text());
+    out.push(b' ');
+    out.push(kind.letter());
+    out.extend_from_slice(b"* ");
+    out.extend_from_slice(n.format(count).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(n.format(len).as_bytes());
+    out.push(b'\n');
 }
 
 fn parse_u64(b: &[u8]) -> Option<u64> {
@@ -322,31 +578,6 @@ fn parse_time(b: &[u8]) -> Option<u64> {
 /// A time in microseconds since the epoch as a `SystemTime`.
 pub fn system_time(us: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us)
-}
-
-/// The sequence number of the last complete record in `tail` (the end of a file), if any: used
-/// at open to continue numbering. Lines that do not parse are skipped backwards.
-pub fn last_seq(tail: &[u8]) -> Option<u64> {
-    let body = match tail.last() {
-        Some(b'\n') => &tail[..tail.len() - 1],
-        // The last line is torn (a crash mid-write): it is not a complete record.
-        Some(_) => match memchr::memrchr(b'\n', tail) {
-            Some(i) => &tail[..i],
-            None => return None,
-        },
-        None => return None,
-    };
-    let mut end = body.len();
-    loop {
-        let start = memchr::memrchr(b'\n', &body[..end]).map_or(0, |i| i + 1);
-        if let Ok(r) = parse(&body[start..end]) {
-            return Some(r.seq);
-        }
-        if start == 0 {
-            return None;
-        }
-        end = start - 1;
-    }
 }
 
 #[cfg(test)]
@@ -425,18 +656,104 @@ mod tests {
         }
     }
 
+    fn batch(out: &mut Vec<u8>, seq: u64, lines: &[&[u8]]) {
+        let body: Vec<u8> = lines.iter().flat_map(|l| [*l, b"\n"].concat()).collect();
+        let digits = seq.to_string();
+        write_batch_head(
+            out,
+            digits.as_bytes(),
+            &stamp(),
+            Kind::Stdout,
+            lines.len() as u64,
+            body.len(),
+        );
+        out.extend_from_slice(&body);
+    }
+
     #[test]
-    fn last_seq_skips_a_torn_tail() {
+    fn a_batch_is_its_lines_numbered_in_order() {
         let mut out = Vec::new();
-        write(&mut out, 7, &stamp(), Kind::Stdout, End::Newline, b"a");
-        write(&mut out, 8, &stamp(), Kind::Stdout, End::Newline, b"b");
-        assert_eq!(last_seq(&out), Some(8));
-        out.extend_from_slice(b"9 2025-11-26T11:2");
-        assert_eq!(last_seq(&out), Some(8));
-        out.extend_from_slice(b"\ngarbage\n");
-        assert_eq!(last_seq(&out), Some(8));
-        assert_eq!(last_seq(b"garbage\n"), None);
-        assert_eq!(last_seq(b""), None);
+        write(&mut out, 7, &stamp(), Kind::Sdk, End::Newline, b"{}");
+        batch(
+            &mut out,
+            8,
+            &[b"a", b"", b"42 2025-11-26T11:24:46.123456Z o fake"],
+        );
+        write(&mut out, 11, &stamp(), Kind::Stderr, End::Partial, b"end");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "7 2025-11-26T11:24:46.123456Z l {}\n\
+             8 2025-11-26T11:24:46.123456Z o* 3 41\n\
+             a\n\n42 2025-11-26T11:24:46.123456Z o fake\n\
+             11 2025-11-26T11:24:46.123456Z e- end\n"
+        );
+        let mut it = Records::new(&out);
+        let got: Vec<_> = (&mut it)
+            .map(|r| (r.seq, r.kind, r.end, r.payload))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (7, Kind::Sdk, End::Newline, &b"{}"[..]),
+                (8, Kind::Stdout, End::Newline, b"a"),
+                (9, Kind::Stdout, End::Newline, b""),
+                (
+                    10,
+                    Kind::Stdout,
+                    End::Newline,
+                    b"42 2025-11-26T11:24:46.123456Z o fake"
+                ),
+                (11, Kind::Stderr, End::Partial, b"end"),
+            ]
+        );
+        assert_eq!((it.bad(), it.consumed()), (0, out.len()));
+        // A batch head is not a record of its own.
+        assert_eq!(
+            parse(b"8 2025-11-26T11:24:46.123456Z o* 3 40"),
+            Err(RecordError::Kind { col: 32 })
+        );
+    }
+
+    #[test]
+    fn a_cut_batch_waits_and_a_damaged_one_is_skipped() {
+        let mut out = Vec::new();
+        write(&mut out, 1, &stamp(), Kind::Stdout, End::Newline, b"one");
+        let whole = out.len();
+        batch(&mut out, 2, &[b"two", b"three"]);
+        // Every cut inside the batch stops before it.
+        for cut in whole..out.len() {
+            let mut it = Records::new(&out[..cut]);
+            assert_eq!(it.by_ref().map(|r| r.seq).collect::<Vec<_>>(), [1]);
+            assert_eq!(it.consumed(), whole, "cut at {cut}");
+        }
+        // A count that does not match the body: the head is skipped, its lines are not records.
+        let text = String::from_utf8(out.clone())
+            .unwrap()
+            .replace("o* 2 ", "o* 3 ");
+        let mut it = Records::new(text.as_bytes());
+        assert_eq!(it.by_ref().map(|r| r.seq).collect::<Vec<_>>(), [1]);
+        assert_eq!(it.bad(), 3);
+        for bad in ["o* 0 10", "o* 2 1", "o* 2", "o* x 10", "o* 2 99999999999"] {
+            let line = format!("2 2025-11-26T11:24:46.123456Z {bad}");
+            assert_eq!(
+                parse_head(line.as_bytes()),
+                Err(RecordError::Batch { col: 34 }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn count_lines_counts_every_newline() {
+        let mut b = vec![b'x'; 20_000];
+        for i in (0..20_000).step_by(7) {
+            b[i] = b'\n';
+        }
+        for len in [0, 1, 31, 32, 33, 8159, 8160, 8161, 20_000] {
+            let naive = b[..len].iter().filter(|x| **x == b'\n').count() as u64;
+            assert_eq!(count_lines(&b[..len]), naive, "{len}");
+        }
+        assert_eq!(count_lines(&[b'\n'; 10_000]), 10_000);
     }
 
     fn kind() -> impl Strategy<Value = Kind> {
@@ -471,7 +788,50 @@ mod tests {
         #[test]
         fn never_panics(line in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse(&line);
-            let _ = last_seq(&line);
+            let mut it = Records::new(&line);
+            it.by_ref().for_each(drop);
+            prop_assert!(it.consumed() <= line.len());
+        }
+
+        /// Records and batches written in any mix read back as the same records, and any
+        /// prefix of the file (a reader racing the writer) reads back as a prefix of them.
+        #[test]
+        fn mixed_files_read_back(
+            groups in proptest::collection::vec(
+                (any::<bool>(), proptest::collection::vec(
+                    proptest::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 0..20),
+                    1..5,
+                )),
+                0..8,
+            ),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let mut out = Vec::new();
+            let mut want = Vec::new();
+            let mut seq = 1u64;
+            for (as_batch, lines) in &groups {
+                if *as_batch {
+                    let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+                    batch(&mut out, seq, &refs);
+                } else {
+                    for (i, l) in lines.iter().enumerate() {
+                        write(&mut out, seq + i as u64, &stamp(), Kind::Stdout, End::Newline, l);
+                    }
+                }
+                for l in lines {
+                    want.push((seq, l.clone()));
+                    seq += 1;
+                }
+            }
+            let mut it = Records::new(&out);
+            let got: Vec<_> = it.by_ref().map(|r| (r.seq, r.payload.to_vec())).collect();
+            prop_assert_eq!(&got, &want);
+            prop_assert_eq!((it.bad(), it.consumed()), (0, out.len()));
+            let cut = cut.index(out.len() + 1);
+            let mut it = Records::new(&out[..cut]);
+            let got: Vec<_> = it.by_ref().map(|r| (r.seq, r.payload.to_vec())).collect();
+            prop_assert_eq!(&got[..], &want[..got.len()]);
+            prop_assert_eq!(it.bad(), 0);
         }
     }
 }

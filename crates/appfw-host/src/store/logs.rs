@@ -961,7 +961,7 @@ mod tests {
         let mut b = Vec::new();
         let st = Stamp::at(record::system_time(at_us));
         record::write(&mut b, seq, &st, kind, End::Newline, payload.as_bytes());
-        f.write(&b, seq, seq, 1);
+        f.write(&[&b], seq, seq, 1);
     }
 
     fn wait_indexed(ix: &Indexer, plugin: &str, seq: u64) {
