@@ -201,11 +201,11 @@ impl Tails {
             pending: Vec::new(),
         };
         let (mut from, mut skipped) = (std::collections::BTreeMap::new(), Vec::new());
-        let dir = t.logs.dir().to_path_buf();
+        let logs = Arc::clone(&t.logs);
         t.scan(Some(&mut |plugin: &str| {
             let next = index.position(plugin) + 1;
             // An index far behind (a flood, a rebuild): start at the end, as a lagging tail does.
-            let f = match Follow::at_end(&dir, plugin) {
+            let f = match logs.follow_at_end(plugin) {
                 Ok(end) if end.next_seq().saturating_sub(next) > TAIL_MAX_BEHIND => {
                     skipped.push(skipped_event(plugin, next, end.next_seq()));
                     end
@@ -263,7 +263,7 @@ impl Tails {
         for (plugin, f) in &mut self.follow {
             if let Some(w) = self.logs.written_seq(plugin)
                 && w.saturating_sub(f.next_seq()) > TAIL_MAX_BEHIND
-                && let Ok(end) = Follow::at_end(&dir, plugin)
+                && let Ok(end) = self.logs.follow_at_end(plugin)
             {
                 out.push(skipped_event(plugin, f.next_seq(), end.next_seq()));
                 *f = end;

@@ -449,6 +449,14 @@ impl LogFile {
         Ok(())
     }
 
+    /// Where the current file ends, if it is open: its inode, its length (the end of its last
+    /// whole record: a write is whole before this returns) and its last record's number.
+    pub fn end(&self) -> Option<(u64, u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = self.file.as_ref()?.metadata().ok()?.ino();
+        Some((ino, self.len, self.last))
+    }
+
     /// The plugin's name.
     pub fn plugin(&self) -> &str {
         &self.plugin

@@ -69,6 +69,16 @@ impl Follow {
         }
     }
 
+    /// Starts at record `next`, at `offset` of the current file with inode `ino` (where it is
+    /// known to start).
+    pub fn at(next: u64, ino: u64, offset: u64) -> Self {
+        Self {
+            next,
+            src: None,
+            resume: Some((ino, offset)),
+        }
+    }
+
     /// Starts after the last whole record written so far (a live tail). The current file is
     /// read from its start for that, jumping over batches (see [`scan`]).
     pub fn at_end(logs: &Path, plugin: &str) -> io::Result<Self> {
@@ -221,4 +231,88 @@ fn open_source(logs: &Path, plugin: &str, next: u64, resume: Option<(u64, u64)>)
         buf: Vec::new(),
         start: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::record::{End, Kind, Stamp};
+    use std::io::Write;
+
+    fn line(out: &mut Vec<u8>, seq: u64) {
+        let text = format!("line {seq}");
+        record::write(
+            out,
+            seq,
+            &Stamp::now(),
+            Kind::Stdout,
+            End::Newline,
+            text.as_bytes(),
+        );
+    }
+
+    fn batch(out: &mut Vec<u8>, seqs: std::ops::RangeInclusive<u64>) {
+        let body: String = seqs.clone().map(|s| format!("line {s}\n")).collect();
+        let digits = seqs.start().to_string();
+        let count = seqs.end() - seqs.start() + 1;
+        record::write_batch_head(
+            out,
+            digits.as_bytes(),
+            &Stamp::now(),
+            Kind::Stdout,
+            count,
+            body.len(),
+        );
+        out.extend_from_slice(body.as_bytes());
+    }
+
+    fn read_all(f: &mut Follow, logs: &Path, max: usize) -> Vec<u64> {
+        let mut got = Vec::new();
+        loop {
+            let mut round = Vec::new();
+            let n = f.read(logs, "p", max, |r| {
+                assert_eq!(r.payload, format!("line {}", r.seq).as_bytes());
+                round.push(r.seq);
+            });
+            assert_eq!(n, round.len());
+            got.extend(round);
+            if n < max {
+                return got;
+            }
+        }
+    }
+
+    /// Rounds smaller than a batch stop inside it and go on from the next line; a write in
+    /// progress at the end is read once it is whole; `at_end` starts after the last whole record.
+    #[test]
+    fn follows_batches_a_few_records_at_a_time_and_waits_for_a_whole_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path();
+        let path = crate::logs::files::current_path(logs, "p");
+        let mut text = Vec::new();
+        line(&mut text, 1);
+        batch(&mut text, 2..=8);
+        line(&mut text, 9);
+        let mut more = Vec::new();
+        batch(&mut more, 10..=12);
+        // Half of the next batch is there already.
+        let half = more.len() / 2;
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&text).unwrap();
+        file.write_all(&more[..half]).unwrap();
+        let mut f = Follow::from_seq(1);
+        assert_eq!(read_all(&mut f, logs, 3), (1..=9).collect::<Vec<_>>());
+        let end = Follow::at_end(logs, "p").unwrap();
+        assert_eq!(end.next_seq(), 10);
+        file.write_all(&more[half..]).unwrap();
+        let mut tail = Vec::new();
+        line(&mut tail, 13);
+        file.write_all(&tail).unwrap();
+        assert_eq!(read_all(&mut f, logs, 2), [10, 11, 12, 13]);
+        let mut end = end;
+        assert_eq!(read_all(&mut end, logs, 100), [10, 11, 12, 13]);
+        // From the middle of a batch.
+        let mut mid = Follow::from_seq(5);
+        assert_eq!(read_all(&mut mid, logs, 100), (5..=13).collect::<Vec<_>>());
+    }
 }

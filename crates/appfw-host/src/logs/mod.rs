@@ -224,6 +224,21 @@ impl Logs {
             .map(|l| l.counters.written_seq.load(Ordering::Relaxed))
     }
 
+    /// Starts a reader of `plugin`'s records after the last one written (a live tail): where
+    /// its open log says its current file ends, else (not open in this host) found by reading
+    /// the current file.
+    pub fn follow_at_end(&self, plugin: &str) -> std::io::Result<follow::Follow> {
+        let end = lock(&self.shared.open)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|l| &*l.name == plugin)
+            .and_then(|l| lock(&l.file).end());
+        match end {
+            Some((ino, len, last)) => Ok(follow::Follow::at(last + 1, ino, len)),
+            None => follow::Follow::at_end(&self.dir, plugin),
+        }
+    }
+
     /// The level of `plugin`'s plain stderr lines (see `logs.stderr_level`).
     pub fn stderr_level(&self, plugin: &str) -> u8 {
         self.stderr_levels.as_ref().map_or(3, |l| l.get(plugin))
