@@ -347,16 +347,38 @@ impl TestHost {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        wait_for(timeout, &format!("event {kind} of {plugin}"), || {
-            self.events().into_iter().find(|e| {
-                let about = if plugin.is_empty() {
-                    e["plugin"].is_null()
-                } else {
-                    e["plugin"] == plugin
-                };
-                e["kind"] == kind && about && pred(e)
-            })
-        })
+        let about = |e: &Value| {
+            if plugin.is_empty() {
+                e["plugin"].is_null()
+            } else {
+                e["plugin"] == plugin
+            }
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.events();
+            if let Some(e) = events
+                .iter()
+                .find(|e| e["kind"] == kind && about(e) && pred(e))
+            {
+                return e.clone();
+            }
+            if Instant::now() >= deadline {
+                // What did happen to it says why (in a CI log, the only trace of a failure).
+                let seen: Vec<String> = events
+                    .iter()
+                    .filter(|e| about(e))
+                    .rev()
+                    .take(20)
+                    .map(ToString::to_string)
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for event {kind} of {plugin}; its last events, newest first:\n{}",
+                    seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until `name` is in `state` and satisfies `pred`; returns its status.

@@ -333,6 +333,17 @@ impl Actor {
                     self.begin_stop("host is gone");
                 }
                 Input::Exit(status) => {
+                    // What the connection reported before the process died comes first (a
+                    // protocol fault the plugin exits on at once): `select!` may have picked
+                    // the exit although both were ready.
+                    while let Some(ev) = self
+                        .proc
+                        .as_mut()
+                        .and_then(|p| p.conn_rx.as_mut())
+                        .and_then(|r| r.try_recv().ok())
+                    {
+                        self.on_conn_event(ev);
+                    }
                     if self.on_exit(status).await {
                         break;
                     }
