@@ -30,6 +30,29 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
+/// The host's own children, found by the parent in each process's `stat`. Not from the host's
+/// `children` files: a child is listed under the thread that is its parent, and a thread that
+/// exits (a blocking-pool thread going idle) hands its children to another thread, so a walk
+/// over the threads can miss one (the kernel documents those files as exact only for a stopped
+/// process). Runs only when a plugin without a cgroup exits.
+fn adopted(me: u32) -> Vec<u32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| parent(*pid) == Some(me))
+        .collect()
+}
+
+/// The parent of `pid`: the field after the command name (in parentheses, which may hold
+/// anything) and the state in `/proc/<pid>/stat`.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Whether `pid`'s environment names plugin `name`.
 fn belongs_to(pid: u32, name: &str) -> bool {
     let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
@@ -56,7 +79,7 @@ pub(crate) async fn sweep(name: &str, leader: u32) -> Vec<String> {
     let mut killed: Vec<String> = Vec::new();
     // A few passes: a process may fork between the listing and its stop.
     for _ in 0..3 {
-        let roots: Vec<u32> = children(me)
+        let roots: Vec<u32> = adopted(me)
             .into_iter()
             .filter(|p| *p != leader && belongs_to(*p, name))
             .collect();
@@ -84,4 +107,25 @@ pub(crate) async fn sweep(name: &str, leader: u32) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_our_children_by_their_parent() {
+        let me = std::process::id();
+        let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
+        assert_eq!(parent(me), Some(ppid));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let found = adopted(me).contains(&child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found, "child {} not among {:?}", child.id(), adopted(me));
+        assert_eq!(parent(u32::MAX), None);
+    }
 }
