@@ -260,12 +260,18 @@ fn copy_for(from: &Link, target: &Sub, frame: &mut Frame, last: bool) -> Frame {
     } else {
         frame.clone()
     };
+    stamp_for(from, target, &mut out);
+    out
+}
+
+/// Stamps the sender and the subscription of `target` on its copy of a message.
+#[inline(always)]
+fn stamp_for(from: &Link, target: &Sub, out: &mut Frame) {
     out.header.sender = from.sender.clone();
     out.header.subscription_id = target.id;
     if let Some((_, d)) = &target.demand {
         d.touch();
     }
-    out
 }
 
 /// Counters of the bus.
@@ -587,7 +593,10 @@ impl Bus {
     /// frames through this, so the common case builds no future per message.
     // The large `Err` is the rare path, returned in place; boxing it would allocate whenever a
     // publisher has to wait.
+    // Inlined into the reader (the cached route is the whole path; the rest is a call): each
+    // call a frame is passed to by value copies it.
     #[allow(clippy::result_large_err)]
+    #[inline(always)]
     pub fn publish_now(
         &self,
         from: &Link,
@@ -596,15 +605,32 @@ impl Bus {
         routes: &mut RouteCache,
     ) -> Result<Result<(), pb::Error>, Blocked> {
         sanitize_trace(&from.plugin, &mut frame);
-        let len = frame.payload.len() as u64;
         // Read before the table (a change in between makes the cached route stale, not wrong).
         let generation = self.inner.generation.load(Ordering::Acquire);
         if let Some(r) = routes.get(&frame.header.topic, generation) {
             r.stat.messages.fetch_add(1, Ordering::Relaxed);
-            r.stat.bytes.fetch_add(len, Ordering::Relaxed);
+            r.stat
+                .bytes
+                .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
             frame.header.request_id = 0;
             return self.deliver_now(from, frame, wakes, &r.table, &r.targets, &r.stat);
         }
+        self.publish_routing(from, frame, wakes, routes, generation)
+    }
+
+    /// [`Bus::publish_now`] for a topic without a cached route: validates it, matches the
+    /// patterns, and caches the route if it can.
+    #[allow(clippy::result_large_err)]
+    #[inline(never)]
+    fn publish_routing(
+        &self,
+        from: &Link,
+        mut frame: Frame,
+        wakes: &mut Wakes,
+        routes: &mut RouteCache,
+        generation: u64,
+    ) -> Result<Result<(), pb::Error>, Blocked> {
+        let len = frame.payload.len() as u64;
         if let Err(m) = validate_topic(&frame.header.topic) {
             return Ok(Err(error(ErrorKind::Permanent, "invalid_topic", m)));
         }
@@ -686,15 +712,25 @@ impl Bus {
     fn deliver_now(
         &self,
         from: &Link,
-        mut frame: Frame,
+        frame: Frame,
         wakes: &mut Wakes,
         table: &Arc<Table>,
         targets: &Targets,
         topic_stat: &Arc<TopicStat>,
     ) -> Result<Result<(), pb::Error>, Blocked> {
+        // The last target takes the frame itself: moved out of the Option (one copy), not
+        // `mem::take`n (a copy and a default frame written back).
+        let mut frame = Some(frame);
         for i in 0..targets.count {
             let target = &table.subs[targets.get(i)];
-            let out = copy_for(from, target, &mut frame, i + 1 == targets.count);
+            let mut out = match frame.as_ref() {
+                Some(f) if i + 1 < targets.count => f.clone(),
+                _ => match frame.take() {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            stamp_for(from, target, &mut out);
             match target
                 .link
                 .outbox
@@ -702,12 +738,13 @@ impl Bus {
             {
                 Offer::Full(out) => {
                     return Err(Blocked {
-                        deadline: instant_of(frame.header.deadline_unix_ms),
+                        // From the copy: the frame itself may be in it.
+                        deadline: instant_of(out.header.deadline_unix_ms),
                         table: Arc::clone(table),
                         targets: targets.clone(),
                         next: i,
                         out,
-                        rest: frame,
+                        rest: frame.unwrap_or_default(),
                         topic_stat: Arc::clone(topic_stat),
                     });
                 }
@@ -1595,6 +1632,28 @@ mod tests {
         assert_eq!(payloads(&mut rother), ["99"]);
         assert_eq!(st.dropped_timeout.load(Ordering::Relaxed), 1);
         assert_eq!(st.pending.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn a_lone_block_subscriber_waits_only_until_the_publish_deadline() {
+        // The only subscriber is also the last target, which takes the frame itself: its
+        // deadline must still end the wait (not the 5 s block timeout).
+        let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
+        let (a, _ra) = link("a", 1);
+        let (b, _rb) = link("b", 2);
+        let sub = pb::Subscribe {
+            block_timeout_ms: 5000,
+            ..with_policy(pb::OverflowPolicy::Block, 1)
+        };
+        bus.subscribe(&b, 1, "t", &sub).unwrap();
+        bus.publish(&a, numbered("t", 0)).await.unwrap();
+        let mut f = numbered("t", 1);
+        f.header.deadline_unix_ms = now_unix_ms() + 50;
+        let e = tokio::time::timeout(Duration::from_secs(2), bus.publish(&a, f))
+            .await
+            .expect("the deadline ends the wait")
+            .unwrap_err();
+        assert_eq!(e.code, "slow_subscriber");
     }
 
     #[tokio::test]
