@@ -1635,6 +1635,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cached_route_follows_subscription_changes() {
+        let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
+        let (a, _ra) = link("a", 1);
+        let (b, mut rb) = link("b", 2);
+        let (c, mut rc) = link("c", 3);
+        let mut routes = RouteCache::new();
+        bus.subscribe(&b, 1, "orders.*", &pb::Subscribe::default())
+            .unwrap();
+        bus.publish_cached(&a, numbered("orders.eu", 0), &mut routes)
+            .await
+            .unwrap();
+        bus.publish_cached(&a, numbered("orders.eu", 1), &mut routes)
+            .await
+            .unwrap();
+        assert_eq!(payloads(&mut rb), ["0", "1"]);
+        // A new subscriber gets the next message on the cached topic; one that left does not.
+        bus.subscribe(&c, 5, "orders.eu", &pb::Subscribe::default())
+            .unwrap();
+        bus.unsubscribe(&b, 1).unwrap();
+        bus.publish_cached(&a, numbered("orders.eu", 2), &mut routes)
+            .await
+            .unwrap();
+        assert_eq!(payloads(&mut rb), Vec::<String>::new());
+        let got = rc.try_recv().unwrap();
+        assert_eq!((&*got.header.sender, got.header.subscription_id), ("a", 5));
+        // Another topic is routed (and validated) on its own.
+        let e = bus
+            .publish_cached(&a, numbered("orders..eu", 3), &mut routes)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "invalid_topic");
+        let counted = bus
+            .inner
+            .metrics
+            .with_topic("orders.eu", |t| t.messages.load(Ordering::Relaxed));
+        assert_eq!(counted, 3);
+    }
+
+    #[tokio::test]
     async fn a_lone_block_subscriber_waits_only_until_the_publish_deadline() {
         // The only subscriber is also the last target, which takes the frame itself: its
         // deadline must still end the wait (not the 5 s block timeout).
