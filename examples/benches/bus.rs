@@ -14,6 +14,8 @@
 //!    `APPFW_BENCH_BUS_SOAK_SECS` (default 600), sampling the host's RSS every 10 s.
 //!
 //! `APPFW_BENCH_BUS_ROUNDS` (default 5) sets the rounds per side. An argument selects a part.
+//! `APPFW_BENCH_BUS_SIZES` (payload bytes, comma-separated, e.g. `64,1024`) and
+//! `APPFW_BENCH_BUS_SUBS` (e.g. `1`) keep only those throughput rows.
 //! `APPFW_BENCH_NATS=1` adds a NATS column (needs `nats-server`; see `nats_server`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot measure should stop loudly
@@ -290,6 +292,13 @@ fn nats_throughput(addr: &str, subs: usize, every: u64) -> Setup {
     s
 }
 
+/// Whether `v` is in the comma-separated list in `var` (everything is when it is unset).
+fn listed(var: &str, v: u64) -> bool {
+    std::env::var(var).map_or(true, |list| {
+        list.split(',').any(|x| x.trim().parse() == Ok(v))
+    })
+}
+
 fn throughput(host_bin: &Path, rounds: usize) {
     println!(
         "throughput: publisher -> mediator -> subscribers, {rounds} interleaved rounds per side, medians"
@@ -305,7 +314,13 @@ fn throughput(host_bin: &Path, rounds: usize) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (size, n) in [(64u64, 1_000_000u64), (1024, 500_000), (65536, 20_000)] {
+        if !listed("APPFW_BENCH_BUS_SIZES", size) {
+            continue;
+        }
         for subs in [1usize, 4] {
+            if !listed("APPFW_BENCH_BUS_SUBS", subs as u64) {
+                continue;
+            }
             let a = appfw_throughput(host_bin, subs, n);
             let b = relay_throughput(subs, n);
             let c = nats

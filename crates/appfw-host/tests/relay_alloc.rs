@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use appfw_host::bus::{Bus, Link, outbox};
+use appfw_host::bus::{Bus, Link, RouteCache, outbox};
 use appfw_host::metrics::Metrics;
 use appfw_proto::pb::{self, FrameType};
 use appfw_proto::writer::{Sequencer, write_frames};
@@ -90,7 +90,9 @@ async fn measure(subscribers: usize, n: usize, traced: bool) -> (f64, f64, f64) 
     // What the publisher's connection would read: n + warm-up PUBLISH frames, encoded before
     // counting.
     let warm = 10_000;
-    let mut codec = FrameCodec::default();
+    // The host's codec (keeps the received header bytes) and a reader's route cache.
+    let mut codec = FrameCodec::default().keeping_wire();
+    let mut routes = RouteCache::new();
     let mut wire = BytesMut::new();
     let mut one = Frame::new(FrameType::Publish, Bytes::from(vec![7u8; 64]));
     one.header.topic = "bench.t".into();
@@ -108,7 +110,9 @@ async fn measure(subscribers: usize, n: usize, traced: bool) -> (f64, f64, f64) 
         let a0 = allocs();
         let frame = codec.decode(&mut wire).unwrap().unwrap();
         let a1 = allocs();
-        bus.publish(&publisher, frame).await.unwrap();
+        bus.publish_cached(&publisher, frame, &mut routes)
+            .await
+            .unwrap();
         let a2 = allocs();
         if i >= warm {
             decode += a1 - a0;
@@ -166,7 +170,7 @@ async fn measure_rr(n: usize) -> u64 {
     };
     bus.subscribe(&server, 1, "bench.rr", &serve).unwrap();
     let warm = 1000;
-    let mut codec = FrameCodec::default();
+    let mut codec = FrameCodec::default().keeping_wire();
     let mut requests = BytesMut::new();
     for i in 0..n + warm {
         let mut f = Frame::new(FrameType::Request, Bytes::from(vec![7u8; 64]));

@@ -8,16 +8,28 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::WireHeader;
 use crate::pb::{FrameType, Header};
 use crate::{DEFAULT_MAX_FRAME_SIZE, HEADER_LEN_LEN, LENGTH_PREFIX_LEN};
 
 /// One frame: the decoded header and the payload bytes as received.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Frame {
     /// The fixed header.
     pub header: Header,
     /// The payload: opaque for bus messages, a protobuf message for control frames.
     pub payload: Bytes,
+    /// The header's bytes as received, when the codec keeps them ([`FrameCodec::keeping_wire`]):
+    /// then the frame is written as those bytes plus the stamped fields (see [`WireHeader`]).
+    pub wire: WireHeader,
+}
+
+/// Two frames are equal when their headers and payloads are: `wire` is only a way to write the
+/// header.
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.header == other.header && self.payload == other.payload
+    }
 }
 
 impl Frame {
@@ -29,6 +41,7 @@ impl Frame {
                 ..Header::default()
             },
             payload,
+            wire: WireHeader::NONE,
         }
     }
 
@@ -117,7 +130,34 @@ pub fn encode_frame(
     max_frame_size: usize,
     dst: &mut BytesMut,
 ) -> Result<(), FrameError> {
-    let header_len = header.encoded_len();
+    encode_parts(header, &WireHeader::NONE, payload, max_frame_size, dst)
+}
+
+/// Encodes `frame` (length prefix included) at the end of `dst`; its header from the received
+/// bytes plus the stamped fields when it has them.
+pub fn encode_frame_of(
+    frame: &Frame,
+    payload: &[u8],
+    max_frame_size: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
+    encode_parts(&frame.header, &frame.wire, payload, max_frame_size, dst)
+}
+
+#[inline(always)]
+fn encode_parts(
+    header: &Header,
+    wire: &WireHeader,
+    payload: &[u8],
+    max_frame_size: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
+    // A patched header repeats the stamped fields; in the rare case that does not fit the
+    // 16-bit length, the plain encoding (each field once) is tried.
+    let patched = (!wire.is_empty())
+        .then(|| wire.patched_len(header))
+        .filter(|&n| n <= usize::from(u16::MAX));
+    let header_len = patched.unwrap_or_else(|| header.encoded_len());
     if header_len > usize::from(u16::MAX) {
         return Err(FrameError::HeaderTooLarge(header_len));
     }
@@ -133,14 +173,22 @@ pub fn encode_frame(
     dst.put_u32(frame_len as u32);
     dst.put_u16(header_len as u16);
     // Room was reserved above: the header goes in without measuring it again.
-    header.encode_raw(dst);
+    match patched {
+        Some(_) => wire.put_patched(header, dst),
+        None => header.encode_raw(dst),
+    }
     dst.put_slice(payload);
     Ok(())
 }
 
 /// Decodes a frame body (everything after the length prefix). The payload shares `body`'s memory.
+pub fn decode_body(body: Bytes) -> Result<Frame, FrameError> {
+    decode_body_with(body, false)
+}
+
+/// [`decode_body`], keeping the header's bytes in [`Frame::wire`] if `keep_wire`.
 #[inline]
-pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
+fn decode_body_with(mut body: Bytes, keep_wire: bool) -> Result<Frame, FrameError> {
     let frame_len = body.len();
     if frame_len < HEADER_LEN_LEN {
         return Err(FrameError::HeaderOverflow {
@@ -155,10 +203,19 @@ pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
             frame_len,
         });
     }
-    let header = Header::decode(body.split_to(header_len)).map_err(FrameError::Header)?;
+    let raw = body.split_to(header_len);
+    let (header, wire) = if keep_wire {
+        Header::decode_keeping(raw).map_err(FrameError::Header)?
+    } else {
+        (
+            Header::decode(raw).map_err(FrameError::Header)?,
+            WireHeader::NONE,
+        )
+    };
     Ok(Frame {
         header,
         payload: body,
+        wire,
     })
 }
 
@@ -166,6 +223,7 @@ pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
 #[derive(Clone, Debug)]
 pub struct FrameCodec {
     max_frame_size: usize,
+    keep_wire: bool,
 }
 
 impl Default for FrameCodec {
@@ -177,7 +235,19 @@ impl Default for FrameCodec {
 impl FrameCodec {
     /// A codec refusing frames whose length prefix exceeds `max_frame_size`.
     pub fn new(max_frame_size: usize) -> Self {
-        Self { max_frame_size }
+        Self {
+            max_frame_size,
+            keep_wire: false,
+        }
+    }
+
+    /// The same codec, keeping each decoded header's bytes in [`Frame::wire`]: for a relay,
+    /// whose frames go out again with only stamped fields changed.
+    pub fn keeping_wire(self) -> Self {
+        Self {
+            keep_wire: true,
+            ..self
+        }
     }
 
     /// The configured maximum.
@@ -210,7 +280,7 @@ impl Decoder for FrameCodec {
             return Ok(None);
         }
         src.advance(LENGTH_PREFIX_LEN);
-        decode_body(src.split_to(frame_len).freeze()).map(Some)
+        decode_body_with(src.split_to(frame_len).freeze(), self.keep_wire).map(Some)
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
@@ -226,7 +296,7 @@ impl Encoder<Frame> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        encode_frame(&item.header, &item.payload, self.max_frame_size, dst)
+        encode_frame_of(&item, &item.payload, self.max_frame_size, dst)
     }
 }
 
@@ -234,54 +304,23 @@ impl Encoder<&Frame> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, item: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        encode_frame(&item.header, &item.payload, self.max_frame_size, dst)
+        encode_frame_of(item, &item.payload, self.max_frame_size, dst)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::header::strategies::arb_header;
     use crate::pb::{self, ErrorKind};
     use proptest::prelude::*;
-
-    fn arb_header() -> impl Strategy<Value = Header> {
-        (
-            0i32..40,
-            any::<u64>(),
-            any::<u64>(),
-            "[a-z.]{0,20}",
-            "[a-z.*>]{0,40}",
-            any::<u64>(),
-            any::<u64>(),
-            "[0-9a-f-]{0,55}",
-            proptest::option::of((0i32..4, "[a-z_]{0,12}", ".{0,30}")),
-        )
-            .prop_map(|(ty, seq, ack, sender, topic, rid, dl, tp, err)| Header {
-                r#type: ty,
-                seq,
-                ack,
-                sender: sender.into(),
-                topic: topic.into(),
-                request_id: rid,
-                deadline_unix_ms: dl,
-                traceparent: tp.into(),
-                error: err.map(|(kind, code, message)| {
-                    Box::new(pb::Error {
-                        kind,
-                        code,
-                        message,
-                    })
-                }),
-                ..Header::default()
-            })
-    }
 
     proptest! {
         #[test]
         fn round_trip(header in arb_header(), payload in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let mut codec = FrameCodec::new(1 << 20);
             let mut buf = BytesMut::new();
-            let frame = Frame { header, payload: Bytes::from(payload) };
+            let frame = Frame { header, payload: Bytes::from(payload), wire: WireHeader::NONE };
             codec.encode(&frame, &mut buf).unwrap();
             let decoded = codec.decode(&mut buf).unwrap().unwrap();
             prop_assert_eq!(decoded, frame);
@@ -323,6 +362,34 @@ mod tests {
                 prop_assert_eq!(&f.payload[..], &p[..]);
             }
         }
+    }
+
+    #[test]
+    fn a_relayed_frame_is_written_from_its_received_header() {
+        let mut codec = FrameCodec::default().keeping_wire();
+        let mut f = Frame::new(FrameType::Publish, Bytes::from_static(b"data"));
+        f.header.topic = "a.b".into();
+        f.header.sender = "forged".into();
+        f.header.seq = 5;
+        let mut buf = BytesMut::new();
+        codec.encode(&f, &mut buf).unwrap();
+        let received = buf.len() - LENGTH_PREFIX_LEN;
+        let mut got = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(!got.wire.is_empty());
+        got.header.sender = "pub".into();
+        got.header.seq = 1;
+        got.header.subscription_id = 3;
+        let mut out = BytesMut::new();
+        codec.encode(&got, &mut out).unwrap();
+        let back = FrameCodec::default().decode(&mut out).unwrap().unwrap();
+        assert_eq!(back, got);
+        assert!(
+            back.wire.is_empty(),
+            "a default codec keeps no header bytes"
+        );
+        // A frame over the maximum after the stamps is refused, not written.
+        let mut small = FrameCodec::new(received);
+        assert!(small.encode(&got, &mut BytesMut::new()).is_err());
     }
 
     #[test]

@@ -15,8 +15,8 @@ mod header;
 pub mod trace;
 pub mod writer;
 
-pub use frame::{Frame, FrameCodec, FrameError, decode_body, encode_frame};
-pub use header::{Header, Str};
+pub use frame::{Frame, FrameCodec, FrameError, decode_body, encode_frame, encode_frame_of};
+pub use header::{Header, Str, WireHeader};
 
 /// Generated protobuf types of `proto/appfw/v1/appfw.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

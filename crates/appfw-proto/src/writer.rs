@@ -12,7 +12,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Frame, FrameError, encode_frame};
+use crate::{Frame, FrameError, encode_frame_of};
 
 /// Bytes buffered before a write even if more frames are queued.
 pub const WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -148,7 +148,7 @@ fn put_small<F>(
 {
     frame.header.seq = seq.next;
     frame.header.ack = seq.peer_seq.load(Ordering::Relaxed);
-    match encode_frame(&frame.header, &frame.payload, max_frame, buf) {
+    match encode_frame_of(frame, &frame.payload, max_frame, buf) {
         Ok(()) => seq.next += 1,
         Err(e) => on_drop(frame, e),
     }
@@ -171,7 +171,7 @@ where
     frame.header.seq = seq.next;
     frame.header.ack = seq.peer_seq.load(Ordering::Relaxed);
     let start = buf.len();
-    if let Err(e) = encode_frame(&frame.header, &[], max_frame, buf) {
+    if let Err(e) = encode_frame_of(frame, &[], max_frame, buf) {
         on_drop(frame, e);
         return Ok(());
     }

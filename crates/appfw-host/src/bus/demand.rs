@@ -361,10 +361,7 @@ impl Bus {
                     && s.pattern.matches(topic)
             }) {
                 any = true;
-                let mut out = Frame {
-                    header: frame.header.clone(),
-                    payload: frame.payload.clone(),
-                };
+                let mut out = frame.clone();
                 out.header.subscription_id = s.id;
                 self.try_deliver(&s.link, out);
             }
@@ -382,10 +379,7 @@ impl Bus {
             tracing::debug!(plugin = %d.plugin, topic, "on-demand queue full: message dropped");
             return;
         }
-        st.queue.push_back(Held::Publish(Frame {
-            header: frame.header.clone(),
-            payload: frame.payload.clone(),
-        }));
+        st.queue.push_back(Held::Publish(frame.clone()));
         Self::woken(d, &mut st, topic);
     }
 
@@ -536,10 +530,7 @@ impl Bus {
                         s.kind == SubscriptionKind::Events && s.pattern.matches(&f.header.topic)
                     }) {
                         any = true;
-                        let mut out = Frame {
-                            header: f.header.clone(),
-                            payload: f.payload.clone(),
-                        };
+                        let mut out = f.clone();
                         out.header.subscription_id = s.id;
                         self.try_deliver(&s.link, out);
                     }

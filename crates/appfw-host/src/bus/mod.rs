@@ -122,8 +122,10 @@ enum Delivered {
 
 /// Drops a malformed W3C trace context from a relayed header (the fields, never the frame), so
 /// one plugin's bad value does not reach every receiver's tracer. A `tracestate` without a valid
-/// `traceparent` means nothing and goes too.
-fn sanitize_trace(plugin: &str, h: &mut pb::Header) {
+/// `traceparent` means nothing and goes too. A frame whose header changed here is written
+/// field by field (its received bytes still hold the dropped values).
+fn sanitize_trace(plugin: &str, f: &mut Frame) {
+    let h = &mut f.header;
     if h.traceparent.is_empty() && h.tracestate.is_empty() {
         return;
     }
@@ -133,9 +135,11 @@ fn sanitize_trace(plugin: &str, h: &mut pb::Header) {
         }
         h.traceparent = Str::new();
         h.tracestate = Str::new();
+        f.wire.clear();
     } else if !valid_tracestate(&h.tracestate) {
         tracing::debug!(plugin, "malformed tracestate dropped");
         h.tracestate = Str::new();
+        f.wire.clear();
     }
 }
 
@@ -149,7 +153,7 @@ fn instant_of(deadline_unix_ms: u64) -> Option<tokio::time::Instant> {
 
 /// The subscriptions one message goes to, as indices into its table snapshot: up to 8 without
 /// an allocation.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Targets {
     inline: [usize; 8],
     spill: Vec<usize>,
@@ -170,6 +174,57 @@ impl Targets {
             Some(&i) => i,
             None => self.spill[n - self.inline.len()],
         }
+    }
+}
+
+/// Where the last topic a connection published on went, so a stream of messages on one topic
+/// skips validating the topic, looking up its counters and matching every pattern. Valid for
+/// one table snapshot ([`Inner::generation`]); kept only for routes without queue groups (which
+/// pick a member per message) or on-demand plugins (whose liveness is read per message).
+#[derive(Default)]
+pub struct RouteCache {
+    /// The topic's bytes, in a buffer of this cache's (a slice of a frame would keep its whole
+    /// read buffer alive).
+    topic: Vec<u8>,
+    route: Option<Route>,
+    /// A cache that never keeps a route: for one-off publishes, so it never allocates.
+    off: bool,
+}
+
+struct Route {
+    generation: u64,
+    table: Arc<Table>,
+    stat: Arc<TopicStat>,
+    targets: Targets,
+}
+
+impl RouteCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A cache that keeps nothing.
+    pub fn off() -> Self {
+        Self {
+            off: true,
+            ..Self::default()
+        }
+    }
+
+    fn get(&self, topic: &str, generation: u64) -> Option<&Route> {
+        self.route
+            .as_ref()
+            .filter(|r| r.generation == generation && self.topic == topic.as_bytes())
+    }
+
+    fn keep(&mut self, topic: &str, route: Route) {
+        if self.off {
+            return;
+        }
+        self.topic.clear();
+        self.topic.extend_from_slice(topic.as_bytes());
+        self.route = Some(route);
     }
 }
 
@@ -203,17 +258,20 @@ fn copy_for(from: &Link, target: &Sub, frame: &mut Frame, last: bool) -> Frame {
     let mut out = if last {
         std::mem::take(frame)
     } else {
-        Frame {
-            header: frame.header.clone(),
-            payload: frame.payload.clone(),
-        }
+        frame.clone()
     };
+    stamp_for(from, target, &mut out);
+    out
+}
+
+/// Stamps the sender and the subscription of `target` on its copy of a message.
+#[inline(always)]
+fn stamp_for(from: &Link, target: &Sub, out: &mut Frame) {
     out.header.sender = from.sender.clone();
     out.header.subscription_id = target.id;
     if let Some((_, d)) = &target.demand {
         d.touch();
     }
-    out
 }
 
 /// Counters of the bus.
@@ -238,6 +296,9 @@ pub struct Bus {
 
 struct Inner {
     table: ArcSwap<Table>,
+    /// Bumped after each change of `table`, so a [`RouteCache`] sees that its snapshot is old
+    /// with one plain load rather than an `ArcSwap` load per message.
+    generation: AtomicU64,
     edit: Mutex<()>,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
@@ -299,6 +360,7 @@ impl Bus {
         Self {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(Table::default()),
+                generation: AtomicU64::new(0),
                 edit: Mutex::new(()),
                 pending: Mutex::new(Pending::default()),
                 next_id: AtomicU64::new(1),
@@ -345,6 +407,7 @@ impl Bus {
         let mut table = Table::clone(&self.inner.table.load());
         f(&mut table);
         self.inner.table.store(Arc::new(table));
+        self.inner.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The demand of an on-demand plugin, if `plugin` is one.
@@ -493,7 +556,20 @@ impl Bus {
     /// policy. `Err` is an invalid topic, or `slow_subscriber` when a `block` subscriber had no
     /// room before its block timeout or the PUBLISH's deadline (the others got the message).
     pub async fn publish(&self, from: &Link, frame: Frame) -> Result<(), pb::Error> {
-        self.publish_batched(from, frame, &mut Wakes::new()).await
+        self.publish_batched(from, frame, &mut Wakes::new(), &mut RouteCache::off())
+            .await
+    }
+
+    /// [`Bus::publish`] remembering the route in `routes` for the next message on the same
+    /// topic (a connection's reader keeps one).
+    pub async fn publish_cached(
+        &self,
+        from: &Link,
+        frame: Frame,
+        routes: &mut RouteCache,
+    ) -> Result<(), pb::Error> {
+        self.publish_batched(from, frame, &mut Wakes::new(), routes)
+            .await
     }
 
     /// [`Bus::publish`] for a connection's reader routing a batch of frames: the subscribers'
@@ -503,8 +579,9 @@ impl Bus {
         from: &Link,
         frame: Frame,
         wakes: &mut Wakes,
+        routes: &mut RouteCache,
     ) -> Result<(), pb::Error> {
-        match self.publish_now(from, frame, wakes) {
+        match self.publish_now(from, frame, wakes, routes) {
             Ok(result) => result,
             Err(blocked) => self.publish_wait(from, blocked, wakes).await,
         }
@@ -516,18 +593,47 @@ impl Bus {
     /// frames through this, so the common case builds no future per message.
     // The large `Err` is the rare path, returned in place; boxing it would allocate whenever a
     // publisher has to wait.
+    // Inlined into the reader (the cached route is the whole path; the rest is a call): each
+    // call a frame is passed to by value copies it.
     #[allow(clippy::result_large_err)]
+    #[inline(always)]
     pub fn publish_now(
         &self,
         from: &Link,
         mut frame: Frame,
         wakes: &mut Wakes,
+        routes: &mut RouteCache,
     ) -> Result<Result<(), pb::Error>, Blocked> {
+        sanitize_trace(&from.plugin, &mut frame);
+        // Read before the table (a change in between makes the cached route stale, not wrong).
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        if let Some(r) = routes.get(&frame.header.topic, generation) {
+            r.stat.messages.fetch_add(1, Ordering::Relaxed);
+            r.stat
+                .bytes
+                .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+            frame.header.request_id = 0;
+            return self.deliver_now(from, frame, wakes, &r.table, &r.targets, &r.stat);
+        }
+        self.publish_routing(from, frame, wakes, routes, generation)
+    }
+
+    /// [`Bus::publish_now`] for a topic without a cached route: validates it, matches the
+    /// patterns, and caches the route if it can.
+    #[allow(clippy::result_large_err)]
+    #[inline(never)]
+    fn publish_routing(
+        &self,
+        from: &Link,
+        mut frame: Frame,
+        wakes: &mut Wakes,
+        routes: &mut RouteCache,
+        generation: u64,
+    ) -> Result<Result<(), pb::Error>, Blocked> {
+        let len = frame.payload.len() as u64;
         if let Err(m) = validate_topic(&frame.header.topic) {
             return Ok(Err(error(ErrorKind::Permanent, "invalid_topic", m)));
         }
-        sanitize_trace(&from.plugin, &mut frame.header);
-        let len = frame.payload.len() as u64;
         let topic_stat = self.inner.metrics.with_topic(&frame.header.topic, |t| {
             t.messages.fetch_add(1, Ordering::Relaxed);
             t.bytes.fetch_add(len, Ordering::Relaxed);
@@ -545,10 +651,7 @@ impl Bus {
             &mut big
         };
         if !table.demands.is_empty() {
-            let mut stamped = Frame {
-                header: frame.header.clone(),
-                payload: frame.payload.clone(),
-            };
+            let mut stamped = frame.clone();
             stamped.header.sender = from.sender.clone();
             stamped.header.request_id = 0;
             for (i, d) in table.demands.iter().enumerate() {
@@ -585,11 +688,49 @@ impl Bus {
             };
             targets.push(target);
         }
+        let cacheable = groups_done.is_empty()
+            && table.demands.is_empty()
+            && targets.count <= targets.inline.len();
         drop(groups_done);
+        if cacheable {
+            let route = Route {
+                generation,
+                table: Arc::clone(&table),
+                stat: Arc::clone(&topic_stat),
+                targets: targets.clone(),
+            };
+            routes.keep(&frame.header.topic, route);
+        }
         frame.header.request_id = 0;
+        self.deliver_now(from, frame, wakes, &table, &targets, &topic_stat)
+    }
+
+    /// Offers the copies of a publish to `targets` without waiting; stops at a full `block`
+    /// subscriber, handing the rest back.
+    #[allow(clippy::result_large_err)]
+    #[inline(always)]
+    fn deliver_now(
+        &self,
+        from: &Link,
+        frame: Frame,
+        wakes: &mut Wakes,
+        table: &Arc<Table>,
+        targets: &Targets,
+        topic_stat: &Arc<TopicStat>,
+    ) -> Result<Result<(), pb::Error>, Blocked> {
+        // The last target takes the frame itself: moved out of the Option (one copy), not
+        // `mem::take`n (a copy and a default frame written back).
+        let mut frame = Some(frame);
         for i in 0..targets.count {
             let target = &table.subs[targets.get(i)];
-            let out = copy_for(from, target, &mut frame, i + 1 == targets.count);
+            let mut out = match frame.as_ref() {
+                Some(f) if i + 1 < targets.count => f.clone(),
+                _ => match frame.take() {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            stamp_for(from, target, &mut out);
             match target
                 .link
                 .outbox
@@ -597,13 +738,14 @@ impl Bus {
             {
                 Offer::Full(out) => {
                     return Err(Blocked {
-                        deadline: instant_of(frame.header.deadline_unix_ms),
-                        table,
-                        targets,
+                        // From the copy: the frame itself may be in it.
+                        deadline: instant_of(out.header.deadline_unix_ms),
+                        table: Arc::clone(table),
+                        targets: targets.clone(),
                         next: i,
                         out,
-                        rest: frame,
-                        topic_stat,
+                        rest: frame.unwrap_or_default(),
+                        topic_stat: Arc::clone(topic_stat),
                     });
                 }
                 outcome => {
@@ -863,7 +1005,7 @@ impl Bus {
     /// [`Bus::request`] whose server's writer is woken through `wakes` (see
     /// [`Bus::publish_batched`]).
     pub async fn request_batched(&self, from: &Arc<Link>, mut frame: Frame, wakes: &mut Wakes) {
-        sanitize_trace(&from.plugin, &mut frame.header);
+        sanitize_trace(&from.plugin, &mut frame);
         let origin_id = frame.header.request_id;
         // A second reference to the topic's bytes (no copy), so `frame` can move on.
         let topic_str = frame.header.topic.clone();
@@ -970,7 +1112,7 @@ impl Bus {
     /// Routes a REPLY from `from` back to the requester. A reply to a request that was not sent
     /// to `from` (or already answered or expired) is dropped: a plugin cannot answer for another.
     pub async fn reply(&self, from: &Link, mut frame: Frame) {
-        sanitize_trace(&from.plugin, &mut frame.header);
+        sanitize_trace(&from.plugin, &mut frame);
         let host_id = frame.header.request_id;
         let req = {
             let mut p = lock(&self.inner.pending);
@@ -1490,6 +1632,67 @@ mod tests {
         assert_eq!(payloads(&mut rother), ["99"]);
         assert_eq!(st.dropped_timeout.load(Ordering::Relaxed), 1);
         assert_eq!(st.pending.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn a_cached_route_follows_subscription_changes() {
+        let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
+        let (a, _ra) = link("a", 1);
+        let (b, mut rb) = link("b", 2);
+        let (c, mut rc) = link("c", 3);
+        let mut routes = RouteCache::new();
+        bus.subscribe(&b, 1, "orders.*", &pb::Subscribe::default())
+            .unwrap();
+        bus.publish_cached(&a, numbered("orders.eu", 0), &mut routes)
+            .await
+            .unwrap();
+        bus.publish_cached(&a, numbered("orders.eu", 1), &mut routes)
+            .await
+            .unwrap();
+        assert_eq!(payloads(&mut rb), ["0", "1"]);
+        // A new subscriber gets the next message on the cached topic; one that left does not.
+        bus.subscribe(&c, 5, "orders.eu", &pb::Subscribe::default())
+            .unwrap();
+        bus.unsubscribe(&b, 1).unwrap();
+        bus.publish_cached(&a, numbered("orders.eu", 2), &mut routes)
+            .await
+            .unwrap();
+        assert_eq!(payloads(&mut rb), Vec::<String>::new());
+        let got = rc.try_recv().unwrap();
+        assert_eq!((&*got.header.sender, got.header.subscription_id), ("a", 5));
+        // Another topic is routed (and validated) on its own.
+        let e = bus
+            .publish_cached(&a, numbered("orders..eu", 3), &mut routes)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "invalid_topic");
+        let counted = bus
+            .inner
+            .metrics
+            .with_topic("orders.eu", |t| t.messages.load(Ordering::Relaxed));
+        assert_eq!(counted, 3);
+    }
+
+    #[tokio::test]
+    async fn a_lone_block_subscriber_waits_only_until_the_publish_deadline() {
+        // The only subscriber is also the last target, which takes the frame itself: its
+        // deadline must still end the wait (not the 5 s block timeout).
+        let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
+        let (a, _ra) = link("a", 1);
+        let (b, _rb) = link("b", 2);
+        let sub = pb::Subscribe {
+            block_timeout_ms: 5000,
+            ..with_policy(pb::OverflowPolicy::Block, 1)
+        };
+        bus.subscribe(&b, 1, "t", &sub).unwrap();
+        bus.publish(&a, numbered("t", 0)).await.unwrap();
+        let mut f = numbered("t", 1);
+        f.header.deadline_unix_ms = now_unix_ms() + 50;
+        let e = tokio::time::timeout(Duration::from_secs(2), bus.publish(&a, f))
+            .await
+            .expect("the deadline ends the wait")
+            .unwrap_err();
+        assert_eq!(e.code, "slow_subscriber");
     }
 
     #[tokio::test]

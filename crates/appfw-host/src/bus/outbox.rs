@@ -93,9 +93,22 @@ impl SubQueue {
         self.queued.load(Ordering::Relaxed)
     }
 
+    /// `n` more of its frames are queued. Only under the outbox's lock (the one writer of
+    /// `queued`), so a load and a store do: no locked read-modify-write per frame.
+    fn queued_add(&self, n: usize) {
+        self.queued
+            .store(self.queued.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    /// `n` of its frames left the outbox (under the outbox's lock, like [`SubQueue::queued_add`]).
+    fn queued_sub(&self, n: usize) {
+        self.queued
+            .store(self.queued.load(Ordering::Relaxed) - n, Ordering::Relaxed);
+    }
+
     /// `n` of its frames left the outbox.
     fn release(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::Relaxed);
+        self.queued_sub(n);
         self.stat.pending.fetch_sub(n as u64, Ordering::Relaxed);
     }
 
@@ -233,7 +246,7 @@ impl Outbox {
         if let Some(s) = &sub {
             st.sub_frames += 1;
             st.sub_bytes += frame.payload.len();
-            s.queued.fetch_add(1, Ordering::Relaxed);
+            s.queued_add(1);
             s.stat.pending.fetch_add(1, Ordering::Relaxed);
         }
         let was_empty = st.q.is_empty();
@@ -392,7 +405,7 @@ impl Outbox {
         if let Some(s) = &q.sub {
             st.sub_frames -= 1;
             st.sub_bytes -= q.frame.payload.len();
-            s.queued.fetch_sub(1, Ordering::Relaxed);
+            s.queued_sub(1);
             s.stat.pending.fetch_sub(1, Ordering::Relaxed);
         }
     }

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, FramedParts, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, Link, Wakes};
+use crate::bus::{Bus, Link, RouteCache, Wakes};
 
 /// Room left in the read buffer below which the reader makes new room before reading.
 const MIN_READ: usize = 4 * 1024;
@@ -235,7 +235,7 @@ pub fn start(
         };
         let frames = FramedRead::with_capacity(
             read_half,
-            FrameCodec::new(reader.params.max_frame_size),
+            FrameCodec::new(reader.params.max_frame_size).keeping_wire(),
             READ_BUFFER,
         );
         tokio::spawn(tracing::Instrument::in_current_span(reader.run(frames)))
@@ -440,6 +440,7 @@ impl Reader {
         let mut last_pong = Instant::now();
         let mut nonce = 0u64;
         let mut wakes = Wakes::new();
+        let mut routes = RouteCache::new();
         loop {
             // Room for the rest of a partly read frame and a buffer's worth after it, so large
             // frames come in a few big reads rather than one frame at a time; a fresh buffer
@@ -485,8 +486,9 @@ impl Reader {
                         };
                         // The common frames (PONG, a PUBLISH every queue has room for) are
                         // handled without waiting, so no future is built per frame.
-                        if let Some(slow) = self.handle_now(frame, &mut last_pong, &mut wakes)
-                            && let Some(end) = self.handle_slow(slow, &mut wakes).await
+                        if let Some(slow) =
+                            self.handle_now(frame, &mut last_pong, &mut wakes, &mut routes)
+                            && let Some(end) = self.handle_slow(slow, &mut wakes, &mut routes).await
                         {
                             return end;
                         }
@@ -506,7 +508,13 @@ impl Reader {
 
     /// Handles a frame if that needs no waiting; hands it back otherwise.
     #[inline(always)]
-    fn handle_now(&self, frame: Frame, last_pong: &mut Instant, wakes: &mut Wakes) -> Option<Slow> {
+    fn handle_now(
+        &self,
+        frame: Frame,
+        last_pong: &mut Instant,
+        wakes: &mut Wakes,
+        routes: &mut RouteCache,
+    ) -> Option<Slow> {
         self.peer_seq.store(frame.header.seq, Ordering::Relaxed);
         match frame.frame_type() {
             Some(FrameType::Pong) => {
@@ -516,7 +524,7 @@ impl Reader {
             Some(FrameType::Publish)
                 if frame.header.request_id == 0 || !self.publish_ack.load(Ordering::Relaxed) =>
             {
-                match self.bus.publish_now(&self.link, frame, wakes) {
+                match self.bus.publish_now(&self.link, frame, wakes, routes) {
                     Ok(result) => {
                         self.publish_refused(result);
                         None
@@ -528,9 +536,14 @@ impl Reader {
         }
     }
 
-    async fn handle_slow(&self, slow: Slow, wakes: &mut Wakes) -> Option<End> {
+    async fn handle_slow(
+        &self,
+        slow: Slow,
+        wakes: &mut Wakes,
+        routes: &mut RouteCache,
+    ) -> Option<End> {
         match slow {
-            Slow::Frame(frame) => self.handle(frame, wakes).await,
+            Slow::Frame(frame) => self.handle(frame, wakes, routes).await,
             Slow::Blocked(blocked) => {
                 let result = self.bus.publish_wait(&self.link, blocked, wakes).await;
                 self.publish_refused(result);
@@ -548,7 +561,12 @@ impl Reader {
         }
     }
 
-    async fn handle(&self, frame: Frame, wakes: &mut Wakes) -> Option<End> {
+    async fn handle(
+        &self,
+        frame: Frame,
+        wakes: &mut Wakes,
+        routes: &mut RouteCache,
+    ) -> Option<End> {
         let Some(ty) = frame.frame_type() else {
             tracing::debug!(plugin = %self.params.plugin, frame_type = frame.header.r#type, "unknown frame type skipped");
             return None;
@@ -560,7 +578,10 @@ impl Reader {
         match ty {
             FrameType::Publish => {
                 let receipt = frame.header.request_id;
-                let result = self.bus.publish_batched(&self.link, frame, wakes).await;
+                let result = self
+                    .bus
+                    .publish_batched(&self.link, frame, wakes, routes)
+                    .await;
                 if receipt != 0 && self.publish_ack.load(Ordering::Relaxed) {
                     wakes.wake_all();
                     let mut reply = Frame::new(FrameType::Reply, Bytes::new());
