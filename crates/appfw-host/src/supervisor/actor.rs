@@ -391,12 +391,9 @@ impl Actor {
         let sample_at = self.sample_at;
         let demand_at = self.demand_at;
         let demand = self.demand.as_deref();
-        // Biased, with the connection's events before the exit: the connection reports a
-        // protocol fault before it sends the plugin the frame that makes it exit, and when both
-        // are ready by the time this task runs, the fault must be seen first (a random pick
-        // recorded such an exit as "exited on its own").
+        // Not biased: a plugin that floods its connection must not starve commands and timers.
+        // An exit drains the connection's queued events first instead (see `Input::Exit`).
         tokio::select! {
-            biased;
             ev = async move { match conn_rx { Some(r) => r.recv().await, None => pending().await } } => Input::Conn(ev),
             () = async move { match demand { Some(d) => d.wake().notified().await, None => pending().await } } => Input::Demand,
             () = async move { match demand_at { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => Input::DemandTimer,
