@@ -7,8 +7,8 @@
 //! message when not installed), (d) appfw capturing it into rotated record files
 //! (`max_file_size = 64MiB`, compression off so the timing is the capture's, not gzip's).
 //! Rounds are interleaved (a b c d, a b c d, ...) and medians reported; before each run the
-//! bench waits for the page cache to be written back (`sync`), so no run is throttled by the
-//! writeback of the one before.
+//! bench waits for the page cache to be written back (`sync`) and, as root, empties it
+//! (`drop_caches`), so no run is throttled by the writeback or the reclaim of the ones before.
 //!
 //! During (d) the index runs too: its largest lag (from `/metrics`) is sampled, and the time
 //! until it has caught up gives the indexing rate. Once the rounds are done, the index holds
@@ -352,8 +352,13 @@ fn main() {
     if !sup {
         println!("supervisord not installed: (c) skipped");
     }
-    // Each run starts with no dirty pages: the previous run's writeback must not throttle it.
-    let settle = || rustix::fs::sync();
+    // Each run starts with no dirty pages (the previous run's writeback must not throttle it)
+    // and, where allowed (root), an emptied page cache: the rounds write gigabytes, and a run
+    // that has to reclaim the earlier rounds' pages first is slowed by that, not by its own work.
+    let settle = || {
+        rustix::fs::sync();
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    };
     for r in 0..rounds {
         settle();
         a.push(direct(lines, false));

@@ -166,7 +166,14 @@ impl Wake {
         }
     }
 
-    /// Waits until woken or `d` passed.
+    /// Whether something was written since the last look (or wait), without waiting.
+    fn take(&self) -> bool {
+        std::mem::replace(
+            &mut *self.flag.lock().unwrap_or_else(PoisonError::into_inner),
+            false,
+        )
+    }
+
     /// Waits up to `d` for a wake-up; whether there was one.
     fn wait(&self, d: Duration) -> bool {
         let mut g = self.flag.lock().unwrap_or_else(PoisonError::into_inner);
@@ -350,6 +357,7 @@ impl State {
         let mut pending_since: Option<Instant> = None;
         let mut woken = true;
         let mut stop_at: Option<Instant> = None;
+        let mut yielding = false;
         loop {
             let stopping = stop.load(Ordering::Acquire);
             let wanted = self.rebuild.requested.load(Ordering::Acquire);
@@ -377,6 +385,12 @@ impl State {
             }
             if !self.rows.is_empty() && pending_since.is_none() {
                 pending_since = Some(Instant::now());
+            }
+            // Plugins wrote during this round: a flood may be going on; keep out of the capture
+            // path's way until a round passes without writes (see `yield_to_capture`).
+            let writing = progressed && self.wake.take();
+            if writing != yielding && crate::logs::yield_to_capture(writing) {
+                yielding = writing;
             }
             if pending_since.is_some_and(|t| t.elapsed() >= INDEX_DELAY) || !progressed {
                 self.commit();
