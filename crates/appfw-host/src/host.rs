@@ -170,6 +170,7 @@ impl Host {
                     indexed,
                     wake: Arc::clone(indexer.waker()),
                     stderr_levels: Arc::clone(indexer.stderr_levels()),
+                    class: Arc::clone(indexer.class()),
                 }),
             )
             .map_err(|source| HostError::Io {

@@ -228,6 +228,32 @@ fn pieces(line: &[u8], max: usize, emit: &mut impl FnMut(Piece<'_>)) {
     emit(Piece::Line(l, End::Newline));
 }
 
+/// A read at least this big means the plugin writes faster than it is read: a flood, during
+/// which the index thread is kept in the idle class (see `IndexClass`).
+const FLOOD_READ: usize = 256 * 1024;
+
+/// Whether this stream counts as flooding; it stops counting when dropped (also when the task is
+/// aborted), so the index is never left in the idle class by a stream that is gone.
+struct Flooding<'a> {
+    sink: &'a super::Sink,
+    on: bool,
+}
+
+impl Flooding<'_> {
+    fn set(&mut self, on: bool) {
+        if on != self.on {
+            self.on = on;
+            self.sink.flood(on);
+        }
+    }
+}
+
+impl Drop for Flooding<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
 /// Runs shorter than this are written as one record per line (a copy this small costs less
 /// than a batch's header, and the file reads better); longer ones as a batch.
 const BATCH_MIN: usize = 4096;
@@ -272,6 +298,10 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
         used: 0,
         suppressed: 0,
     };
+    let mut flooding = Flooding {
+        sink: &log.sink,
+        on: false,
+    };
     loop {
         if raw.len() == raw.capacity() && raw.capacity() < MAX_READ {
             raw.reserve_exact((raw.capacity() * 16).min(MAX_READ) - raw.len());
@@ -298,6 +328,7 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
+        flooding.set(raw.len() >= FLOOD_READ);
         let stamp = Stamp::now();
         let lent = match log.policy {
             LogPolicy::Block => None,
@@ -428,6 +459,7 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
             }
         }
     }
+    flooding.set(false);
     if !carry.is_empty() {
         let stamp = Stamp::now();
         let mut seq = log.next.lock().await;

@@ -88,9 +88,18 @@ struct Sink {
     wake: Option<Arc<crate::store::logs::Wake>>,
     /// Live tails.
     written: tokio::sync::watch::Sender<u64>,
+    /// The index thread's scheduling class (no index: none).
+    class: Option<Arc<IndexClass>>,
 }
 
 impl Sink {
+    /// A capture stream starts or stops reading flood-sized chunks (see [`IndexClass`]).
+    fn flood(&self, on: bool) {
+        if let Some(c) = &self.class {
+            c.flood(on);
+        }
+    }
+
     fn write(&self, mut job: Job) {
         self.write_parts(&job.log, &[&job.buf], job.first, job.last, job.lines);
         if let Some(back) = job.back.take() {
@@ -158,9 +167,14 @@ impl Logs {
         index: Option<IndexLink>,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let (indexed, wake, stderr_levels) = match index {
-            Some(i) => (Some(i.indexed), Some(i.wake), Some(i.stderr_levels)),
-            None => (None, None, None),
+        let (indexed, wake, stderr_levels, class) = match index {
+            Some(i) => (
+                Some(i.indexed),
+                Some(i.wake),
+                Some(i.stderr_levels),
+                Some(i.class),
+            ),
+            None => (None, None, None, None),
         };
         let (wtx, mut wrx) = mpsc::channel::<Msg>(WRITER_QUEUE);
         let (jtx, jrx) = std::sync::mpsc::sync_channel::<Option<String>>(JANITOR_QUEUE);
@@ -170,6 +184,7 @@ impl Logs {
             janitor: jtx.clone(),
             wake,
             written: written.clone(),
+            class,
         });
         let wsink = Arc::clone(&sink);
         let writer = std::thread::Builder::new()
@@ -327,23 +342,56 @@ pub(crate) fn background_priority() {
     let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
 }
 
-/// Moves the calling thread (the index) into the idle scheduling class while plugins are
-/// writing (`yield_all`), and back to the normal class (at its nice 19) when they are not.
+/// The index thread, in the idle scheduling class while a capture task reads flood-sized chunks.
 /// Nice 19 alone does not keep the index out of the capture's way: the scheduler (EEVDF) lets
 /// a running task finish its slice before a woken one runs, and the capture task wakes for every
-/// chunk (measured: the index took a third of the CPU during a flood, and capture ran at 64 %
-/// of `cat`). A thread of the idle class is preempted at once by any other. Outside a flood the
-/// normal class lets it catch up at full speed (it indexed about 25 % slower in the idle class,
-/// behind the host's own housekeeping). Returns whether the class is now the one asked for.
-pub(crate) fn yield_to_capture(yield_all: bool) -> bool {
-    let policy = if yield_all {
+/// chunk (measured: the index took a third of the CPU during a flood, and capture ran at 64 % of
+/// `cat`). A thread of the idle class is preempted at once by any other; but on a busy machine
+/// it may not run at all, so it cannot be trusted to put itself back: the capture tasks do it,
+/// when the last flood ends (an idle class the index chose for itself starved it for a minute
+/// under other processes' load, in CI).
+#[derive(Debug, Default)]
+pub struct IndexClass {
+    /// The index thread's id (0: none registered).
+    tid: std::sync::atomic::AtomicI32,
+    /// Streams reading flood-sized chunks now.
+    floods: Mutex<usize>,
+}
+
+impl IndexClass {
+    /// Called by the index thread itself.
+    pub(crate) fn register(&self) {
+        self.tid.store(
+            rustix::thread::gettid().as_raw_nonzero().get(),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A stream starts (`true`) or stops (`false`) flooding.
+    fn flood(&self, on: bool) {
+        let mut n = lock(&self.floods);
+        let was = *n;
+        *n = if on { was + 1 } else { was.saturating_sub(1) };
+        if (was == 0) != (*n == 0) {
+            set_class(self.tid.load(Ordering::Relaxed), *n > 0);
+        }
+    }
+}
+
+/// Moves thread `tid` into the idle scheduling class (`idle`) or back to the normal one (its
+/// nice value is kept). Whether it did.
+pub(crate) fn set_class(tid: i32, idle: bool) -> bool {
+    if tid == 0 {
+        return false;
+    }
+    let policy = if idle {
         libc::SCHED_IDLE
     } else {
         libc::SCHED_OTHER
     };
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param that outlives the call.
-    unsafe { libc::sched_setscheduler(0, policy, &raw const param) == 0 }
+    // SAFETY: `param` is a valid sched_param that outlives the call; a wrong tid is an error.
+    unsafe { libc::sched_setscheduler(tid, policy, &raw const param) == 0 }
 }
 
 async fn sync(writer: &mpsc::Sender<Msg>, timeout: Duration) -> bool {
@@ -404,6 +452,8 @@ pub struct IndexLink {
     pub wake: Arc<crate::store::logs::Wake>,
     /// The level of plain stderr lines, per plugin.
     pub stderr_levels: Arc<crate::store::logs::StderrLevels>,
+    /// The index thread's scheduling class.
+    pub class: Arc<IndexClass>,
 }
 
 fn janitor_loop(dir: &Path, shared: &Shared, rx: &std::sync::mpsc::Receiver<Option<String>>) {
@@ -595,25 +645,42 @@ impl PluginLog {
 mod tests {
     use super::*;
     use crate::logs::capture::{OutputTail, capture};
+    use std::io::Write;
 
     #[test]
-    fn the_index_thread_moves_between_the_idle_and_the_normal_class() {
-        // SAFETY (each block): a query of the calling thread's policy.
-        let policies = std::thread::spawn(|| {
+    fn the_index_thread_is_idle_class_while_a_stream_floods() {
+        let class = Arc::new(IndexClass::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let c = Arc::clone(&class);
+        let t = std::thread::spawn(move || {
             background_priority();
-            assert!(yield_to_capture(true));
-            let idle = unsafe { libc::sched_getscheduler(0) };
-            assert!(yield_to_capture(false));
-            let normal = unsafe { libc::sched_getscheduler(0) };
-            let nice = rustix::process::getpriority_process(Some(rustix::thread::gettid()));
-            (idle, normal, nice.ok())
-        })
-        .join()
-        .unwrap();
-        assert_eq!(policies, (libc::SCHED_IDLE, libc::SCHED_OTHER, Some(19)));
-        assert_ne!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_IDLE);
+            c.register();
+            // SAFETY (each block): a query of the calling thread's policy.
+            let policy = || unsafe { libc::sched_getscheduler(0) };
+            tx.send(policy()).unwrap();
+            for _ in 0..3 {
+                done_rx.recv().unwrap();
+                tx.send(policy()).unwrap();
+            }
+        });
+        assert_eq!(rx.recv().unwrap(), libc::SCHED_OTHER);
+        class.flood(true);
+        class.flood(true);
+        done_tx.send(()).unwrap();
+        assert_eq!(rx.recv().unwrap(), libc::SCHED_IDLE);
+        class.flood(false);
+        done_tx.send(()).unwrap();
+        assert_eq!(
+            rx.recv().unwrap(),
+            libc::SCHED_IDLE,
+            "one stream still floods"
+        );
+        class.flood(false);
+        done_tx.send(()).unwrap();
+        assert_eq!(rx.recv().unwrap(), libc::SCHED_OTHER);
+        t.join().unwrap();
     }
-    use std::io::Write;
 
     /// `policy = "drop"`: while the plugin's file cannot be written (the writer is stuck on
     /// it), a plugin that floods is never slowed: it writes everything. The lines that could

@@ -166,14 +166,6 @@ impl Wake {
         }
     }
 
-    /// Whether something was written since the last look (or wait), without waiting.
-    fn take(&self) -> bool {
-        std::mem::replace(
-            &mut *self.flag.lock().unwrap_or_else(PoisonError::into_inner),
-            false,
-        )
-    }
-
     /// Waits up to `d` for a wake-up; whether there was one.
     fn wait(&self, d: Duration) -> bool {
         let mut g = self.flag.lock().unwrap_or_else(PoisonError::into_inner);
@@ -221,6 +213,7 @@ pub struct Indexer {
     progress: Arc<Progress>,
     stderr_levels: Arc<StderrLevels>,
     rebuild: Arc<Rebuild>,
+    class: Arc<crate::logs::IndexClass>,
 }
 
 impl std::fmt::Debug for Indexer {
@@ -278,10 +271,13 @@ impl Indexer {
             rows: Vec::with_capacity(INDEX_BATCH),
         };
         let st = Arc::clone(&stop);
+        let class = Arc::new(crate::logs::IndexClass::default());
+        let cl = Arc::clone(&class);
         let thread = std::thread::Builder::new()
             .name("appfw-log-index".into())
             .spawn(move || {
                 crate::logs::background_priority();
+                cl.register();
                 state.run(&st);
             })
             .map_err(StoreError::Thread)?;
@@ -292,6 +288,7 @@ impl Indexer {
             progress,
             stderr_levels,
             rebuild,
+            class,
         })
     }
 
@@ -308,6 +305,11 @@ impl Indexer {
     /// What is indexed.
     pub fn progress(&self) -> &Arc<Progress> {
         &self.progress
+    }
+
+    /// The index thread's scheduling class, which capture tasks lower during a flood.
+    pub fn class(&self) -> &Arc<crate::logs::IndexClass> {
+        &self.class
     }
 
     /// What the log writer calls after each write.
@@ -357,7 +359,6 @@ impl State {
         let mut pending_since: Option<Instant> = None;
         let mut woken = true;
         let mut stop_at: Option<Instant> = None;
-        let mut yielding = false;
         loop {
             let stopping = stop.load(Ordering::Acquire);
             let wanted = self.rebuild.requested.load(Ordering::Acquire);
@@ -385,12 +386,6 @@ impl State {
             }
             if !self.rows.is_empty() && pending_since.is_none() {
                 pending_since = Some(Instant::now());
-            }
-            // Plugins wrote during this round: a flood may be going on; keep out of the capture
-            // path's way until a round passes without writes (see `yield_to_capture`).
-            let writing = progressed && self.wake.take();
-            if writing != yielding && crate::logs::yield_to_capture(writing) {
-                yielding = writing;
             }
             if pending_since.is_some_and(|t| t.elapsed() >= INDEX_DELAY) || !progressed {
                 self.commit();
