@@ -479,12 +479,10 @@ fn repair(f: &mut File, path: &Path, sc: &mut Scanned, torn: Torn, len: u64) -> 
     let mut kept = 0;
     if let (Some((h, _)), false) = (torn.batch, body.is_empty()) {
         let count = record::count_lines(&body);
-        let mut head = Vec::new();
-        let seq = h.seq.to_string();
+        let mut batch = Vec::with_capacity(body.len() + 64);
         let stamp = Stamp::at(record::system_time(h.time_us));
-        record::write_batch_head(&mut head, seq.as_bytes(), &stamp, h.kind, count, body.len());
-        f.write_all(&head)?;
-        f.write_all(&body)?;
+        record::write_batch(&mut batch, h.seq, &stamp, h.kind, &body);
+        f.write_all(&batch)?;
         sc.first.get_or_insert((h.seq, h.time_us));
         sc.last = Some(h.seq + count - 1);
         kept = count;
@@ -575,16 +573,7 @@ mod tests {
     fn batch(seq: u64, lines: &[&str]) -> Vec<u8> {
         let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
         let mut out = Vec::new();
-        let digits = seq.to_string();
-        record::write_batch_head(
-            &mut out,
-            digits.as_bytes(),
-            &Stamp::now(),
-            Kind::Stdout,
-            lines.len() as u64,
-            body.len(),
-        );
-        out.extend_from_slice(body.as_bytes());
+        record::write_batch(&mut out, seq, &Stamp::now(), Kind::Stdout, body.as_bytes());
         out
     }
 

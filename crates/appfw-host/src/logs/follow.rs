@@ -253,17 +253,13 @@ mod tests {
 
     fn batch(out: &mut Vec<u8>, seqs: std::ops::RangeInclusive<u64>) {
         let body: String = seqs.clone().map(|s| format!("line {s}\n")).collect();
-        let digits = seqs.start().to_string();
-        let count = seqs.end() - seqs.start() + 1;
-        record::write_batch_head(
+        record::write_batch(
             out,
-            digits.as_bytes(),
+            *seqs.start(),
             &Stamp::now(),
             Kind::Stdout,
-            count,
-            body.len(),
+            body.as_bytes(),
         );
-        out.extend_from_slice(body.as_bytes());
     }
 
     fn read_all(f: &mut Follow, logs: &Path, max: usize) -> Vec<u64> {

@@ -112,7 +112,37 @@ impl Sink {
     /// Writes `parts` (records numbered `first..=last`, `lines` lines of the plugin) in one
     /// vectored write, and tells the index and the live tails.
     fn write_parts(&self, log: &PluginLog, parts: &[&[u8]], first: u64, last: u64, lines: u64) {
-        write_parts(log, parts, first, last, lines, &self.events, &self.janitor);
+        let outcome = lock(&log.file).write(parts, first, last, lines);
+        if matches!(
+            outcome,
+            Outcome::Written | Outcome::Rotated | Outcome::Resumed(_)
+        ) {
+            log.counters.written_seq.fetch_max(last, Ordering::Relaxed);
+        }
+        match outcome {
+            Outcome::Written => {}
+            Outcome::Rotated => {
+                // Full queue: the janitor's periodic pass finds the file.
+                let _ = self.janitor.try_send(Some(log.name.to_string()));
+            }
+            Outcome::Dropped => {
+                log.counters.dropped.fetch_add(lines, Ordering::Relaxed);
+            }
+            Outcome::StartedDropping(reason) => {
+                log.counters.dropped.fetch_add(lines, Ordering::Relaxed);
+                self.events.emit(
+                    Some(&log.name),
+                    EventKind::LogDropped {
+                        reason,
+                        from_seq: first,
+                    },
+                );
+            }
+            Outcome::Resumed(dropped) => {
+                self.events
+                    .emit(Some(&log.name), EventKind::LogResumed { dropped });
+            }
+        }
         if let Some(w) = &self.wake {
             w.wake();
         }
@@ -401,47 +431,6 @@ async fn sync(writer: &mpsc::Sender<Msg>, timeout: Duration) -> bool {
     })
     .await
     .unwrap_or(false)
-}
-
-fn write_parts(
-    log: &PluginLog,
-    parts: &[&[u8]],
-    first: u64,
-    last: u64,
-    lines: u64,
-    events: &Events,
-    janitor: &std::sync::mpsc::SyncSender<Option<String>>,
-) {
-    let outcome = lock(&log.file).write(parts, first, last, lines);
-    if matches!(
-        outcome,
-        Outcome::Written | Outcome::Rotated | Outcome::Resumed(_)
-    ) {
-        log.counters.written_seq.fetch_max(last, Ordering::Relaxed);
-    }
-    match outcome {
-        Outcome::Written => {}
-        Outcome::Rotated => {
-            // Full queue: the janitor's periodic pass finds the file.
-            let _ = janitor.try_send(Some(log.name.to_string()));
-        }
-        Outcome::Dropped => {
-            log.counters.dropped.fetch_add(lines, Ordering::Relaxed);
-        }
-        Outcome::StartedDropping(reason) => {
-            log.counters.dropped.fetch_add(lines, Ordering::Relaxed);
-            events.emit(
-                Some(&log.name),
-                EventKind::LogDropped {
-                    reason,
-                    from_seq: first,
-                },
-            );
-        }
-        Outcome::Resumed(dropped) => {
-            events.emit(Some(&log.name), EventKind::LogResumed { dropped });
-        }
-    }
 }
 
 /// What the index shares with the log service.

@@ -276,11 +276,7 @@ pub fn write_digits(
     payload: &[u8],
 ) {
     debug_assert!(!payload.contains(&b'\n'));
-    out.extend_from_slice(seq);
-    out.push(b' ');
-    out.extend_from_slice(stamp.text());
-    out.push(b' ');
-    out.push(kind.letter());
+    head_prefix(out, seq, stamp, kind);
     if let Some(f) = end.flag() {
         out.push(f);
     }
@@ -315,18 +311,39 @@ impl BatchHead {
     }
 
     /// The records of `body` (the `len` bytes after the header, checked by [`next_entry`]).
-    pub fn records<'a>(&self, body: &'a [u8]) -> impl Iterator<Item = Record<'a>> + use<'a> {
-        let h = *self;
-        let body = body.strip_suffix(b"\n").unwrap_or(body);
-        body.split(|b| *b == b'\n')
-            .enumerate()
-            .map(move |(i, payload)| Record {
-                seq: h.seq.saturating_add(i as u64),
-                time_us: h.time_us,
-                kind: h.kind,
-                end: End::Newline,
-                payload,
-            })
+    pub fn records<'a>(&self, body: &'a [u8]) -> BatchRecords<'a> {
+        BatchRecords {
+            head: *self,
+            rest: body,
+            i: 0,
+        }
+    }
+}
+
+/// The records of a batch's body, one per line.
+#[derive(Clone, Debug)]
+pub struct BatchRecords<'a> {
+    head: BatchHead,
+    rest: &'a [u8],
+    i: u64,
+}
+
+impl<'a> Iterator for BatchRecords<'a> {
+    type Item = Record<'a>;
+
+    fn next(&mut self) -> Option<Record<'a>> {
+        let n = memchr::memchr(b'\n', self.rest)?;
+        let payload = &self.rest[..n];
+        self.rest = &self.rest[n + 1..];
+        let r = Record {
+            seq: self.head.seq.saturating_add(self.i),
+            time_us: self.head.time_us,
+            kind: self.head.kind,
+            end: End::Newline,
+            payload,
+        };
+        self.i += 1;
+        Some(r)
     }
 }
 
@@ -456,7 +473,7 @@ pub fn next_entry(buf: &[u8]) -> Entry<'_> {
 pub struct Records<'a> {
     buf: &'a [u8],
     pos: usize,
-    batch: Option<(BatchHead, &'a [u8], u64)>,
+    batch: Option<BatchRecords<'a>>,
     bad: u64,
 }
 
@@ -488,27 +505,11 @@ impl<'a> Iterator for Records<'a> {
 
     fn next(&mut self) -> Option<Record<'a>> {
         loop {
-            if let Some((h, rest, i)) = &mut self.batch {
-                let line = match memchr::memchr(b'\n', rest) {
-                    Some(n) => {
-                        let l = &rest[..n];
-                        *rest = &rest[n + 1..];
-                        l
-                    }
-                    None => {
-                        self.batch = None;
-                        continue;
-                    }
-                };
-                let r = Record {
-                    seq: h.seq.saturating_add(*i),
-                    time_us: h.time_us,
-                    kind: h.kind,
-                    end: End::Newline,
-                    payload: line,
-                };
-                *i += 1;
-                return Some(r);
+            if let Some(b) = &mut self.batch {
+                if let Some(r) = b.next() {
+                    return Some(r);
+                }
+                self.batch = None;
             }
             match next_entry(&self.buf[self.pos..]) {
                 Entry::Line(r, used) => {
@@ -517,7 +518,7 @@ impl<'a> Iterator for Records<'a> {
                 }
                 Entry::Batch(h, body, used) => {
                     self.pos += used;
-                    self.batch = Some((h, body, 0));
+                    self.batch = Some(h.records(body));
                 }
                 Entry::Bad(used) => {
                     self.pos += used;
@@ -545,16 +546,36 @@ pub fn write_batch_head(
     len: usize,
 ) {
     let mut n = itoa::Buffer::new();
-    out.extend_from_slice(seq);
-    out.push(b' ');
-    out.extend_from_slice(stamp.text());
-    out.push(b' ');
-    out.push(kind.letter());
+    head_prefix(out, seq, stamp, kind);
     out.extend_from_slice(b"* ");
     out.extend_from_slice(n.format(count).as_bytes());
     out.push(b' ');
     out.extend_from_slice(n.format(len).as_bytes());
     out.push(b'\n');
+}
+
+/// Appends a whole batch: the head, then `body` (whole lines, each ending with its newline).
+pub fn write_batch(out: &mut Vec<u8>, seq: u64, stamp: &Stamp, kind: Kind, body: &[u8]) {
+    debug_assert!(body.last() == Some(&b'\n'));
+    let mut n = itoa::Buffer::new();
+    write_batch_head(
+        out,
+        n.format(seq).as_bytes(),
+        stamp,
+        kind,
+        count_lines(body),
+        body.len(),
+    );
+    out.extend_from_slice(body);
+}
+
+/// `<seq> <time> <kind>`, what every record and batch head starts with.
+fn head_prefix(out: &mut Vec<u8>, seq: &[u8], stamp: &Stamp, kind: Kind) {
+    out.extend_from_slice(seq);
+    out.push(b' ');
+    out.extend_from_slice(stamp.text());
+    out.push(b' ');
+    out.push(kind.letter());
 }
 
 fn parse_u64(b: &[u8]) -> Option<u64> {
@@ -658,16 +679,7 @@ mod tests {
 
     fn batch(out: &mut Vec<u8>, seq: u64, lines: &[&[u8]]) {
         let body: Vec<u8> = lines.iter().flat_map(|l| [*l, b"\n"].concat()).collect();
-        let digits = seq.to_string();
-        write_batch_head(
-            out,
-            digits.as_bytes(),
-            &stamp(),
-            Kind::Stdout,
-            lines.len() as u64,
-            body.len(),
-        );
-        out.extend_from_slice(&body);
+        write_batch(out, seq, &stamp(), Kind::Stdout, &body);
     }
 
     #[test]
