@@ -52,10 +52,6 @@ fn a_slow_subscriber_does_not_slow_the_others_and_its_queue_stays_bounded() {
                 .then_some(())
         });
     }
-    let sock = host.dir.path().join("driver.sock");
-    wait_for(T, "the driver's control socket", || {
-        sock.exists().then_some(())
-    });
     let rss_before = rss_kib(host.pid());
 
     let t0 = Instant::now();

@@ -30,10 +30,6 @@ fn cmd(host: &TestHost, line: &str) -> Value {
 fn start_with_driver(cfg: &str) -> TestHost {
     let host = start(&format!("{DRIVER}{cfg}"));
     host.wait_plugin("driver", "running", T, |_| true);
-    let sock = host.dir.path().join("driver.sock");
-    wait_for(T, "the driver's control socket", || {
-        sock.exists().then_some(())
-    });
     host
 }
 

@@ -36,11 +36,15 @@ pub fn driver_cmd(host: &TestHost, line: &str, timeout: std::time::Duration) -> 
     // A socket per call: concurrent callers never read each other's answers.
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The driver binds its socket after it reports running: wait for it rather than race it.
+    let driver = host.dir.path().join("driver.sock");
+    wait_for(timeout, "the driver's control socket", || {
+        driver.exists().then_some(())
+    });
     let me = host.dir.path().join(format!("client-{n}.sock"));
     let sock = std::os::unix::net::UnixDatagram::bind(&me).unwrap();
     sock.set_read_timeout(Some(timeout)).unwrap();
-    sock.send_to(line.as_bytes(), host.dir.path().join("driver.sock"))
-        .unwrap();
+    sock.send_to(line.as_bytes(), &driver).unwrap();
     let mut buf = vec![0u8; 65536];
     let len = sock
         .recv(&mut buf)
