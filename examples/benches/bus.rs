@@ -173,16 +173,21 @@ fn appfw_throughput(host_bin: &Path, subs: usize, every: u64) -> Setup {
     s
 }
 
-fn relay_throughput(subs: usize, every: u64) -> Setup {
+/// The relay baseline: whole reads copied, or with `per_frame` frame by frame.
+fn relay(sock: &str, subs: usize, per_frame: bool) -> Child {
+    let mut cmd = Command::new(bin_dir().join("relay"));
+    cmd.args(["--listen", sock, "--subs", &subs.to_string()]);
+    if per_frame {
+        cmd.arg("--per-frame");
+    }
+    cmd.spawn().unwrap()
+}
+
+fn relay_throughput(subs: usize, every: u64, per_frame: bool) -> Setup {
     let (dir, report) = new_dir();
     let relay_sock = dir.path().join("relay.sock").display().to_string();
     let report_path = dir.path().join("report.sock").display().to_string();
-    let mut children = vec![
-        Command::new(bin_dir().join("relay"))
-            .args(["--listen", &relay_sock, "--subs", &subs.to_string()])
-            .spawn()
-            .unwrap(),
-    ];
+    let mut children = vec![relay(&relay_sock, subs, per_frame)];
     wait_file(Path::new(&relay_sock));
     let mut s = Setup {
         side: Side::Relay(Vec::new()),
@@ -310,9 +315,9 @@ fn throughput(host_bin: &Path, rounds: usize) {
         );
     }
     println!(
-        "| payload | subscribers | appfw msgs/s (per sub) | appfw MB/s (all subs) | relay msgs/s (per sub) | relay MB/s | appfw / relay | NATS msgs/s (per sub) | appfw / NATS | host RSS first -> last round |"
+        "| payload | subscribers | appfw msgs/s (per sub) | appfw MB/s (all subs) | relay msgs/s (per sub) | relay MB/s | appfw / relay | per-frame relay msgs/s (per sub) | appfw / per-frame relay | NATS msgs/s (per sub) | appfw / NATS | host RSS first -> last round |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (size, n) in [(64u64, 1_000_000u64), (1024, 500_000), (65536, 20_000)] {
         if !listed("APPFW_BENCH_BUS_SIZES", size) {
             continue;
@@ -322,20 +327,23 @@ fn throughput(host_bin: &Path, rounds: usize) {
                 continue;
             }
             let a = appfw_throughput(host_bin, subs, n);
-            let b = relay_throughput(subs, n);
+            let b = relay_throughput(subs, n, false);
+            let f = relay_throughput(subs, n, true);
             let c = nats
                 .as_ref()
                 .map(|(_, addr)| nats_throughput(addr, subs, n));
             // A warm-up round each, not counted.
             a.round(n, size);
             b.round(n, size);
+            f.round(n, size);
             let mut nats_lost = c.as_ref().is_some_and(|c| c.try_round(n, size).is_none());
-            let (mut ta, mut tb, mut tc) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut ta, mut tb, mut tc, mut tf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let pid = a.host_pid().unwrap();
             let rss_first = rss_kib(pid);
             for _ in 0..rounds {
                 ta.push(a.round(n, size));
                 tb.push(b.round(n, size));
+                tf.push(f.round(n, size));
                 if let Some(c) = c.as_ref().filter(|_| !nats_lost) {
                     match c.try_round(n, size) {
                         Some(t) => tc.push(t),
@@ -344,7 +352,7 @@ fn throughput(host_bin: &Path, rounds: usize) {
                 }
             }
             let rss_last = rss_kib(pid);
-            let (ma, mb) = (median(&mut ta), median(&mut tb));
+            let (ma, mb, mf) = (median(&mut ta), median(&mut tb), median(&mut tf));
             let rate = |t: f64| n as f64 / t;
             let mbs = |t: f64| (n * size) as f64 * subs as f64 / t / 1e6;
             let (nats_rate, vs_nats) = if nats_lost {
@@ -359,12 +367,14 @@ fn throughput(host_bin: &Path, rounds: usize) {
                 )
             };
             println!(
-                "| {size} B | {subs} | {:.0} | {:.1} | {:.0} | {:.1} | **{:.0} %** | {nats_rate} | {vs_nats} | {} -> {} KiB |",
+                "| {size} B | {subs} | {:.0} | {:.1} | {:.0} | {:.1} | **{:.0} %** | {:.0} | **{:.0} %** | {nats_rate} | {vs_nats} | {} -> {} KiB |",
                 rate(ma),
                 mbs(ma),
                 rate(mb),
                 mbs(mb),
                 100.0 * mb / ma,
+                rate(mf),
+                100.0 * mf / ma,
                 rss_first,
                 rss_last
             );
@@ -373,33 +383,12 @@ fn throughput(host_bin: &Path, rounds: usize) {
     drop(nats);
 }
 
-fn rr(host_bin: &Path, rounds: usize) {
-    let count = env_num("APPFW_BENCH_BUS_RR", 20_000);
-    // appfw: both ends as plugins.
-    let (dir, report) = new_dir();
-    let d = dir.path().display().to_string();
-    let bin = bin_dir().join("bus-load").display().to_string();
-    let cfg = format!(
-        "[[plugins]]\nname = \"server\"\ncommand = \"{bin}\"\nargs = [\"--role\", \"rr-server\", \"--report\", \"{d}/report.sock\"]\n\n[[plugins]]\nname = \"client\"\ncommand = \"{bin}\"\nargs = [\"--role\", \"rr-client\", \"--control\", \"{d}/rr.sock\"]\n"
-    );
-    let host = TestHost::start(host_bin, &bin_dir(), &cfg);
-    let a = Setup {
-        side: Side::Appfw(host),
-        dir,
-        report,
-        subs: 1,
-    };
-    a.wait_ready(1);
-    wait_file(&a.path("rr.sock"));
-    // Relay: the server is the downstream side, the client the upstream one.
+/// Request/reply through the relay: the server is the downstream side, the client the upstream
+/// one.
+fn relay_rr(per_frame: bool) -> Setup {
     let (dir, report) = new_dir();
     let relay_sock = dir.path().join("relay.sock").display().to_string();
-    let mut children = vec![
-        Command::new(bin_dir().join("relay"))
-            .args(["--listen", &relay_sock, "--subs", "1"])
-            .spawn()
-            .unwrap(),
-    ];
+    let mut children = vec![relay(&relay_sock, 1, per_frame)];
     wait_file(Path::new(&relay_sock));
     let report_path = dir.path().join("report.sock").display().to_string();
     children.push(load(&[
@@ -429,6 +418,29 @@ fn rr(host_bin: &Path, rounds: usize) {
         subs: 1,
     };
     wait_file(&b.path("rr.sock"));
+    b
+}
+
+fn rr(host_bin: &Path, rounds: usize) {
+    let count = env_num("APPFW_BENCH_BUS_RR", 20_000);
+    // appfw: both ends as plugins.
+    let (dir, report) = new_dir();
+    let d = dir.path().display().to_string();
+    let bin = bin_dir().join("bus-load").display().to_string();
+    let cfg = format!(
+        "[[plugins]]\nname = \"server\"\ncommand = \"{bin}\"\nargs = [\"--role\", \"rr-server\", \"--report\", \"{d}/report.sock\"]\n\n[[plugins]]\nname = \"client\"\ncommand = \"{bin}\"\nargs = [\"--role\", \"rr-client\", \"--control\", \"{d}/rr.sock\"]\n"
+    );
+    let host = TestHost::start(host_bin, &bin_dir(), &cfg);
+    let a = Setup {
+        side: Side::Appfw(host),
+        dir,
+        report,
+        subs: 1,
+    };
+    a.wait_ready(1);
+    wait_file(&a.path("rr.sock"));
+    let b = relay_rr(false);
+    let f = relay_rr(true);
     // NATS: the same two roles through a nats-server, if installed.
     let nats = nats_server();
     let c = nats.as_ref().map(|(_, addr)| {
@@ -460,13 +472,18 @@ fn rr(host_bin: &Path, rounds: usize) {
     let line = format!("rr {count} 64");
     a.command("rr.sock", "rr 1000 64");
     b.command("rr.sock", "rr 1000 64");
+    f.command("rr.sock", "rr 1000 64");
     if let Some(c) = &c {
         c.command("rr.sock", "rr 1000 64");
     }
     let (mut a50, mut a99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut c50, mut c99) = (Vec::new(), Vec::new());
+    let (mut c50, mut c99, mut f50, mut f99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let mut sides = vec![(&a, &mut a50, &mut a99), (&b, &mut b50, &mut b99)];
+        let mut sides = vec![
+            (&a, &mut a50, &mut a99),
+            (&b, &mut b50, &mut b99),
+            (&f, &mut f50, &mut f99),
+        ];
         if let Some(c) = &c {
             sides.push((c, &mut c50, &mut c99));
         }
@@ -483,15 +500,18 @@ fn rr(host_bin: &Path, rounds: usize) {
     }
     drop(c);
     drop(nats);
-    let (a50, a99, b50, b99) = (
+    let (a50, a99, b50, b99, f50, f99) = (
         median(&mut a50),
         median(&mut a99),
         median(&mut b50),
         median(&mut b99),
+        median(&mut f50),
+        median(&mut f99),
     );
     println!(
-        "request/reply 64 B, {count} sequential per round, {rounds} interleaved rounds per side (medians): appfw p50 {a50:.1} us p99 {a99:.1} us | relay p50 {b50:.1} us p99 {b99:.1} us | appfw / relay p50 {:.2}x",
-        a50 / b50
+        "request/reply 64 B, {count} sequential per round, {rounds} interleaved rounds per side (medians): appfw p50 {a50:.1} us p99 {a99:.1} us | relay p50 {b50:.1} us p99 {b99:.1} us | appfw / relay p50 {:.2}x | per-frame relay p50 {f50:.1} us p99 {f99:.1} us | appfw / per-frame relay p50 {:.2}x",
+        a50 / b50,
+        a50 / f50
     );
 }
 

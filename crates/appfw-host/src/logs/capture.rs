@@ -232,19 +232,49 @@ fn pieces(line: &[u8], max: usize, emit: &mut impl FnMut(Piece<'_>)) {
 /// which the index thread is kept in the idle class (see `IndexClass`).
 const FLOOD_READ: usize = 256 * 1024;
 
+/// A stream stays flooding this long after its last flood-sized read. Without it the class
+/// flapped: a capture that caught up read the flooder's 64 KiB writes one by one, the index came
+/// back into the normal class, the capture fell behind again, and so on, many times a second.
+const FLOOD_HOLD: Duration = Duration::from_millis(250);
+
 /// Whether this stream counts as flooding; it stops counting when dropped (also when the task is
 /// aborted), so the index is never left in the idle class by a stream that is gone.
 struct Flooding<'a> {
-    sink: &'a super::Sink,
+    /// Tells the index class (`Sink::flood`).
+    toggle: &'a (dyn Fn(bool) + Send + Sync),
     on: bool,
+    /// When the last flood-sized read returned.
+    last: Instant,
 }
 
 impl Flooding<'_> {
     fn set(&mut self, on: bool) {
         if on != self.on {
             self.on = on;
-            self.sink.flood(on);
+            (self.toggle)(on);
         }
+    }
+
+    /// A read of `n` bytes returned at `now`.
+    fn read(&mut self, n: usize, now: Instant) {
+        if n >= FLOOD_READ {
+            self.last = now;
+            self.set(true);
+        } else {
+            self.expire(now);
+        }
+    }
+
+    /// Ends the flood once the hold has passed without a flood-sized read.
+    fn expire(&mut self, now: Instant) {
+        if self.on && now.duration_since(self.last) >= FLOOD_HOLD {
+            self.set(false);
+        }
+    }
+
+    /// When the flood ends unless another flood-sized read comes first.
+    fn until(&self) -> Option<Instant> {
+        self.on.then(|| self.last + FLOOD_HOLD)
     }
 }
 
@@ -298,9 +328,11 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
         used: 0,
         suppressed: 0,
     };
+    let toggle = |on| log.sink.flood(on);
     let mut flooding = Flooding {
-        sink: &log.sink,
+        toggle: &toggle,
         on: false,
+        last: Instant::now(),
     };
     loop {
         if raw.len() == raw.capacity() && raw.capacity() < MAX_READ {
@@ -311,24 +343,30 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
         // that writes faster than its file is written waits on its full pipe.
         let read = pipe.read_buf(&mut raw);
         // While lines are being suppressed, wake up when the window ends to report them even
-        // if the plugin falls silent.
-        let n = if rate.suppressed > 0 {
-            let left = Duration::from_secs(1).saturating_sub(rate.window.elapsed());
-            match tokio::time::timeout(left, read).await {
+        // if the plugin falls silent; while flooding, when the flood's hold ends.
+        let report = (rate.suppressed > 0).then(|| rate.window + Duration::from_secs(1));
+        let wake = match (report, flooding.until()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let n = match wake {
+            Some(at) => match tokio::time::timeout_at(at.into(), read).await {
                 Ok(r) => r,
                 Err(_) => {
-                    rate.roll(&plugin, kind);
+                    if rate.suppressed > 0 && rate.window.elapsed() >= Duration::from_secs(1) {
+                        rate.roll(&plugin, kind);
+                    }
+                    flooding.expire(Instant::now());
                     continue;
                 }
-            }
-        } else {
-            read.await
+            },
+            None => read.await,
         };
         match n {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        flooding.set(raw.len() >= FLOOD_READ);
+        flooding.read(raw.len(), Instant::now());
         let stamp = Stamp::now();
         let lent = match log.policy {
             LogPolicy::Block => None,
@@ -496,6 +534,36 @@ fn echo(plugin: &str, kind: Kind, line: &[u8], rate: &mut RateLimit) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flood starts with a flood-sized read, survives smaller reads within the hold, ends
+    /// after the hold without one, and a dropped guard ends it too; the index class hears of
+    /// each change once.
+    #[test]
+    fn a_flood_holds_across_small_reads_and_ends_after_the_hold() {
+        let calls = Mutex::new(Vec::new());
+        let toggle = |on| calls.lock().unwrap().push(on);
+        let t0 = Instant::now();
+        let mut f = Flooding {
+            toggle: &toggle,
+            on: false,
+            last: t0,
+        };
+        f.read(64 * 1024, t0);
+        assert_eq!(f.until(), None, "a small read is no flood");
+        f.read(FLOOD_READ, t0);
+        assert_eq!(f.until(), Some(t0 + FLOOD_HOLD));
+        let small = t0 + FLOOD_HOLD / 2;
+        f.read(64 * 1024, small);
+        assert!(f.on, "a small read within the hold keeps the flood");
+        f.read(FLOOD_READ, small);
+        f.expire(t0 + FLOOD_HOLD);
+        assert!(f.on, "the hold counts from the last flood-sized read");
+        f.read(64 * 1024, small + FLOOD_HOLD);
+        assert!(!f.on);
+        f.read(MAX_READ, small + FLOOD_HOLD);
+        drop(f);
+        assert_eq!(*calls.lock().unwrap(), vec![true, false, true, false]);
+    }
 
     fn run(chunks: &[&[u8]], max: usize) -> (Vec<(Vec<u8>, End)>, Vec<u8>) {
         let mut carry = Vec::new();

@@ -32,6 +32,12 @@ const STOP_CATCH_UP: Duration = Duration::from_secs(10);
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 /// How often the index is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// While a plugin floods, the index runs one round (up to `INDEX_BATCH` lines a plugin) at
+/// least this often, and otherwise waits for the flood to end: the capture gets the CPU, and
+/// other plugins' lines are still searchable within about this long.
+const FLOOD_ROUND: Duration = Duration::from_secs(1);
+/// The longest a flood pause goes without looking at the stop flag.
+const FLOOD_STEP: Duration = Duration::from_millis(50);
 
 /// Levels, in order; stored as their index.
 pub const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
@@ -269,9 +275,10 @@ impl Indexer {
             progress: Arc::clone(&progress),
             retention,
             rows: Vec::with_capacity(INDEX_BATCH),
+            class: Arc::new(crate::logs::IndexClass::default()),
         };
         let st = Arc::clone(&stop);
-        let class = Arc::new(crate::logs::IndexClass::default());
+        let class = Arc::clone(&state.class);
         let cl = Arc::clone(&class);
         let thread = std::thread::Builder::new()
             .name("appfw-log-index".into())
@@ -348,9 +355,35 @@ struct State {
     progress: Arc<Progress>,
     retention: IndexRetention,
     rows: Vec<Row>,
+    class: Arc<crate::logs::IndexClass>,
 }
 
 impl State {
+    /// While a plugin floods, waits up to `FLOOD_ROUND` for the flood to end (what was read is
+    /// committed first, so it is searchable meanwhile); a stop or a rebuild ends the wait.
+    fn pause_for_flood(&mut self, stop: &AtomicBool) {
+        let start = Instant::now();
+        let mut committed = false;
+        while start.elapsed() < FLOOD_ROUND
+            && !stop.load(Ordering::Acquire)
+            && self.rebuild.requested.load(Ordering::Acquire)
+                <= self.rebuild.emptied.load(Ordering::Acquire)
+        {
+            if !committed {
+                // Only a flood commits here: otherwise the batch keeps filling.
+                if !self.class.wait_calm(Duration::ZERO) {
+                    return;
+                }
+                self.commit();
+                committed = true;
+            }
+            let left = FLOOD_ROUND.saturating_sub(start.elapsed());
+            if !self.class.wait_calm(left.min(FLOOD_STEP)) {
+                return;
+            }
+        }
+    }
+
     fn run(&mut self, stop: &AtomicBool) {
         let mut last_scan = Instant::now()
             .checked_sub(Duration::from_secs(10))
@@ -405,7 +438,9 @@ impl State {
                 last_prune = Instant::now();
             }
             woken = !progressed;
-            if !progressed {
+            if progressed {
+                self.pause_for_flood(stop);
+            } else {
                 // Caught up. The writer wakes us after every write, so until it does there is
                 // nothing to read: an idle host does not open and stat every plugin's file each
                 // second (that was most of its idle CPU). Time-outs only serve stop and prune.
