@@ -2,7 +2,8 @@
 //!
 //! The same endpoint processes (`bus-load`: raw frames, blocking I/O, no SDK) measure either
 //! the appfw host, as plugins, or the raw relay baseline (`relay`: copies whole frames from one
-//! socket to the other(s), writing what each read returned), so the difference is the mediator.
+//! socket to the other(s), writing what each read returned; and `relay --per-frame`, which reads
+//! and writes frame by frame through buffered I/O), so the difference is the mediator.
 //! Runs are interleaved, A B A B ..., and medians compared.
 //!
 //! 1. `throughput`: a publisher writes N PUBLISH frames as fast as it can; 1 or 4 subscribers
