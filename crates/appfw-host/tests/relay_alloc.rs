@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use appfw_host::bus::{Bus, Link, RouteCache, outbox};
+use appfw_host::bus::{Bus, Link, RouteCache, Wakes, outbox};
 use appfw_host::metrics::Metrics;
 use appfw_proto::pb::{self, FrameType};
 use appfw_proto::writer::{Sequencer, write_frames};
@@ -110,7 +110,7 @@ async fn measure(subscribers: usize, n: usize, traced: bool) -> (f64, f64, f64) 
         let a0 = allocs();
         let frame = codec.decode(&mut wire).unwrap().unwrap();
         let a1 = allocs();
-        bus.publish_cached(&publisher, frame, &mut routes)
+        bus.publish_batched(&publisher, frame, &mut Wakes::new(), &mut routes)
             .await
             .unwrap();
         let a2 = allocs();

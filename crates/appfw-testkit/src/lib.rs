@@ -70,16 +70,26 @@ pub fn env_num(name: &str, default: u64) -> u64 {
 }
 
 /// Polls `f` until it returns `Some`, or panics naming `what` after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_explained(timeout, what, f, String::new)
+}
+
+/// [`wait_for`], adding what `why` says at the time-out to the panic message (in a CI log, the
+/// only trace of a failure).
+pub fn wait_explained<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    why: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}{}", why());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -354,31 +364,27 @@ impl TestHost {
                 e["plugin"] == plugin
             }
         };
-        let deadline = Instant::now() + timeout;
-        loop {
-            let events = self.events();
-            if let Some(e) = events
-                .iter()
-                .find(|e| e["kind"] == kind && about(e) && pred(e))
-            {
-                return e.clone();
-            }
-            if Instant::now() >= deadline {
-                // What did happen to it says why (in a CI log, the only trace of a failure).
-                let seen: Vec<String> = events
+        wait_explained(
+            timeout,
+            &format!("event {kind} of {plugin}"),
+            || {
+                self.events()
+                    .into_iter()
+                    .find(|e| e["kind"] == kind && about(e) && pred(e))
+            },
+            || {
+                // What did happen to it says why.
+                let seen: Vec<String> = self
+                    .events()
                     .iter()
                     .filter(|e| about(e))
                     .rev()
                     .take(20)
                     .map(ToString::to_string)
                     .collect();
-                panic!(
-                    "timed out after {timeout:?} waiting for event {kind} of {plugin}; its last events, newest first:\n{}",
-                    seen.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                format!("; its last events, newest first:\n{}", seen.join("\n"))
+            },
+        )
     }
 
     /// Waits until `name` is in `state` and satisfies `pred`; returns its status.

@@ -560,18 +560,6 @@ impl Bus {
             .await
     }
 
-    /// [`Bus::publish`] remembering the route in `routes` for the next message on the same
-    /// topic (a connection's reader keeps one).
-    pub async fn publish_cached(
-        &self,
-        from: &Link,
-        frame: Frame,
-        routes: &mut RouteCache,
-    ) -> Result<(), pb::Error> {
-        self.publish_batched(from, frame, &mut Wakes::new(), routes)
-            .await
-    }
-
     /// [`Bus::publish`] for a connection's reader routing a batch of frames: the subscribers'
     /// writers it fills are woken through `wakes`, by the caller once the batch is routed.
     pub async fn publish_batched(
@@ -1643,10 +1631,10 @@ mod tests {
         let mut routes = RouteCache::new();
         bus.subscribe(&b, 1, "orders.*", &pb::Subscribe::default())
             .unwrap();
-        bus.publish_cached(&a, numbered("orders.eu", 0), &mut routes)
+        bus.publish_batched(&a, numbered("orders.eu", 0), &mut Wakes::new(), &mut routes)
             .await
             .unwrap();
-        bus.publish_cached(&a, numbered("orders.eu", 1), &mut routes)
+        bus.publish_batched(&a, numbered("orders.eu", 1), &mut Wakes::new(), &mut routes)
             .await
             .unwrap();
         assert_eq!(payloads(&mut rb), ["0", "1"]);
@@ -1654,7 +1642,7 @@ mod tests {
         bus.subscribe(&c, 5, "orders.eu", &pb::Subscribe::default())
             .unwrap();
         bus.unsubscribe(&b, 1).unwrap();
-        bus.publish_cached(&a, numbered("orders.eu", 2), &mut routes)
+        bus.publish_batched(&a, numbered("orders.eu", 2), &mut Wakes::new(), &mut routes)
             .await
             .unwrap();
         assert_eq!(payloads(&mut rb), Vec::<String>::new());
@@ -1662,7 +1650,12 @@ mod tests {
         assert_eq!((&*got.header.sender, got.header.subscription_id), ("a", 5));
         // Another topic is routed (and validated) on its own.
         let e = bus
-            .publish_cached(&a, numbered("orders..eu", 3), &mut routes)
+            .publish_batched(
+                &a,
+                numbered("orders..eu", 3),
+                &mut Wakes::new(),
+                &mut routes,
+            )
             .await
             .unwrap_err();
         assert_eq!(e.code, "invalid_topic");

@@ -497,7 +497,6 @@ pub async fn capture<R: tokio::io::AsyncRead + Unpin>(
             }
         }
     }
-    flooding.set(false);
     if !carry.is_empty() {
         let stamp = Stamp::now();
         let mut seq = log.next.lock().await;

@@ -412,6 +412,11 @@ impl IndexClass {
         }
     }
 
+    /// Whether a stream floods now.
+    pub(crate) fn flooding(&self) -> bool {
+        *lock(&self.floods) > 0
+    }
+
     /// Waits up to `d` while a stream floods; whether one still does. Even in the idle class
     /// the index took a tenth of the CPU during a flood (perf: every time the capture task or
     /// the flooder blocked for a moment it ran, and was preempted, cold, on their wake-up), so

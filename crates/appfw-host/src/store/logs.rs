@@ -209,6 +209,11 @@ impl Rebuild {
         }
         true
     }
+
+    /// Whether a rebuild was asked for and the index is not emptied for it yet.
+    fn wanted(&self) -> bool {
+        self.requested.load(Ordering::Acquire) > self.emptied.load(Ordering::Acquire)
+    }
 }
 
 /// The indexer thread.
@@ -232,16 +237,16 @@ impl Indexer {
     /// Starts indexing the record files under `logs` into the store at `db`.
     pub fn start(db: &Path, logs: &Path, retention: IndexRetention) -> Result<Self, StoreError> {
         let conn = connect(db)?;
-        // Merge the full-text index's segments when 16 of a level exist rather than 4: fewer
-        // rewrites while a flood is indexed (the index thread's CPU for 3 M lines: 16.0-16.6 s
-        // -> 14.9-15.3 s), and queries were not slower for it (docs/BENCHMARKS.md). Stored in
-        // the table's config, so setting it at each start is idempotent.
         // Its commits checkpoint the log every 8000 pages (32 MiB) rather than 1000: a flood's
         // hot pages (the B-trees' right edges, the full-text index's structure) are copied into
         // the database fewer times (the index thread's CPU for 3 M lines: 15.2-16.7 s -> 14.2-15.6
         // s, 3 runs each; a 16 MiB page cache on top saved nothing more).
         conn.pragma_update(None, "wal_autocheckpoint", 8000)
             .map_err(sqlite(db))?;
+        // Merge the full-text index's segments when 16 of a level exist rather than 4: fewer
+        // rewrites while a flood is indexed (the index thread's CPU for 3 M lines: 16.0-16.6 s
+        // -> 14.9-15.3 s), and queries were not slower for it (docs/BENCHMARKS.md). Stored in
+        // the table's config, so setting it at each start is idempotent.
         conn.execute(
             "INSERT INTO log_fts (log_fts, rank) VALUES ('automerge', 16)",
             [],
@@ -270,6 +275,7 @@ impl Indexer {
             emptied: AtomicU64::new(0),
             wake: Arc::clone(&wake),
         });
+        let class = Arc::new(crate::logs::IndexClass::default());
         let mut state = State {
             rebuild: Arc::clone(&rebuild),
             stderr_levels: Arc::clone(&stderr_levels),
@@ -281,10 +287,9 @@ impl Indexer {
             progress: Arc::clone(&progress),
             retention,
             rows: Vec::with_capacity(INDEX_BATCH),
-            class: Arc::new(crate::logs::IndexClass::default()),
+            class: Arc::clone(&class),
         };
         let st = Arc::clone(&stop);
-        let class = Arc::clone(&state.class);
         let cl = Arc::clone(&class);
         let thread = std::thread::Builder::new()
             .name("appfw-log-index".into())
@@ -368,23 +373,14 @@ impl State {
     /// While a plugin floods, waits up to `FLOOD_ROUND` for the flood to end (what was read is
     /// committed first, so it is searchable meanwhile); a stop or a rebuild ends the wait.
     fn pause_for_flood(&mut self, stop: &AtomicBool) {
+        if !self.class.flooding() {
+            return;
+        }
+        self.commit();
         let start = Instant::now();
-        let mut committed = false;
-        while start.elapsed() < FLOOD_ROUND
-            && !stop.load(Ordering::Acquire)
-            && self.rebuild.requested.load(Ordering::Acquire)
-                <= self.rebuild.emptied.load(Ordering::Acquire)
-        {
-            if !committed {
-                // Only a flood commits here: otherwise the batch keeps filling.
-                if !self.class.wait_calm(Duration::ZERO) {
-                    return;
-                }
-                self.commit();
-                committed = true;
-            }
+        while !stop.load(Ordering::Acquire) && !self.rebuild.wanted() {
             let left = FLOOD_ROUND.saturating_sub(start.elapsed());
-            if !self.class.wait_calm(left.min(FLOOD_STEP)) {
+            if left.is_zero() || !self.class.wait_calm(left.min(FLOOD_STEP)) {
                 return;
             }
         }
@@ -400,8 +396,8 @@ impl State {
         let mut stop_at: Option<Instant> = None;
         loop {
             let stopping = stop.load(Ordering::Acquire);
-            let wanted = self.rebuild.requested.load(Ordering::Acquire);
-            if wanted > self.rebuild.emptied.load(Ordering::Acquire) {
+            if self.rebuild.wanted() {
+                let wanted = self.rebuild.requested.load(Ordering::Acquire);
                 self.empty();
                 pending_since = None;
                 woken = true;
