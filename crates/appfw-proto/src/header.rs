@@ -70,11 +70,17 @@ impl Header {
 ///
 /// Valid only while the header's other fields are unchanged: code that changes one of them
 /// (the host clearing a malformed trace context) drops it with [`WireHeader::clear`].
+///
+/// It also marks a *run*: a frame whose payload is several received frames, queued and written
+/// as one item ([`WireHeader::run`]).
 #[derive(Clone, Debug, Default)]
 pub struct WireHeader {
     bytes: Bytes,
     /// Bit n: field n occurs in `bytes` (for n < 16).
     fields: u16,
+    /// For a run, the number of frames in the payload; 0 otherwise. (Here rather than in
+    /// [`crate::Frame`], where it would grow every frame: this fits in the padding.)
+    run: u32,
 }
 
 /// The fields a relaying host stamps, written after the received bytes: seq, ack, sender,
@@ -93,7 +99,27 @@ impl WireHeader {
     pub const NONE: Self = Self {
         bytes: Bytes::new(),
         fields: 0,
+        run: 0,
     };
+
+    /// Marks a frame as a run of `frames` relayed messages: its payload holds that many whole
+    /// frames as received (length prefixes included, each a PUBLISH without `request_id` or
+    /// `deadline_unix_ms`, checked by whoever made the run), and each is written as its
+    /// received header with the run header's `sender` and `subscription_id` and its own `seq`
+    /// and `ack` appended (see [`crate::writer`]). A relay queues a read's worth of messages
+    /// for one subscriber as one such item instead of one decoded frame per message.
+    pub const fn run(frames: u32) -> Self {
+        Self {
+            bytes: Bytes::new(),
+            fields: 0,
+            run: frames,
+        }
+    }
+
+    /// The frames of a run; 0 for an ordinary frame.
+    pub fn run_len(&self) -> u32 {
+        self.run
+    }
 
     /// Whether there are no received bytes to write.
     pub fn is_empty(&self) -> bool {
@@ -102,78 +128,94 @@ impl WireHeader {
 
     /// Forgets the received bytes (a field other than the stamped ones changed).
     pub fn clear(&mut self) {
-        *self = Self::NONE;
-    }
-
-    fn has(&self, tag: u32) -> bool {
-        self.fields & (1 << tag) != 0
-    }
-
-    /// A stamped number is appended when it is set, or when the received bytes carry the field
-    /// (then an explicit 0 overrides the received value).
-    fn u64_len(&self, tag: u32, v: u64) -> usize {
-        if v != 0 || self.has(tag) {
-            key_len(tag) + encoded_len_varint(v)
-        } else {
-            0
-        }
-    }
-
-    /// Appends a stamped number to `out` at `*n` (a key of one byte: every stamped tag is
-    /// below 16).
-    #[inline(always)]
-    fn stamp_u64(&self, tag: u32, v: u64, out: &mut [u8; STAMPS_MAX], n: &mut usize) {
-        if v != 0 || self.has(tag) {
-            // Tags below 16 with the varint wire type: one byte, below 0x80.
-            out[*n] = (tag << 3) as u8;
-            *n += 1;
-            let mut v = v;
-            while v >= 0x80 {
-                out[*n] = (v as u8) | 0x80;
-                v >>= 7;
-                *n += 1;
-            }
-            out[*n] = v as u8;
-            *n += 1;
-        }
+        self.bytes = Bytes::new();
+        self.fields = 0;
     }
 
     /// Bytes [`WireHeader::put_patched`] writes for `h`.
     pub fn patched_len(&self, h: &Header) -> usize {
-        let sender = if h.sender.is_empty() && !self.has(SENDER) {
-            0
-        } else {
-            key_len(SENDER) + encoded_len_varint(h.sender.len() as u64) + h.sender.len()
-        };
-        self.bytes.len()
-            + self.u64_len(SEQ, h.seq)
-            + self.u64_len(ACK, h.ack)
-            + sender
-            + self.u64_len(REQUEST_ID, h.request_id)
-            + self.u64_len(DEADLINE, h.deadline_unix_ms)
-            + self.u64_len(SUBSCRIPTION_ID, h.subscription_id)
+        patched_len(self.bytes.len(), self.fields, h)
     }
 
     /// Writes the received bytes, then `h`'s stamped fields: together they decode to `h`.
-    /// (Appended fields may come in any order; the numbers are gathered on the stack and
-    /// written with one copy.)
     #[inline]
     pub fn put_patched(&self, h: &Header, buf: &mut impl BufMut) {
-        buf.put_slice(&self.bytes);
-        if !h.sender.is_empty() || self.has(SENDER) {
-            encode_key(SENDER, WireType::LengthDelimited, buf);
-            encode_varint(h.sender.len() as u64, buf);
-            buf.put_slice(h.sender.as_bytes());
-        }
-        let mut out = [0u8; STAMPS_MAX];
-        let mut n = 0;
-        self.stamp_u64(SEQ, h.seq, &mut out, &mut n);
-        self.stamp_u64(ACK, h.ack, &mut out, &mut n);
-        self.stamp_u64(REQUEST_ID, h.request_id, &mut out, &mut n);
-        self.stamp_u64(DEADLINE, h.deadline_unix_ms, &mut out, &mut n);
-        self.stamp_u64(SUBSCRIPTION_ID, h.subscription_id, &mut out, &mut n);
-        buf.put_slice(&out[..n]);
+        put_patched(&self.bytes, self.fields, h, buf);
     }
+}
+
+/// The fields a run's frames are stamped with even when zero: `sender`, `ack` and
+/// `subscription_id` override whatever the publisher wrote there. (`request_id` and
+/// `deadline_unix_ms` never occur in a run's frames.)
+pub(crate) const RUN_FIELDS: u16 = (1 << SENDER) | (1 << ACK) | (1 << SUBSCRIPTION_ID);
+
+fn has(fields: u16, tag: u32) -> bool {
+    fields & (1 << tag) != 0
+}
+
+/// A stamped number is appended when it is set, or when the received bytes carry the field
+/// (then an explicit 0 overrides the received value).
+fn stamp_len(fields: u16, tag: u32, v: u64) -> usize {
+    if v != 0 || has(fields, tag) {
+        key_len(tag) + encoded_len_varint(v)
+    } else {
+        0
+    }
+}
+
+/// Appends a stamped number to `out` at `*n` (a key of one byte: every stamped tag is below 16).
+#[inline(always)]
+fn stamp_u64(fields: u16, tag: u32, v: u64, out: &mut [u8; STAMPS_MAX], n: &mut usize) {
+    if v != 0 || has(fields, tag) {
+        // Tags below 16 with the varint wire type: one byte, below 0x80.
+        out[*n] = (tag << 3) as u8;
+        *n += 1;
+        let mut v = v;
+        while v >= 0x80 {
+            out[*n] = (v as u8) | 0x80;
+            v >>= 7;
+            *n += 1;
+        }
+        out[*n] = v as u8;
+        *n += 1;
+    }
+}
+
+/// Bytes [`put_patched`] writes for received header bytes of `len` bytes carrying `fields`.
+#[inline(always)]
+pub(crate) fn patched_len(len: usize, fields: u16, h: &Header) -> usize {
+    let sender = if h.sender.is_empty() && !has(fields, SENDER) {
+        0
+    } else {
+        key_len(SENDER) + encoded_len_varint(h.sender.len() as u64) + h.sender.len()
+    };
+    len + stamp_len(fields, SEQ, h.seq)
+        + stamp_len(fields, ACK, h.ack)
+        + sender
+        + stamp_len(fields, REQUEST_ID, h.request_id)
+        + stamp_len(fields, DEADLINE, h.deadline_unix_ms)
+        + stamp_len(fields, SUBSCRIPTION_ID, h.subscription_id)
+}
+
+/// Writes received header bytes (carrying `fields`), then `h`'s stamped fields: together they
+/// decode to `h`. (Appended fields may come in any order; the numbers are gathered on the stack
+/// and written with one copy.)
+#[inline(always)]
+pub(crate) fn put_patched(bytes: &[u8], fields: u16, h: &Header, buf: &mut impl BufMut) {
+    buf.put_slice(bytes);
+    if !h.sender.is_empty() || has(fields, SENDER) {
+        encode_key(SENDER, WireType::LengthDelimited, buf);
+        encode_varint(h.sender.len() as u64, buf);
+        buf.put_slice(h.sender.as_bytes());
+    }
+    let mut out = [0u8; STAMPS_MAX];
+    let mut n = 0;
+    stamp_u64(fields, SEQ, h.seq, &mut out, &mut n);
+    stamp_u64(fields, ACK, h.ack, &mut out, &mut n);
+    stamp_u64(fields, REQUEST_ID, h.request_id, &mut out, &mut n);
+    stamp_u64(fields, DEADLINE, h.deadline_unix_ms, &mut out, &mut n);
+    stamp_u64(fields, SUBSCRIPTION_ID, h.subscription_id, &mut out, &mut n);
+    buf.put_slice(&out[..n]);
 }
 
 impl Header {
@@ -184,7 +226,14 @@ impl Header {
             Some(done) => done,
             None => decode_generic(bytes.clone())?,
         };
-        Ok((h, WireHeader { bytes, fields }))
+        Ok((
+            h,
+            WireHeader {
+                bytes,
+                fields,
+                run: 0,
+            },
+        ))
     }
 }
 
@@ -204,7 +253,13 @@ fn decode_generic(mut buf: Bytes) -> Result<(Header, u16), DecodeError> {
 
 /// A varint at `*i` of `b` (at most 10 bytes, as prost reads them); `None` if malformed.
 #[inline(always)]
-fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+pub(crate) fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    // One byte: the usual case for keys and small numbers.
+    let first = *b.get(*i)?;
+    if first < 0x80 {
+        *i += 1;
+        return Some(u64::from(first));
+    }
     let mut v = 0u64;
     for n in 0..10 {
         let byte = *b.get(*i)?;
@@ -222,7 +277,7 @@ fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
 
 /// `*i + len` if that is within `b`, for a field of `len` bytes at `*i`.
 #[inline(always)]
-fn skip(b: &[u8], i: usize, len: u64) -> Option<usize> {
+pub(crate) fn skip(b: &[u8], i: usize, len: u64) -> Option<usize> {
     i.checked_add(usize::try_from(len).ok()?)
         .filter(|&end| end <= b.len())
 }

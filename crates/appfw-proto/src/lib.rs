@@ -12,6 +12,7 @@
 
 mod frame;
 mod header;
+pub mod run;
 pub mod trace;
 pub mod writer;
 

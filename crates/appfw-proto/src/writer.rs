@@ -7,12 +7,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Frame, FrameError, encode_frame_of};
+use crate::{Frame, FrameError, encode_frame_of, header, run};
 
 /// Bytes buffered before a write even if more frames are queued.
 pub const WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -101,7 +101,7 @@ where
         loop {
             // A small payload is only encoded (no future built per frame); a large one is
             // written from its own memory.
-            if frame.payload.len() < DIRECT_PAYLOAD {
+            if is_small(&frame) {
                 put_small(&mut buf, &mut frame, seq, max_frame, &mut on_drop);
             } else if let Err(e) =
                 put_direct(sock, &mut buf, &mut frame, seq, max_frame, &mut on_drop).await
@@ -113,7 +113,7 @@ where
             }
             // The small frames queued behind it are encoded where they lie.
             rx.take_in_place(&mut |f| {
-                if f.payload.len() >= DIRECT_PAYLOAD || buf.len() >= WRITE_BATCH_BYTES {
+                if !is_small(f) || buf.len() >= WRITE_BATCH_BYTES {
                     return false;
                 }
                 put_small(&mut buf, f, seq, max_frame, &mut on_drop);
@@ -136,7 +136,15 @@ where
     }
 }
 
-/// Appends one frame with a small payload to the batch.
+/// Whether a frame is copied into the batch: a small payload, or a run (whose messages'
+/// payloads are all small).
+#[inline(always)]
+fn is_small(frame: &Frame) -> bool {
+    frame.payload.len() < DIRECT_PAYLOAD || frame.wire.run_len() > 0
+}
+
+/// Appends one frame with a small payload, or a run, to the batch.
+#[inline(always)]
 fn put_small<F>(
     buf: &mut BytesMut,
     frame: &mut Frame,
@@ -146,11 +154,74 @@ fn put_small<F>(
 ) where
     F: FnMut(&Frame, FrameError),
 {
+    if frame.wire.run_len() > 0 {
+        put_run(buf, frame, seq, max_frame, on_drop);
+        return;
+    }
     frame.header.seq = seq.next;
     frame.header.ack = seq.peer_seq.load(Ordering::Relaxed);
     match encode_frame_of(frame, &frame.payload, max_frame, buf) {
         Ok(()) => seq.next += 1,
         Err(e) => on_drop(frame, e),
+    }
+}
+
+/// Appends the messages of a run (see [`crate::WireHeader::run`]) to the batch: each one's
+/// received header with the run header's stamps and its own `seq` appended, then its payload.
+/// This loop is the relay's per-message work for a stream on one topic, so it only copies.
+fn put_run<F>(
+    buf: &mut BytesMut,
+    run: &mut Frame,
+    seq: &mut Sequencer,
+    max_frame: usize,
+    on_drop: &mut F,
+) where
+    F: FnMut(&Frame, FrameError),
+{
+    let frames = run.wire.run_len() as usize;
+    run.header.ack = seq.peer_seq.load(Ordering::Relaxed);
+    run.header.seq = u64::MAX;
+    let stamps_max = header::patched_len(0, header::RUN_FIELDS, &run.header);
+    buf.reserve(run.payload.len() + frames * stamps_max);
+    let body: &[u8] = &run.payload;
+    let mut at = 0;
+    while at < body.len() {
+        // The run was checked when it was made; a frame that does not parse now ends it.
+        let Some(parts) = run::whole_frame(&body[at..], usize::MAX) else {
+            debug_assert!(false, "a run holds whole frames only");
+            break;
+        };
+        let payload = &body[at + parts.len - parts.payload..at + parts.len];
+        run.header.seq = seq.next;
+        let header_len = header::patched_len(parts.header.len(), header::RUN_FIELDS, &run.header);
+        let frame_len = crate::HEADER_LEN_LEN + header_len + payload.len();
+        if header_len > usize::from(u16::MAX)
+            || frame_len > max_frame
+            || u32::try_from(frame_len).is_err()
+        {
+            let err = if header_len > usize::from(u16::MAX) {
+                FrameError::HeaderTooLarge(header_len)
+            } else {
+                FrameError::TooLarge {
+                    len: frame_len,
+                    max: max_frame,
+                }
+            };
+            let one = run
+                .payload
+                .slice(at + crate::LENGTH_PREFIX_LEN..at + parts.len);
+            let dropped = crate::decode_body(one)
+                .unwrap_or_else(|_| Frame::new(crate::pb::FrameType::Publish, Default::default()));
+            on_drop(&dropped, err);
+        } else {
+            // Both fit their fields (checked above).
+            buf.put_u32(frame_len as u32);
+            buf.put_u16(header_len as u16);
+            header::put_patched(parts.header, header::RUN_FIELDS, &run.header, buf);
+            buf.put_slice(payload);
+            seq.next += 1;
+        }
+        at += parts.len;
     }
 }
 
@@ -275,5 +346,58 @@ mod tests {
             assert_eq!(frames[i].header.topic, format!("t{i}"));
         }
         assert_eq!(&frames[5].payload[..], b"last");
+    }
+
+    #[tokio::test]
+    async fn a_run_is_written_as_its_messages_with_their_own_stamps() {
+        // Three messages as a publisher sent them, queued as one run; the middle one is too
+        // large once stamped, and is dropped alone.
+        let mut received = BytesMut::new();
+        for (i, n) in [10usize, 150, 20].iter().enumerate() {
+            let mut f = Frame::new(FrameType::Publish, Bytes::from(vec![i as u8; *n]));
+            f.header.topic = "t".into();
+            f.header.seq = 900 + i as u64;
+            f.header.subscription_id = 77;
+            crate::encode_frame(&f.header, &f.payload, 1 << 20, &mut received).unwrap();
+        }
+        let mut run = Frame::new(FrameType::Publish, received.freeze());
+        run.header.topic = "t".into();
+        run.header.sender = "pub".into();
+        run.header.subscription_id = 5;
+        run.wire = crate::WireHeader::run(3);
+        let (tx, mut rx) = mpsc::channel(4);
+        tx.send(run).await.unwrap();
+        drop(tx);
+        let mut out = Vec::new();
+        let mut seq = Sequencer::new(0, Arc::new(AtomicU64::new(42)));
+        let mut dropped = Vec::new();
+        let end = write_frames(
+            &mut out,
+            &mut rx,
+            &mut seq,
+            150,
+            &CancellationToken::new(),
+            |f, e| dropped.push((f.payload.len(), e.code())),
+        )
+        .await;
+        assert!(matches!(end, WriterEnd::Finished));
+        assert_eq!(dropped, [(150, "frame_too_large")]);
+        let frames: Vec<Frame> = FramedRead::new(&out[..], FrameCodec::new(150))
+            .map(|f| f.unwrap())
+            .collect()
+            .await;
+        assert_eq!(frames.len(), 2);
+        for (f, (n, first)) in frames.iter().zip([(10, 0u8), (20, 2)]) {
+            assert_eq!((f.payload.len(), f.payload[0]), (n, first));
+            assert_eq!(f.header.topic, "t");
+            assert_eq!(f.header.sender, "pub");
+            assert_eq!(
+                f.header.subscription_id, 5,
+                "the stamp wins over the sent one"
+            );
+            assert_eq!(f.header.ack, 42);
+        }
+        assert_eq!(frames[0].header.seq, 1);
+        assert_eq!(frames[1].header.seq, 2);
     }
 }

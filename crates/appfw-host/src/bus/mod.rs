@@ -17,10 +17,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use appfw_proto::pb::{self, ErrorKind, FrameType, SubscriptionKind};
+use appfw_proto::run::scan_publish_run;
 use appfw_proto::trace::{TraceParent, valid_tracestate};
-use appfw_proto::{Frame, Str, now_unix_ms};
+use appfw_proto::{Frame, Header, Str, WireHeader, now_unix_ms};
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 pub use demand::{Demand, DemandStatus};
@@ -218,6 +220,11 @@ impl RouteCache {
             .filter(|r| r.generation == generation && self.topic == topic.as_bytes())
     }
 
+    /// The route of the last topic, if the table is still the one it was made from.
+    fn current(&self, generation: u64) -> Option<&Route> {
+        self.route.as_ref().filter(|r| r.generation == generation)
+    }
+
     fn keep(&mut self, topic: &str, route: Route) {
         if self.off {
             return;
@@ -225,6 +232,35 @@ impl RouteCache {
         self.topic.clear();
         self.topic.extend_from_slice(topic.as_bytes());
         self.route = Some(route);
+    }
+}
+
+/// A run stopped at a subscriber without room for all of it, to be finished by
+/// [`Bus::relay_run_wait`].
+pub struct RunBlocked {
+    table: Arc<Table>,
+    targets: Targets,
+    /// The target it stopped at.
+    next: usize,
+    /// The run's frames, as received.
+    run: Bytes,
+    topic_stat: Arc<TopicStat>,
+    last_seq: u64,
+}
+
+impl RunBlocked {
+    /// The `seq` of the run's last message.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+impl std::fmt::Debug for RunBlocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunBlocked")
+            .field("next", &self.next)
+            .field("targets", &self.targets.count)
+            .finish()
     }
 }
 
@@ -746,6 +782,118 @@ impl Bus {
         Ok(Ok(()))
     }
 
+    /// Relays the run of PUBLISH frames at the start of `buf` that a connection's reader can
+    /// hand on without decoding them: messages on the topic it published on last, while that
+    /// route is cached and every subscriber has room for all of them (see
+    /// [`appfw_proto::run`]). They are split off `buf` and queued for each subscriber as one
+    /// item. `Ok(None)` if the frame at the start is not such a message (the reader decodes
+    /// it as usual); else the `seq` of the last message taken. A subscriber whose queue
+    /// filled up meanwhile (from another thread) gets the messages one by one:
+    /// [`Bus::relay_run_wait`] finishes the run.
+    #[allow(clippy::result_large_err)]
+    #[inline]
+    pub fn relay_run(
+        &self,
+        from: &Link,
+        buf: &mut BytesMut,
+        max_frame_size: usize,
+        wakes: &mut Wakes,
+        routes: &RouteCache,
+    ) -> Result<Option<u64>, RunBlocked> {
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let Some(r) = routes.current(generation) else {
+            return Ok(None);
+        };
+        let mut room = usize::MAX;
+        for i in 0..r.targets.count {
+            let target = &r.table.subs[r.targets.get(i)];
+            room = room.min(target.link.outbox.room(&target.queue));
+        }
+        let scan = scan_publish_run(buf, &routes.topic, room, max_frame_size);
+        if scan.frames == 0 {
+            return Ok(None);
+        }
+        let run = buf.split_to(scan.len).freeze();
+        r.stat
+            .messages
+            .fetch_add(u64::from(scan.frames), Ordering::Relaxed);
+        r.stat
+            .bytes
+            .fetch_add(scan.payload_bytes, Ordering::Relaxed);
+        // The run names its topic with a slice of itself (checked UTF-8: it equals the route's).
+        let topic = Str::try_from(run.slice(scan.topic_at..scan.topic_at + routes.topic.len()))
+            .unwrap_or_default();
+        let mut run = Some(run);
+        for i in 0..r.targets.count {
+            let target = &r.table.subs[r.targets.get(i)];
+            let payload = match run.as_ref() {
+                Some(b) if i + 1 < r.targets.count => b.clone(),
+                _ => run.take().unwrap_or_default(),
+            };
+            let frame = Frame {
+                header: Header {
+                    r#type: FrameType::Publish as i32,
+                    sender: from.sender.clone(),
+                    topic: topic.clone(),
+                    subscription_id: target.id,
+                    ..Header::default()
+                },
+                payload,
+                wire: WireHeader::run(scan.frames),
+            };
+            match target.link.outbox.offer_run(frame, &target.queue, wakes) {
+                Offer::Full(frame) => {
+                    return Err(RunBlocked {
+                        table: Arc::clone(&r.table),
+                        targets: r.targets.clone(),
+                        next: i,
+                        run: frame.payload,
+                        topic_stat: Arc::clone(&r.stat),
+                        last_seq: scan.last_seq,
+                    });
+                }
+                Offer::Closed => {}
+                _ => {
+                    let n = u64::from(scan.frames);
+                    self.inner.stats.delivered.fetch_add(n, Ordering::Relaxed);
+                    target.queue.stat.delivered.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(Some(scan.last_seq))
+    }
+
+    /// Finishes a run [`Bus::relay_run`] handed back: its messages one by one, each to the
+    /// subscriber that had no room and those after it, as [`Bus::publish_wait`] does.
+    pub async fn relay_run_wait(&self, from: &Link, blocked: RunBlocked, wakes: &mut Wakes) {
+        let RunBlocked {
+            table,
+            targets,
+            next,
+            run,
+            topic_stat,
+            ..
+        } = blocked;
+        // Copied once to decode: a rare path (another thread filled the queue in between).
+        let mut rest = BytesMut::from(&run[..]);
+        let mut codec = appfw_proto::FrameCodec::new(usize::MAX).keeping_wire();
+        while let Ok(Some(mut frame)) = codec.decode(&mut rest) {
+            let target = &table.subs[targets.get(next)];
+            let out = copy_for(from, target, &mut frame, next + 1 == targets.count);
+            let blocked = Blocked {
+                table: Arc::clone(&table),
+                targets: targets.clone(),
+                next,
+                out,
+                rest: frame,
+                deadline: None,
+                topic_stat: Arc::clone(&topic_stat),
+            };
+            // A publish without a receipt: a late subscriber is counted, not reported.
+            let _ = self.publish_wait(from, blocked, wakes).await;
+        }
+    }
+
     /// Finishes a publish [`Bus::publish_now`] handed back: waits for the full `block`
     /// subscriber's room (up to its block timeout or the publish's deadline), then delivers to
     /// the remaining subscribers, waiting likewise for each full one.
@@ -1219,6 +1367,179 @@ mod tests {
         f.header.topic = topic.into();
         f.header.sender = sender.into();
         f
+    }
+
+    /// Routes the frames in `wire` as a connection's reader does: as runs where it can (if
+    /// `runs`), else frame by frame.
+    async fn read_frames(bus: &Bus, from: &Link, wire: &[u8], runs: bool) {
+        let mut buf = BytesMut::from(wire);
+        let mut codec = appfw_proto::FrameCodec::new(1 << 20).keeping_wire();
+        let mut wakes = Wakes::new();
+        let mut routes = RouteCache::new();
+        loop {
+            if runs {
+                match bus.relay_run(from, &mut buf, 1 << 20, &mut wakes, &routes) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(blocked) => {
+                        bus.relay_run_wait(from, blocked, &mut wakes).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(f) = codec.decode(&mut buf).unwrap() else {
+                break;
+            };
+            if let Err(blocked) = bus.publish_now(from, f, &mut wakes, &mut routes) {
+                let _ = bus.publish_wait(from, blocked, &mut wakes).await;
+            }
+        }
+        assert!(buf.is_empty());
+        wakes.wake_all();
+    }
+
+    /// What a subscriber's writer writes of everything queued for it, decoded again.
+    async fn written(rx: &mut OutboxReceiver) -> Vec<Frame> {
+        let mut out = Vec::new();
+        let mut seq = appfw_proto::writer::Sequencer::new(0, Arc::new(AtomicU64::new(5)));
+        let done = CancellationToken::new();
+        done.cancel();
+        appfw_proto::writer::write_frames(&mut out, rx, &mut seq, 1 << 20, &done, |_, _| {}).await;
+        let mut buf = BytesMut::from(&out[..]);
+        let mut codec = appfw_proto::FrameCodec::new(1 << 20);
+        let mut frames = Vec::new();
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            frames.push(f);
+        }
+        assert!(buf.is_empty());
+        frames
+    }
+
+    fn encoded(frames: &[Frame]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        for f in frames {
+            appfw_proto::encode_frame_of(f, &f.payload, 1 << 20, &mut buf).unwrap();
+        }
+        buf.to_vec()
+    }
+
+    /// One subscription of a scenario: its pattern, policy, bound and outbox's byte bound.
+    type SubSpec = (&'static str, Overflow, u32, usize);
+
+    /// Runs `frames` from a publisher through a fresh bus to the subscribers of `subs`, as runs
+    /// or frame by frame: what each subscriber is written, and its drop counters.
+    async fn relayed(frames: &[Frame], subs: &[SubSpec], runs: bool) -> Vec<(Vec<Frame>, u64)> {
+        let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
+        let (a, _ra) = link("a", 1);
+        let mut rxs = Vec::new();
+        for (i, &(pattern, policy, max_pending, bytes)) in subs.iter().enumerate() {
+            let (tx, rx) = outbox::outbox_with(1024, bytes);
+            let l = Arc::new(Link::new(format!("s{i}").into(), 10 + i as u64, tx));
+            let overflow = match policy {
+                Overflow::Block => pb::OverflowPolicy::Block,
+                Overflow::DropOldest => pb::OverflowPolicy::DropOldest,
+                Overflow::DropNewest => pb::OverflowPolicy::DropNewest,
+            };
+            let sub = pb::Subscribe {
+                overflow: overflow as i32,
+                max_pending,
+                block_timeout_ms: 1,
+                ..Default::default()
+            };
+            bus.subscribe(&l, 3 + i as u64, pattern, &sub).unwrap();
+            rxs.push((l, rx));
+        }
+        read_frames(&bus, &a, &encoded(frames), runs).await;
+        let table = bus.inner.table.load_full();
+        let mut out = Vec::new();
+        for (l, mut rx) in rxs {
+            let sub = table
+                .subs
+                .iter()
+                .find(|s| Arc::ptr_eq(&s.link, &l))
+                .unwrap();
+            let dropped = sub.queue.stat.dropped_overflow.load(Ordering::Relaxed)
+                + sub.queue.stat.dropped_timeout.load(Ordering::Relaxed);
+            out.push((written(&mut rx).await, dropped));
+        }
+        out
+    }
+
+    fn sized(topic: &str, n: u8, size: usize) -> Frame {
+        let mut f = Frame::new(FrameType::Publish, Bytes::from(vec![n; size]));
+        f.header.topic = topic.into();
+        f.header.seq = u64::from(n) + 1;
+        f
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever mix of messages a publisher sends, relaying runs of them writes every
+        /// subscriber exactly what relaying them one by one writes.
+        #[test]
+        fn runs_write_what_single_frames_write(
+            msgs in proptest::collection::vec(
+                (0usize..3, 0usize..5, proptest::bool::ANY, 0usize..300), 1..60)
+        ) {
+            const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let frames: Vec<Frame> = msgs.iter().enumerate().map(|(i, &(topic, extra, ct, size))| {
+                let mut f = sized(["t.a", "t.b", "x.c"][topic], i as u8, size);
+                match extra {
+                    1 => f.header.traceparent = TP.into(),
+                    2 => {
+                        f.header.traceparent = TP.into();
+                        f.header.tracestate = "k=v".into();
+                    }
+                    3 => f.header.traceparent = "00-bad".into(),
+                    4 => f.header.request_id = 9,
+                    _ => {}
+                }
+                if ct {
+                    f.header.content_type = "text/plain".into();
+                }
+                f
+            }).collect();
+            let subs: [SubSpec; 2] = [
+                ("t.*", Overflow::Block, 1000, 1 << 20),
+                ("t.a", Overflow::DropNewest, 1000, 1 << 20),
+            ];
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (runs, single) = rt.block_on(async {
+                (relayed(&frames, &subs, true).await, relayed(&frames, &subs, false).await)
+            });
+            proptest::prop_assert_eq!(runs, single);
+        }
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_cuts_the_front_of_a_queued_run() {
+        let frames: Vec<Frame> = (0..10).map(|n| sized("t.a", n, 64)).collect();
+        let subs: [SubSpec; 1] = [("t.a", Overflow::DropOldest, 4, 1 << 20)];
+        let runs = relayed(&frames, &subs, true).await;
+        assert_eq!(runs, relayed(&frames, &subs, false).await);
+        let (got, dropped) = &runs[0];
+        let firsts: Vec<u8> = got.iter().map(|f| f.payload[0]).collect();
+        assert_eq!(firsts, [6, 7, 8, 9], "the newest four stay");
+        assert_eq!(*dropped, 6);
+    }
+
+    #[tokio::test]
+    async fn a_run_without_room_goes_message_by_message_under_the_policy() {
+        // The first message caches the route; the run of the next three does not fit the
+        // outbox's byte bound, so each is offered alone: two fit, the last is dropped.
+        let frames: Vec<Frame> = (0..4).map(|n| sized("t.a", n, 64)).collect();
+        let subs: [SubSpec; 1] = [("t.a", Overflow::DropNewest, 100, 200)];
+        let runs = relayed(&frames, &subs, true).await;
+        assert_eq!(runs, relayed(&frames, &subs, false).await);
+        let (got, dropped) = &runs[0];
+        let firsts: Vec<u8> = got.iter().map(|f| f.payload[0]).collect();
+        assert_eq!(firsts, [0, 1, 2]);
+        assert_eq!(*dropped, 1);
+        // Under `block` the same messages wait out their timeout and are counted.
+        let subs: [SubSpec; 1] = [("t.a", Overflow::Block, 100, 200)];
+        let runs = relayed(&frames, &subs, true).await;
+        assert_eq!(runs, relayed(&frames, &subs, false).await);
+        assert_eq!(runs[0].1, 1);
     }
 
     #[tokio::test]

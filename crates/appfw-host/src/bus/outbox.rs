@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use appfw_proto::Frame;
 use appfw_proto::writer::FrameSource;
+use appfw_proto::{Frame, LENGTH_PREFIX_LEN, WireHeader};
+use bytes::Buf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -127,6 +128,12 @@ impl SubQueue {
 struct Queued {
     frame: Frame,
     sub: Option<Arc<SubQueue>>,
+}
+
+/// The messages a queued frame carries: a run's (see [`Outbox::offer_run`]), or one.
+#[inline(always)]
+fn messages(frame: &Frame) -> usize {
+    (frame.wire.run_len() as usize).max(1)
 }
 
 #[derive(Default)]
@@ -244,10 +251,11 @@ impl Outbox {
     #[inline(always)]
     fn push(&self, st: &mut State, frame: Frame, sub: Option<Arc<SubQueue>>) -> bool {
         if let Some(s) = &sub {
-            st.sub_frames += 1;
+            let n = messages(&frame);
+            st.sub_frames += n;
             st.sub_bytes += frame.payload.len();
-            s.queued_add(1);
-            s.stat.pending.fetch_add(1, Ordering::Relaxed);
+            s.queued_add(n);
+            s.stat.pending.fetch_add(n as u64, Ordering::Relaxed);
         }
         let was_empty = st.q.is_empty();
         st.q.push_back(Queued { frame, sub });
@@ -359,7 +367,21 @@ impl Outbox {
                         // to drop, so the new one goes.
                         return (Offer::Dropped, false);
                     };
-                    if let Some(old) = st.q.remove(i) {
+                    // The oldest message of a run is its first frame: cut off its front.
+                    if let Some(run) = st.q.get_mut(i).filter(|q| messages(&q.frame) > 1) {
+                        let old = Self::run_pop_front(&mut run.frame);
+                        st.sub_frames -= 1;
+                        st.sub_bytes -= old;
+                        sub.queued_sub(1);
+                        sub.stat.pending.fetch_sub(1, Ordering::Relaxed);
+                        count += 1;
+                        if first.is_none() {
+                            first = st.q.get(i).map(|q| Frame {
+                                header: q.frame.header.clone(),
+                                ..Frame::default()
+                            });
+                        }
+                    } else if let Some(old) = st.q.remove(i) {
                         Self::forget(&mut st, &old);
                         count += 1;
                         first.get_or_insert(old.frame);
@@ -403,11 +425,66 @@ impl Outbox {
 
     fn forget(st: &mut State, q: &Queued) {
         if let Some(s) = &q.sub {
-            st.sub_frames -= 1;
+            let n = messages(&q.frame);
+            st.sub_frames -= n;
             st.sub_bytes -= q.frame.payload.len();
-            s.queued_sub(1);
-            s.stat.pending.fetch_sub(1, Ordering::Relaxed);
+            s.queued_sub(n);
+            s.stat.pending.fetch_sub(n as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Removes the first message of a run of two or more; its bytes.
+    fn run_pop_front(run: &mut Frame) -> usize {
+        let len = run
+            .payload
+            .get(..LENGTH_PREFIX_LEN)
+            .and_then(|p| <[u8; LENGTH_PREFIX_LEN]>::try_from(p).ok())
+            .map_or(run.payload.len(), |p| {
+                LENGTH_PREFIX_LEN + u32::from_be_bytes(p) as usize
+            })
+            .min(run.payload.len());
+        run.payload.advance(len);
+        run.wire = WireHeader::run(run.wire.run_len() - 1);
+        len
+    }
+
+    /// How many more messages `sub` may queue now (`usize::MAX` once the writer is gone: an
+    /// offer then reports [`Offer::Closed`]).
+    pub fn room(&self, sub: &SubQueue) -> usize {
+        let st = lock(&self.state);
+        if st.closed {
+            return usize::MAX;
+        }
+        let own = sub.max_pending.saturating_sub(sub.queued());
+        own.min(self.frames_cap.saturating_sub(st.sub_frames))
+    }
+
+    /// Offers a run of messages of subscription `sub` (a frame marked with
+    /// [`WireHeader::run`]) without waiting: queued whole if every one of them has room, else
+    /// handed back as [`Offer::Full`] whatever the policy (the caller then offers its messages
+    /// one by one, so the policy applies to each exactly as it would have). The writer's wake-up
+    /// is left to `wakes`.
+    pub fn offer_run(
+        self: &Arc<Self>,
+        run: Frame,
+        sub: &Arc<SubQueue>,
+        wakes: &mut Wakes,
+    ) -> Offer {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Offer::Closed;
+        }
+        let n = messages(&run);
+        let fits = sub.queued() + n <= sub.max_pending
+            && st.sub_frames + n <= self.frames_cap
+            && (st.sub_frames == 0 || st.sub_bytes + run.payload.len() <= self.bytes_cap);
+        if !fits {
+            return Offer::Full(run);
+        }
+        if self.push(&mut st, run, Some(Arc::clone(sub))) {
+            wakes.add(self);
+        }
+        Offer::Queued
     }
 
     fn close(&self) {
@@ -555,11 +632,15 @@ impl OutboxReceiver {
         // One subtraction per run of frames of the same subscription (usually the whole
         // batch), not two atomics per frame.
         let mut run: Option<(&Arc<SubQueue>, usize)> = None;
-        for s in self.local.iter().filter_map(|item| item.sub.as_ref()) {
+        for (s, frame) in self
+            .local
+            .iter()
+            .filter_map(|item| Some((item.sub.as_ref()?, &item.frame)))
+        {
             match &mut run {
-                Some((r, n)) if Arc::ptr_eq(r, s) => *n += 1,
+                Some((r, n)) if Arc::ptr_eq(r, s) => *n += messages(frame),
                 _ => {
-                    if let Some((r, n)) = run.replace((s, 1)) {
+                    if let Some((r, n)) = run.replace((s, messages(frame))) {
                         r.release(n);
                     }
                 }

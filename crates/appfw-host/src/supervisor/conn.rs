@@ -479,6 +479,26 @@ impl Reader {
                     }
                     // Every whole frame read so far; a partial one waits for the next read.
                     loop {
+                        // A stream of messages on the topic published on last goes on
+                        // undecoded, as runs (see Bus::relay_run).
+                        match self.bus.relay_run(
+                            &self.link,
+                            &mut buf,
+                            codec.max_frame_size(),
+                            &mut wakes,
+                            &routes,
+                        ) {
+                            Ok(None) => {}
+                            Ok(Some(seq)) => {
+                                self.peer_seq.store(seq, Ordering::Relaxed);
+                                continue;
+                            }
+                            Err(blocked) => {
+                                self.peer_seq.store(blocked.last_seq(), Ordering::Relaxed);
+                                self.bus.relay_run_wait(&self.link, blocked, &mut wakes).await;
+                                continue;
+                            }
+                        }
                         let frame = match codec.decode(&mut buf) {
                             Ok(Some(f)) => f,
                             Ok(None) => break,
