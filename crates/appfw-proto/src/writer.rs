@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, BytesMut};
+use prost::encoding::{encode_varint, encoded_len_varint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -183,6 +184,17 @@ fn put_run<F>(
     run.header.seq = u64::MAX;
     let stamps_max = header::patched_len(0, header::RUN_FIELDS, &run.header);
     buf.reserve(run.payload.len() + frames * stamps_max);
+    // The stamps every message of the run shares (sender, ack, subscription id), encoded
+    // once; each message adds only its seq. (A sender name too long for the stack array takes
+    // the general encoding per message.)
+    run.header.seq = 0;
+    let mut shared = [0u8; 128];
+    let shared_len = header::patched_len(0, header::RUN_FIELDS, &run.header);
+    let fast = shared_len <= shared.len();
+    if fast {
+        let mut w: &mut [u8] = &mut shared[..];
+        header::put_patched(&[], header::RUN_FIELDS, &run.header, &mut w);
+    }
     let body: &[u8] = &run.payload;
     let mut at = 0;
     while at < body.len() {
@@ -193,7 +205,11 @@ fn put_run<F>(
         };
         let payload = &body[at + parts.len - parts.payload..at + parts.len];
         run.header.seq = seq.next;
-        let header_len = header::patched_len(parts.header.len(), header::RUN_FIELDS, &run.header);
+        let header_len = if fast {
+            parts.header.len() + shared_len + 1 + encoded_len_varint(seq.next)
+        } else {
+            header::patched_len(parts.header.len(), header::RUN_FIELDS, &run.header)
+        };
         let frame_len = crate::HEADER_LEN_LEN + header_len + payload.len();
         if header_len > usize::from(u16::MAX)
             || frame_len > max_frame
@@ -217,7 +233,15 @@ fn put_run<F>(
             // Both fit their fields (checked above).
             buf.put_u32(frame_len as u32);
             buf.put_u16(header_len as u16);
-            header::put_patched(parts.header, header::RUN_FIELDS, &run.header, buf);
+            if fast {
+                buf.put_slice(parts.header);
+                buf.put_slice(&shared[..shared_len]);
+                // seq: field 2, varint.
+                buf.put_u8(2 << 3);
+                encode_varint(seq.next, buf);
+            } else {
+                header::put_patched(parts.header, header::RUN_FIELDS, &run.header, buf);
+            }
             buf.put_slice(payload);
             seq.next += 1;
         }
