@@ -1193,6 +1193,21 @@ mod tests {
             Vec::<String>::new(),
             "deleted from the full-text index too"
         );
+        // The full-text index itself, not only what joins log_lines: no word of a deleted line
+        // is left, and it agrees with log_lines (FTS5's own check of an external-content index).
+        let left: i64 = c
+            .query_row(
+                "SELECT count(*) FROM log_fts WHERE log_fts MATCH 'timeout'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
+        c.execute(
+            "INSERT INTO log_fts (log_fts) VALUES ('integrity-check')",
+            [],
+        )
+        .unwrap();
         // By size: everything goes when the bound is tiny.
         let keep = IndexRetention {
             max_age: Duration::from_secs(1 << 40),
