@@ -1,6 +1,8 @@
 //! Log capture benchmarks, run with `cargo bench -p appfw-examples --bench logs` (release
 //! build). One flooding child (`flooder --width 100`: 100-byte lines as fast as it can), timed
-//! from its own start (its first line is `start <unix µs>`) until every line is in a file:
+//! from its own start (its first line is `start <unix µs>`) until every line is in a file: the
+//! modification time of the newest file once all bytes are there, the same clock for every
+//! contender, so neither an observer's polling nor a process's exit counts:
 //!
 //! (a) the child writing straight to a file, (b) the child piped through `cat` into a file (the
 //! limits), (c) supervisord capturing it (`stdout_logfile`, rotated at 64 MB; skipped with a
@@ -68,6 +70,37 @@ fn start_stamp(first_line: &str) -> u64 {
     first_line[i + 6..].trim().parse().unwrap()
 }
 
+/// When the last of `paths` was last written, µs since the Unix epoch.
+fn last_write_us(paths: impl IntoIterator<Item = PathBuf>) -> u64 {
+    paths
+        .into_iter()
+        .map(|p| {
+            std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as u64
+        })
+        .max()
+        .unwrap()
+}
+
+/// The files in `dir` whose names start with `prefix`.
+fn files_of(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn first_line(path: &Path) -> String {
     let mut s = String::new();
     std::io::BufReader::new(std::fs::File::open(path).unwrap())
@@ -106,7 +139,7 @@ fn direct(lines: u64, through_cat: bool) -> f64 {
             .unwrap();
         child.wait().unwrap();
     }
-    let end = now_us();
+    let end = last_write_us([out.clone()]);
     let start = start_stamp(&first_line(&out));
     assert_eq!(
         std::fs::metadata(&out).unwrap().len(),
@@ -139,7 +172,7 @@ fn supervisord(lines: u64) -> Option<f64> {
         .spawn()
         .unwrap();
     let want = lines * WIDTH;
-    let end = wait_for(
+    wait_for(
         Duration::from_secs(600),
         "supervisord to write every line",
         || {
@@ -150,9 +183,10 @@ fn supervisord(lines: u64) -> Option<f64> {
                 .map(|e| e.metadata().map_or(0, |m| m.len()))
                 .sum();
             // The start line is the only one that is not WIDTH bytes.
-            (total >= want + 10).then(now_us)
+            (total >= want + 10).then_some(())
         },
     );
+    let end = last_write_us(files_of(d, "flood.log"));
     // The oldest file holds the start line.
     let oldest = std::fs::read_dir(d)
         .unwrap()
@@ -232,7 +266,7 @@ fn appfw(host_bin: &Path, lines: u64, round: u64, host: &mut Option<TestHost>) -
     assert!(code == 200 || code == 409, "{v}");
     let mut max_lag = 0f64;
     let mut sampled = Instant::now();
-    let end = wait_for(Duration::from_secs(600), "the flood to be captured", || {
+    wait_for(Duration::from_secs(600), "the flood to be captured", || {
         // A scrape costs the host a snapshot: sample the lag every 100 ms only.
         if sampled.elapsed() >= Duration::from_millis(100) {
             if let Some(l) = metric(h, "appfw_log_index_lag_lines", &name) {
@@ -240,10 +274,14 @@ fn appfw(host_bin: &Path, lines: u64, round: u64, host: &mut Option<TestHost>) -
             }
             sampled = Instant::now();
         }
-        std::thread::sleep(Duration::from_millis(5));
-        (h.plugin(&name)["state"] == "completed").then(now_us)
+        std::thread::sleep(Duration::from_millis(20));
+        (h.plugin(&name)["state"] == "completed").then_some(())
     });
     let logs = h.data().join("logs");
+    // Its current file and the rotated ones.
+    let mut written = files_of(&logs.join(&name), "");
+    written.push(logs.join(format!("{name}.log")));
+    let end = last_write_us(written);
     let first = std::fs::read_dir(logs.join(&name))
         .ok()
         .and_then(|rd| rd.filter_map(Result::ok).map(|e| e.path()).min())
