@@ -594,7 +594,8 @@ impl std::fmt::Debug for OutboxReceiver {
 }
 
 impl OutboxReceiver {
-    /// Takes the next frame without waiting.
+    /// Takes the next frame without waiting. It may be a run of messages
+    /// ([`WireHeader::run`]), which `appfw_proto::writer` writes as its messages.
     #[inline(always)]
     pub fn try_recv(&mut self) -> Option<Frame> {
         if self.local.is_empty() && !self.refill() {
