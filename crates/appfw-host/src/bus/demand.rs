@@ -129,7 +129,7 @@ impl Demand {
         self.live.load(Ordering::Acquire)
     }
 
-    fn declares(&self, topic: &str) -> bool {
+    pub(super) fn declares(&self, topic: &str) -> bool {
         self.patterns.load().iter().any(|p| p.matches(topic))
     }
 
@@ -242,6 +242,9 @@ impl Bus {
         if let (Some(d), Some((topics, cap))) = (&out, spec) {
             d.patterns.store(Arc::new(parse_all(plugin, topics)));
             d.lock().cap = cap;
+            // Cached routes were made with the old patterns (a route is cached only for topics
+            // no on-demand plugin declares): they are stale now.
+            self.inner.generation.fetch_add(1, Ordering::Release);
         }
         if let Some(d) = removed {
             self.demand_refuse(

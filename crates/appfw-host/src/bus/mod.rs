@@ -182,7 +182,8 @@ impl Targets {
 /// Where the last topic a connection published on went, so a stream of messages on one topic
 /// skips validating the topic, looking up its counters and matching every pattern. Valid for
 /// one table snapshot ([`Inner::generation`]); kept only for routes without queue groups (which
-/// pick a member per message) or on-demand plugins (whose liveness is read per message).
+/// pick a member per message) and without a say of an on-demand plugin (a subscription of one
+/// matches, or one declares the topic: its liveness is read per message).
 #[derive(Default)]
 pub struct RouteCache {
     /// The topic's bytes, in a buffer of this cache's (a slice of a frame would keep its whole
@@ -693,11 +694,19 @@ impl Bus {
         // the common case, copies no header). Up to 8 on the stack.
         let mut targets = Targets::default();
         let mut groups_done: Vec<&str> = Vec::new();
+        // Whether an on-demand plugin has a say in this route: a subscription of one matches
+        // (it is skipped while the plugin is not live), or one declares the topic (its queue
+        // takes the message while it is cold). Such a route is decided per message.
+        let mut on_demand = table
+            .demands
+            .iter()
+            .any(|d| d.declares(&frame.header.topic));
         for (i, sub) in table.subs.iter().enumerate() {
-            if sub.kind != SubscriptionKind::Events
-                || !sub.pattern.matches(&frame.header.topic)
-                || skip(sub)
-            {
+            if sub.kind != SubscriptionKind::Events || !sub.pattern.matches(&frame.header.topic) {
+                continue;
+            }
+            on_demand |= sub.demand.is_some();
+            if skip(sub) {
                 continue;
             }
             let target = match &sub.group {
@@ -712,9 +721,8 @@ impl Bus {
             };
             targets.push(target);
         }
-        let cacheable = groups_done.is_empty()
-            && table.demands.is_empty()
-            && targets.count <= targets.inline.len();
+        let cacheable =
+            groups_done.is_empty() && !on_demand && targets.count <= targets.inline.len();
         drop(groups_done);
         if cacheable {
             let route = Route {
@@ -1514,6 +1522,55 @@ mod tests {
             });
             proptest::prop_assert_eq!(runs, single);
         }
+    }
+
+    #[tokio::test]
+    async fn routes_are_cached_unless_an_on_demand_plugin_has_a_say() {
+        let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
+        let (a, _ra) = link("a", 1);
+        let (b, mut rb) = link("b", 2);
+        bus.subscribe(&b, 1, ">", &pb::Subscribe::default())
+            .unwrap();
+        bus.declare("od", Some((&["od.>".to_string()], 16)));
+        let mut routes = RouteCache::new();
+        let generation = || bus.inner.generation.load(Ordering::Acquire);
+        let send = async |topic: &str, routes: &mut RouteCache| {
+            bus.publish_batched(&a, publish(topic, "a"), &mut Wakes::new(), routes)
+                .await
+                .unwrap();
+        };
+        send("t.x", &mut routes).await;
+        assert!(
+            routes.get("t.x", generation()).is_some(),
+            "no on-demand plugin has a say on t.x"
+        );
+        send("od.x", &mut routes).await;
+        assert!(
+            routes.get("od.x", generation()).is_none(),
+            "od declares od.x"
+        );
+        assert_eq!(
+            bus.demand("od").unwrap().pending_demand().map(|(_, n)| n),
+            Some(1),
+            "its queue took the message"
+        );
+        // Declaring more topics makes the cached routes stale.
+        send("t.x", &mut routes).await;
+        assert!(routes.get("t.x", generation()).is_some());
+        bus.declare("od", Some((&["od.>".to_string(), "t.*".to_string()], 16)));
+        assert!(routes.current(generation()).is_none());
+        send("t.x", &mut routes).await;
+        assert!(routes.get("t.x", generation()).is_none());
+        assert_eq!(
+            bus.demand("od").unwrap().pending_demand().map(|(_, n)| n),
+            Some(2)
+        );
+        // b got every message meanwhile.
+        let mut n = 0;
+        while rb.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 4);
     }
 
     #[tokio::test]
