@@ -795,8 +795,9 @@ impl Bus {
     /// route is cached and every subscriber has room for all of them (see
     /// [`appfw_proto::run`]). They are split off `buf` and queued for each subscriber as one
     /// item. `Ok(None)` if the frame at the start is not such a message (the reader decodes
-    /// it as usual); else the `seq` of the last message taken. A subscriber whose queue
-    /// filled up meanwhile (from another thread) gets the messages one by one:
+    /// it as usual); else the `seq` of the last message taken. A subscriber the run does not
+    /// fit after all (its connection's byte bound, another of its subscriptions in the same
+    /// run, or a queue filled from another thread) gets the messages one by one:
     /// [`Bus::relay_run_wait`] finishes the run.
     #[allow(clippy::result_large_err)]
     #[inline]
@@ -887,7 +888,7 @@ impl Bus {
             topic_stat,
             ..
         } = blocked;
-        // Copied once to decode: a rare path (another thread filled the queue in between).
+        // Copied once to decode: a rare path (see Bus::relay_run).
         let mut rest = BytesMut::from(&run[..]);
         let mut codec = appfw_proto::FrameCodec::new(usize::MAX).keeping_wire();
         while let Ok(Some(mut frame)) = codec.decode(&mut rest) {
