@@ -181,20 +181,25 @@ fn put_run<F>(
 {
     let frames = run.wire.run_len() as usize;
     run.header.ack = seq.peer_seq.load(Ordering::Relaxed);
-    run.header.seq = u64::MAX;
-    let stamps_max = header::patched_len(0, header::RUN_FIELDS, &run.header);
-    buf.reserve(run.payload.len() + frames * stamps_max);
-    // The stamps every message of the run shares (sender, ack, subscription id), encoded
-    // once; each message adds only its seq. (A sender name too long for the stack array takes
-    // the general encoding per message.)
     run.header.seq = 0;
-    let mut shared = [0u8; 128];
+    // The stamps every message of the run shares (sender, ack, subscription id), encoded once;
+    // each message adds only its seq. On the stack: a plugin's name always fits (at most 64
+    // bytes and an instance suffix); a longer sender takes a Vec.
     let shared_len = header::patched_len(0, header::RUN_FIELDS, &run.header);
-    let fast = shared_len <= shared.len();
-    if fast {
-        let mut w: &mut [u8] = &mut shared[..];
-        header::put_patched(&[], header::RUN_FIELDS, &run.header, &mut w);
-    }
+    let mut stack = [0u8; 128];
+    let mut heap = Vec::new();
+    let shared: &[u8] = match stack.get_mut(..shared_len) {
+        Some(mut w) => {
+            header::put_patched(&[], header::RUN_FIELDS, &run.header, &mut w);
+            &stack[..shared_len]
+        }
+        None => {
+            header::put_patched(&[], header::RUN_FIELDS, &run.header, &mut heap);
+            &heap
+        }
+    };
+    // A seq stamp: a key byte and at most ten.
+    buf.reserve(run.payload.len() + frames * (shared.len() + 11));
     let body: &[u8] = &run.payload;
     let mut at = 0;
     while at < body.len() {
@@ -204,12 +209,7 @@ fn put_run<F>(
             break;
         };
         let payload = &body[at + parts.len - parts.payload..at + parts.len];
-        run.header.seq = seq.next;
-        let header_len = if fast {
-            parts.header.len() + shared_len + 1 + encoded_len_varint(seq.next)
-        } else {
-            header::patched_len(parts.header.len(), header::RUN_FIELDS, &run.header)
-        };
+        let header_len = parts.header.len() + shared.len() + 1 + encoded_len_varint(seq.next);
         let frame_len = crate::HEADER_LEN_LEN + header_len + payload.len();
         if header_len > usize::from(u16::MAX)
             || frame_len > max_frame
@@ -233,15 +233,11 @@ fn put_run<F>(
             // Both fit their fields (checked above).
             buf.put_u32(frame_len as u32);
             buf.put_u16(header_len as u16);
-            if fast {
-                buf.put_slice(parts.header);
-                buf.put_slice(&shared[..shared_len]);
-                // seq: field 2, varint.
-                buf.put_u8(2 << 3);
-                encode_varint(seq.next, buf);
-            } else {
-                header::put_patched(parts.header, header::RUN_FIELDS, &run.header, buf);
-            }
+            buf.put_slice(parts.header);
+            buf.put_slice(shared);
+            // seq: field 2, varint.
+            buf.put_u8(2 << 3);
+            encode_varint(seq.next, buf);
             buf.put_slice(payload);
             seq.next += 1;
         }
@@ -372,13 +368,16 @@ mod tests {
         assert_eq!(&frames[5].payload[..], b"last");
     }
 
-    #[tokio::test]
-    async fn a_run_is_written_as_its_messages_with_their_own_stamps() {
-        // Three messages as a publisher sent them, queued as one run; the middle one is too
-        // large once stamped, and is dropped alone.
+    /// Writes `payloads` (as a publisher sent them on topic `t`) queued as one run from
+    /// `sender`, with frames of at most `max`: what was written, decoded, and what was dropped.
+    async fn write_run(
+        payloads: &[Bytes],
+        sender: &str,
+        max: usize,
+    ) -> (Vec<Frame>, Vec<(usize, &'static str)>) {
         let mut received = BytesMut::new();
-        for (i, n) in [10usize, 150, 20].iter().enumerate() {
-            let mut f = Frame::new(FrameType::Publish, Bytes::from(vec![i as u8; *n]));
+        for (i, p) in payloads.iter().enumerate() {
+            let mut f = Frame::new(FrameType::Publish, p.clone());
             f.header.topic = "t".into();
             f.header.seq = 900 + i as u64;
             f.header.subscription_id = 77;
@@ -386,10 +385,10 @@ mod tests {
         }
         let mut run = Frame::new(FrameType::Publish, received.freeze());
         run.header.topic = "t".into();
-        run.header.sender = "pub".into();
+        run.header.sender = sender.into();
         run.header.subscription_id = 5;
-        run.wire = crate::WireHeader::run(3);
-        let (tx, mut rx) = mpsc::channel(4);
+        run.wire = crate::WireHeader::run(payloads.len() as u32);
+        let (tx, mut rx) = mpsc::channel(1);
         tx.send(run).await.unwrap();
         drop(tx);
         let mut out = Vec::new();
@@ -399,17 +398,30 @@ mod tests {
             &mut out,
             &mut rx,
             &mut seq,
-            150,
+            max,
             &CancellationToken::new(),
             |f, e| dropped.push((f.payload.len(), e.code())),
         )
         .await;
         assert!(matches!(end, WriterEnd::Finished));
-        assert_eq!(dropped, [(150, "frame_too_large")]);
-        let frames: Vec<Frame> = FramedRead::new(&out[..], FrameCodec::new(150))
+        let frames = FramedRead::new(&out[..], FrameCodec::new(max))
             .map(|f| f.unwrap())
             .collect()
             .await;
+        (frames, dropped)
+    }
+
+    #[tokio::test]
+    async fn a_run_is_written_as_its_messages_with_their_own_stamps() {
+        // Three messages queued as one run; the middle one is too large once stamped, and is
+        // dropped alone.
+        let payloads: Vec<Bytes> = [10usize, 150, 20]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Bytes::from(vec![i as u8; *n]))
+            .collect();
+        let (frames, dropped) = write_run(&payloads, "pub", 150).await;
+        assert_eq!(dropped, [(150, "frame_too_large")]);
         assert_eq!(frames.len(), 2);
         for (f, (n, first)) in frames.iter().zip([(10, 0u8), (20, 2)]) {
             assert_eq!((f.payload.len(), f.payload[0]), (n, first));
@@ -423,5 +435,18 @@ mod tests {
         }
         assert_eq!(frames[0].header.seq, 1);
         assert_eq!(frames[1].header.seq, 2);
+    }
+
+    #[tokio::test]
+    async fn a_run_from_a_sender_too_long_for_the_stack_is_stamped_alike() {
+        let sender = "s".repeat(200);
+        let (frames, dropped) = write_run(&[Bytes::from_static(b"x")], &sender, 1 << 20).await;
+        assert!(dropped.is_empty());
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].header.sender, sender);
+        assert_eq!(frames[0].header.subscription_id, 5);
+        assert_eq!(frames[0].header.seq, 1);
+        assert_eq!(frames[0].header.ack, 42);
+        assert_eq!(&frames[0].payload[..], b"x");
     }
 }
