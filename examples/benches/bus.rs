@@ -18,6 +18,8 @@
 //! `APPFW_BENCH_BUS_SIZES` (payload bytes, comma-separated, e.g. `64,1024`) and
 //! `APPFW_BENCH_BUS_SUBS` (e.g. `1`) keep only those throughput rows.
 //! `APPFW_BENCH_NATS=1` adds a NATS column (needs `nats-server`; see `nats_server`).
+//! `APPFW_BENCH_BUS_BATCH=0` makes appfw's subscribers refuse BATCH frames (every message then
+//! comes as its own frame, stamped by the host).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot measure should stop loudly
 
@@ -154,12 +156,18 @@ fn appfw_throughput(host_bin: &Path, subs: usize, every: u64) -> Setup {
     let (dir, report) = new_dir();
     let d = dir.path().display().to_string();
     let bin = bin_dir().join("bus-load").display().to_string();
+    // APPFW_BENCH_BUS_BATCH=0: the subscribers take every message as its own frame.
+    let no_batch = if env_num("APPFW_BENCH_BUS_BATCH", 1) == 0 {
+        ", \"--no-batch\""
+    } else {
+        ""
+    };
     let mut cfg = format!(
         "[[plugins]]\nname = \"pub\"\ncommand = \"{bin}\"\nargs = [\"--role\", \"pub\", \"--control\", \"{d}/pub.sock\"]\n"
     );
     for i in 0..subs {
         cfg.push_str(&format!(
-            "\n[[plugins]]\nname = \"sub{i}\"\ncommand = \"{bin}\"\nargs = [\"--role\", \"sub\", \"--report\", \"{d}/report.sock\", \"--every\", \"{every}\"]\n"
+            "\n[[plugins]]\nname = \"sub{i}\"\ncommand = \"{bin}\"\nargs = [\"--role\", \"sub\", \"--report\", \"{d}/report.sock\", \"--every\", \"{every}\"{no_batch}]\n"
         ));
     }
     let host = TestHost::start(host_bin, &bin_dir(), &cfg);

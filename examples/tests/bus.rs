@@ -34,24 +34,42 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-#[test]
-fn a_slow_subscriber_does_not_slow_the_others_and_its_queue_stays_bounded() {
-    let n: u64 = 50_000;
+/// A host with the `driver` plugin and `sink` plugins (name, `args` list items), its API on a
+/// free port; once every sink has subscribed.
+fn driver_and_sinks(sinks: &[(&str, &str)]) -> (TestHost, String) {
     let api = format!("127.0.0.1:{}", free_port());
-    let cfg = "[[plugins]]\nname = \"driver\"\ncommand = \"{bin}/driver\"\nargs = [\"--control\", \"{mark}/driver.sock\"]\n\n\
-        [[plugins]]\nname = \"fast\"\ncommand = \"{bin}/sink\"\nargs = [\"--overflow\", \"block\", \"--every\", \"10000\"]\n\n\
-        [[plugins]]\nname = \"slow\"\ncommand = \"{bin}/sink\"\nargs = [\"--overflow\", \"drop-newest\", \"--max-pending\", \"64\", \"--delay\", \"20ms\", \"--every\", \"1\"]\n";
+    let mut cfg = String::from(
+        "[[plugins]]\nname = \"driver\"\ncommand = \"{bin}/driver\"\nargs = [\"--control\", \"{mark}/driver.sock\"]\n",
+    );
+    for (name, args) in sinks {
+        cfg.push_str(&format!(
+            "\n[[plugins]]\nname = \"{name}\"\ncommand = \"{{bin}}/sink\"\nargs = [{args}]\n"
+        ));
+    }
     let dir = bin_dir();
     let set = format!("api.listen={api}");
-    let host = TestHost::start_with_args(&build_appfw(&dir), &dir, cfg, &["--set", &set]);
+    let host = TestHost::start_with_args(&build_appfw(&dir), &dir, &cfg, &["--set", &set]);
     host.wait_all_running(T);
-    for p in ["fast", "slow"] {
+    for (name, _) in sinks {
         wait_for(T, "the sinks' subscriptions", || {
-            host.plugin_log(p)
+            host.plugin_log(name)
                 .contains("sink: subscribed")
                 .then_some(())
         });
     }
+    (host, api)
+}
+
+#[test]
+fn a_slow_subscriber_does_not_slow_the_others_and_its_queue_stays_bounded() {
+    let n: u64 = 50_000;
+    let (host, api) = driver_and_sinks(&[
+        ("fast", r#""--overflow", "block", "--every", "10000""#),
+        (
+            "slow",
+            r#""--overflow", "drop-newest", "--max-pending", "64", "--delay", "20ms", "--every", "1""#,
+        ),
+    ]);
     let rss_before = rss_kib(host.pid());
 
     let t0 = Instant::now();
@@ -139,6 +157,66 @@ fn typed_services_fan_out_and_pipeline_stages_work_end_to_end() {
         assert!(
             log.contains(&format!("patterns: squared {y} trace ")),
             "{log}"
+        );
+    }
+}
+
+#[test]
+fn batched_and_plain_subscribers_get_every_message_of_a_stream() {
+    // Two `block` sinks of one stream: one takes BATCH frames (the SDK's default), the other
+    // every message in its own frame. Both must count every message; the host's figures show
+    // that the stream went the fast way to the first.
+    let n: u64 = 50_000;
+    let (host, api) = driver_and_sinks(&[
+        ("batched", r#""--overflow", "block", "--every", "10000""#),
+        (
+            "plain",
+            r#""--overflow", "block", "--every", "10000", "--no-batch""#,
+        ),
+    ]);
+    let answer = cmd(
+        &host,
+        &format!("publish load m {n}"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(answer["ok"], true, "{answer}");
+    let last = format!("sink: count {n} last");
+    for p in ["batched", "plain"] {
+        wait_for(
+            Duration::from_secs(120),
+            "every message at both sinks",
+            || host.plugin_log(p).contains(&last).then_some(()),
+        );
+    }
+    let text = wait_for(T, "the host's figures", || {
+        let (_, text) = http_get_tcp(&api, "/metrics")?;
+        (series(&text, "appfw_bus_deliveries_total", "")? >= 2.0 * n as f64).then_some(text)
+    });
+    let runs = series(&text, "appfw_bus_run_deliveries_total", "").unwrap();
+    let batched = series(&text, "appfw_bus_batch_deliveries_total", "").unwrap();
+    eprintln!("{n} messages to 2 sinks: {runs} copies as runs, {batched} in BATCH frames");
+    assert!(batched > 0.0, "no message went in a BATCH frame");
+    assert!(
+        batched <= n as f64,
+        "only one sink takes batches: {batched}"
+    );
+    assert!(runs >= batched, "runs {runs} < batched {batched}");
+    for p in ["batched", "plain"] {
+        let lost = series(
+            &text,
+            "appfw_bus_subscriber_dropped_total",
+            &format!("plugin=\"{p}\",pattern=\"load\",kind=\"events\",group=\"\",policy=\"block\",reason=\"timeout\""),
+        )
+        .unwrap();
+        assert_eq!(lost, 0.0, "{p}: block loses nothing");
+    }
+    // Neither sink saw more than it was sent.
+    for p in ["batched", "plain"] {
+        assert!(
+            !host
+                .plugin_log(p)
+                .contains(&format!("sink: count {}", n + 10_000)),
+            "{p} counted too many"
         );
     }
 }

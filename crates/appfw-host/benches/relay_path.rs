@@ -1,6 +1,7 @@
 //! CPU time of the host's per-message relay path, without the sockets: the reader's codec
 //! decodes PUBLISH frames from a buffer, the bus routes them (route cache, outbox), and each
-//! subscriber's writer encodes them into its batch and "writes" to a sink. Single-threaded, so
+//! subscriber's writer encodes them into its batch and "writes" to a sink (and again with
+//! subscribers that take BATCH frames). Single-threaded, so
 //! ns per message here is what the bus thread spends on a message besides the syscalls.
 //! `cargo bench -p appfw-host --bench relay_path`
 
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 /// Messages routed between two yields to the writers (about what one 64 KiB read holds).
 const BATCH: usize = 256;
 
-async fn run(size: usize, subs: usize, n: usize) -> f64 {
+async fn run(size: usize, subs: usize, n: usize, batches: bool) -> f64 {
     let bus = Bus::new(Duration::from_secs(30), Arc::new(Metrics::new(100)));
     let (pub_out, _pub_rx) = outbox::outbox();
     let publisher = Arc::new(Link::new("pub".into(), 1, pub_out));
@@ -31,6 +32,8 @@ async fn run(size: usize, subs: usize, n: usize) -> f64 {
     for i in 0..subs {
         let (out, mut rx) = outbox::outbox();
         let link = Arc::new(Link::new(format!("sub{i}").into(), 10 + i as u64, out));
+        link.batches
+            .store(batches, std::sync::atomic::Ordering::Relaxed);
         let sub = pb::Subscribe {
             max_pending: 1024,
             ..Default::default()
@@ -97,13 +100,24 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("| payload | subscribers | ns per published message (median of 5) |");
-    println!("|---|---|---|");
+    println!(
+        "| payload | subscribers | ns per published message (median of 5) | subscribers take BATCH frames |"
+    );
+    println!("|---|---|---|---|");
     for (size, n) in [(64, 2_000_000), (1024, 1_000_000)] {
         for subs in [1, 4] {
-            let mut v: Vec<f64> = (0..5).map(|_| rt.block_on(run(size, subs, n))).collect();
-            v.sort_by(f64::total_cmp);
-            println!("| {size} B | {subs} | {:.0} |", v[2]);
+            let median = |batches| {
+                let mut v: Vec<f64> = (0..5)
+                    .map(|_| rt.block_on(run(size, subs, n, batches)))
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v[2]
+            };
+            println!(
+                "| {size} B | {subs} | {:.0} | {:.0} |",
+                median(false),
+                median(true)
+            );
         }
     }
 }

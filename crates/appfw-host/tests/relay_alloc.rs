@@ -60,8 +60,9 @@ fn allocs() -> u64 {
 enum Path {
     /// Decoded one by one, plain or with a `traceparent`.
     Frames { traced: bool },
-    /// As runs (`Bus::relay_run`), after the first message cached the route.
-    Runs,
+    /// As runs (`Bus::relay_run`), after the first message cached the route; with `batches`
+    /// to subscribers that take BATCH frames.
+    Runs { batches: bool },
 }
 
 /// Allocations per message for `n` messages relayed to `subscribers` subscribers:
@@ -77,6 +78,8 @@ async fn measure(subscribers: usize, n: usize, path: Path) -> (f64, f64, f64) {
     for i in 0..subscribers {
         let (out, mut rx) = outbox::outbox();
         let link = Arc::new(Link::new(format!("sub{i}").into(), 10 + i as u64, out));
+        link.batches
+            .store(path == (Path::Runs { batches: true }), Ordering::Relaxed);
         bus.subscribe(&link, 1, "bench.t", &pb::Subscribe::default())
             .unwrap();
         let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
@@ -118,7 +121,7 @@ async fn measure(subscribers: usize, n: usize, path: Path) -> (f64, f64, f64) {
     let (mut decode, mut route) = (0u64, 0u64);
     let mut i = 0;
     let mut wakes = Wakes::new();
-    while path == Path::Runs && i < n + warm {
+    while matches!(path, Path::Runs { .. }) && i < n + warm {
         let a0 = allocs();
         let before = wire.len();
         let taken = match bus.relay_run(&publisher, &mut wire, 1 << 20, &mut wakes, &routes) {
@@ -260,8 +263,10 @@ fn allocations_per_relayed_message_in_steady_state() {
             (1, Path::Frames { traced: false }),
             (4, Path::Frames { traced: false }),
             (1, Path::Frames { traced: true }),
-            (1, Path::Runs),
-            (4, Path::Runs),
+            (1, Path::Runs { batches: false }),
+            (4, Path::Runs { batches: false }),
+            (1, Path::Runs { batches: true }),
+            (4, Path::Runs { batches: true }),
         ] {
             let (decode, route, total) = measure(subs, n, path).await;
             eprintln!(

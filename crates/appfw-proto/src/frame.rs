@@ -103,6 +103,9 @@ pub enum FrameError {
     /// The stream ended in the middle of a frame.
     #[error("connection closed in the middle of a frame ({0} bytes buffered)")]
     Truncated(usize),
+    /// A BATCH frame's payload is not a sequence of whole PUBLISH frames on its topic.
+    #[error("malformed BATCH frame: {0}")]
+    Batch(&'static str),
     /// The socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -118,6 +121,7 @@ impl FrameError {
             }
             Self::Payload { .. } => "malformed_payload",
             Self::Truncated(_) => "truncated_frame",
+            Self::Batch(_) => "malformed_batch",
             Self::Io(_) => "io_error",
         }
     }

@@ -81,6 +81,8 @@ pub struct WireHeader {
     /// For a run, the number of frames in the payload; 0 otherwise. (Here rather than in
     /// [`crate::Frame`], where it would grow every frame: this fits in the padding.)
     run: u32,
+    /// A run written as one BATCH frame rather than as its messages ([`WireHeader::batch`]).
+    batch: bool,
 }
 
 /// The fields a relaying host stamps, written after the received bytes: seq, ack, sender,
@@ -100,6 +102,7 @@ impl WireHeader {
         bytes: Bytes::new(),
         fields: 0,
         run: 0,
+        batch: false,
     };
 
     /// Marks a frame as a run of `frames` relayed messages: its payload holds that many whole
@@ -113,12 +116,37 @@ impl WireHeader {
             bytes: Bytes::new(),
             fields: 0,
             run: frames,
+            batch: false,
+        }
+    }
+
+    /// Marks a frame as a run of `frames` relayed messages (as [`WireHeader::run`]) for a
+    /// receiver that takes BATCH frames (capability `batch`): the writer sends the payload as
+    /// it is in one BATCH frame (or several, to respect the maximum frame size) whose header
+    /// carries the run header's `sender`, `topic` and `subscription_id`, instead of stamping
+    /// every message.
+    pub const fn batch(frames: u32) -> Self {
+        Self {
+            bytes: Bytes::new(),
+            fields: 0,
+            run: frames,
+            batch: true,
         }
     }
 
     /// The frames of a run; 0 for an ordinary frame.
     pub fn run_len(&self) -> u32 {
         self.run
+    }
+
+    /// Whether a run goes out as BATCH frames ([`WireHeader::batch`]).
+    pub fn is_batch(&self) -> bool {
+        self.batch
+    }
+
+    /// Changes the number of frames of a run (one was cut from it), keeping how it is written.
+    pub fn set_run_len(&mut self, frames: u32) {
+        self.run = frames;
     }
 
     /// Whether there are no received bytes to write.
@@ -232,6 +260,7 @@ impl Header {
                 bytes,
                 fields,
                 run: 0,
+                batch: false,
             },
         ))
     }

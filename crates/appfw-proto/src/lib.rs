@@ -10,6 +10,7 @@
 //! This crate depends only on `bytes`, `prost` and tokio's I/O traits, so both the SDK and the host
 //! (and fuzzers) can use it.
 
+pub mod batch;
 mod frame;
 mod header;
 pub mod run;
@@ -69,8 +70,20 @@ pub mod caps {
     /// Delivery receipts: a PUBLISH with a non-zero `request_id` is answered by a REPLY once
     /// every matching subscriber took it (or with an error naming the ones that did not).
     pub const PUBLISH_ACK: &str = "publish_ack";
+    /// BATCH frames (host → plugin): messages on one topic to one subscription delivered
+    /// several to a frame, as their publisher sent them.
+    pub const BATCH: &str = "batch";
     /// Every capability this version of the crate knows.
-    pub const ALL: &[&str] = &[PUBSUB, REQUEST, LOG, METRICS, HEALTH, CONFIG, PUBLISH_ACK];
+    pub const ALL: &[&str] = &[
+        PUBSUB,
+        REQUEST,
+        LOG,
+        METRICS,
+        HEALTH,
+        CONFIG,
+        PUBLISH_ACK,
+        BATCH,
+    ];
 }
 
 /// Current time in milliseconds since the Unix epoch, the unit of `Header.deadline_unix_ms`.

@@ -7,13 +7,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message as _;
 use prost::encoding::{encode_varint, encoded_len_varint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Frame, FrameError, encode_frame_of, header, run};
+use crate::{Frame, FrameError, batch, encode_frame_of, header, run};
 
 /// Bytes buffered before a write even if more frames are queued.
 pub const WRITE_BATCH_BYTES: usize = 256 * 1024;
@@ -137,11 +138,12 @@ where
     }
 }
 
-/// Whether a frame is copied into the batch: a small payload, or a run (whose messages'
-/// payloads are all small).
+/// Whether a frame is copied into the batch: a small payload, or a run written as its messages
+/// (whose payloads are all small). A run written as BATCH frames is a large payload when its
+/// bytes are.
 #[inline(always)]
 fn is_small(frame: &Frame) -> bool {
-    frame.payload.len() < DIRECT_PAYLOAD || frame.wire.run_len() > 0
+    frame.payload.len() < DIRECT_PAYLOAD || (frame.wire.run_len() > 0 && !frame.wire.is_batch())
 }
 
 /// Appends one frame with a small payload, or a run, to the batch.
@@ -155,6 +157,11 @@ fn put_small<F>(
 ) where
     F: FnMut(&Frame, FrameError),
 {
+    if frame.wire.is_batch() {
+        let copied = put_batch(buf, frame, 0, seq, max_frame, on_drop, false);
+        debug_assert!(copied.is_none());
+        return;
+    }
     if frame.wire.run_len() > 0 {
         put_run(buf, frame, seq, max_frame, on_drop);
         return;
@@ -245,8 +252,93 @@ fn put_run<F>(
     }
 }
 
+/// Appends the header of the next BATCH frame of a run (see [`crate::WireHeader::batch`])
+/// whose payload starts at `body[at..]`: the run header's `sender`, `topic` and
+/// `subscription_id`, with `seq` and `ack`. Its payload is the whole frames from `at` that fit
+/// the maximum frame size; `Ok` with where they end, for the caller to write them. If not even
+/// the first fits, that message is passed to `on_drop` and `Err` says where it ends (the caller
+/// goes on after it).
+fn batch_header<F>(
+    buf: &mut BytesMut,
+    run: &mut Frame,
+    body: &[u8],
+    at: usize,
+    seq: &mut Sequencer,
+    max_frame: usize,
+    on_drop: &mut F,
+) -> Result<usize, usize>
+where
+    F: FnMut(&Frame, FrameError),
+{
+    run.header.r#type = crate::pb::FrameType::Batch as i32;
+    run.header.seq = seq.next;
+    run.header.ack = seq.peer_seq.load(Ordering::Relaxed);
+    let header_len = run.header.encoded_len();
+    let room = max_frame.saturating_sub(crate::HEADER_LEN_LEN + header_len);
+    let end = match batch::next_chunk(body, at, room) {
+        batch::Chunk::Fits(end) if header_len <= usize::from(u16::MAX) => end,
+        batch::Chunk::Fits(end) | batch::Chunk::TooLarge(end) => {
+            let one = Bytes::copy_from_slice(
+                body.get(at + crate::LENGTH_PREFIX_LEN..end)
+                    .unwrap_or_default(),
+            );
+            let dropped = crate::decode_body(one)
+                .unwrap_or_else(|_| Frame::new(crate::pb::FrameType::Publish, Bytes::new()));
+            let err = if header_len > usize::from(u16::MAX) {
+                FrameError::HeaderTooLarge(header_len)
+            } else {
+                FrameError::TooLarge {
+                    len: crate::HEADER_LEN_LEN + header_len + (end - at),
+                    max: max_frame,
+                }
+            };
+            on_drop(&dropped, err);
+            return Err(end);
+        }
+    };
+    let frame_len = crate::HEADER_LEN_LEN + header_len + (end - at);
+    // Both fit their fields: the header was checked above, and the frame is within max_frame
+    // (a u32 by the time it was read).
+    buf.reserve(crate::LENGTH_PREFIX_LEN + frame_len - (end - at));
+    buf.put_u32(u32::try_from(frame_len).unwrap_or(u32::MAX));
+    buf.put_u16(header_len as u16);
+    run.header.encode_raw(buf);
+    seq.next += 1;
+    Ok(end)
+}
+
+/// Appends the BATCH frames of a run's payload from `at` on to the batch, copying their
+/// messages, until the end, or (if `direct`) until a frame whose payload is large enough to be
+/// written from its own memory: then its header is in the batch, and the part of the payload
+/// it holds is returned for the caller to write.
+fn put_batch<F>(
+    buf: &mut BytesMut,
+    run: &mut Frame,
+    mut at: usize,
+    seq: &mut Sequencer,
+    max_frame: usize,
+    on_drop: &mut F,
+    direct: bool,
+) -> Option<(usize, usize)>
+where
+    F: FnMut(&Frame, FrameError),
+{
+    let body = run.payload.clone();
+    while at < body.len() {
+        match batch_header(buf, run, &body, at, seq, max_frame, on_drop) {
+            Ok(end) if direct && end - at >= DIRECT_PAYLOAD => return Some((at, end)),
+            Ok(end) => {
+                buf.put_slice(&body[at..end]);
+                at = end;
+            }
+            Err(end) => at = end,
+        }
+    }
+    None
+}
+
 /// Writes the batch with one frame's header at its end, then the frame's large payload from
-/// its own memory.
+/// its own memory (a run as BATCH frames likewise).
 async fn put_direct<W, F>(
     sock: &mut W,
     buf: &mut BytesMut,
@@ -259,6 +351,16 @@ where
     W: AsyncWrite + Unpin,
     F: FnMut(&Frame, FrameError),
 {
+    if frame.wire.is_batch() {
+        // A run as BATCH frames: the large ones' payloads from their own memory.
+        let mut at = 0;
+        while let Some((start, end)) = put_batch(buf, frame, at, seq, max_frame, on_drop, true) {
+            write_both(sock, buf, &frame.payload[start..end]).await?;
+            buf.clear();
+            at = end;
+        }
+        return Ok(());
+    }
     frame.header.seq = seq.next;
     frame.header.ack = seq.peer_seq.load(Ordering::Relaxed);
     let start = buf.len();
@@ -369,11 +471,13 @@ mod tests {
     }
 
     /// Writes `payloads` (as a publisher sent them on topic `t`) queued as one run from
-    /// `sender`, with frames of at most `max`: what was written, decoded, and what was dropped.
-    async fn write_run(
+    /// `sender` (as BATCH frames if `batch`), with frames of at most `max`: what was written,
+    /// decoded, and what was dropped.
+    async fn write_run_as(
         payloads: &[Bytes],
         sender: &str,
         max: usize,
+        batch: bool,
     ) -> (Vec<Frame>, Vec<(usize, &'static str)>) {
         let mut received = BytesMut::new();
         for (i, p) in payloads.iter().enumerate() {
@@ -387,7 +491,12 @@ mod tests {
         run.header.topic = "t".into();
         run.header.sender = sender.into();
         run.header.subscription_id = 5;
-        run.wire = crate::WireHeader::run(payloads.len() as u32);
+        let n = payloads.len() as u32;
+        run.wire = if batch {
+            crate::WireHeader::batch(n)
+        } else {
+            crate::WireHeader::run(n)
+        };
         let (tx, mut rx) = mpsc::channel(1);
         tx.send(run).await.unwrap();
         drop(tx);
@@ -411,15 +520,93 @@ mod tests {
         (frames, dropped)
     }
 
+    async fn write_run(
+        payloads: &[Bytes],
+        sender: &str,
+        max: usize,
+    ) -> (Vec<Frame>, Vec<(usize, &'static str)>) {
+        write_run_as(payloads, sender, max, false).await
+    }
+
+    /// BATCH frames written for a run: each checked (numbered in order, stamped, within
+    /// `max`), with the messages each holds.
+    async fn write_batches(
+        payloads: &[Bytes],
+        max: usize,
+    ) -> (Vec<Vec<Frame>>, Vec<(usize, &'static str)>) {
+        let (frames, dropped) = write_run_as(payloads, "pub", max, true).await;
+        let mut batches = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(f.frame_type(), Some(FrameType::Batch));
+            assert_eq!(f.header.seq, i as u64 + 1);
+            assert_eq!(f.header.ack, 42);
+            assert_eq!(f.header.sender, "pub");
+            assert_eq!(f.header.topic, "t");
+            assert_eq!(f.header.subscription_id, 5);
+            let messages: Vec<Frame> = crate::batch::unbatch(f).map(|m| m.unwrap()).collect();
+            for m in &messages {
+                assert_eq!(m.header.sender, "pub");
+                assert_eq!(m.header.subscription_id, 5, "the batch's stamp wins");
+            }
+            batches.push(messages);
+        }
+        (batches, dropped)
+    }
+
+    fn numbered(sizes: &[usize]) -> Vec<Bytes> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Bytes::from(vec![i as u8; *n]))
+            .collect()
+    }
+
+    /// Each batch's messages as (payload length, first byte).
+    fn shapes(batches: &[Vec<Frame>]) -> Vec<Vec<(usize, u8)>> {
+        batches
+            .iter()
+            .map(|b| b.iter().map(|m| (m.payload.len(), m.payload[0])).collect())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_holds_the_run_as_sent_split_to_fit_the_maximum() {
+        // The whole run in one frame.
+        let payloads = numbered(&[10, 150, 20]);
+        let (batches, dropped) = write_batches(&payloads, 1 << 20).await;
+        assert!(dropped.is_empty());
+        assert_eq!(shapes(&batches), [vec![(10, 0), (150, 1), (20, 2)]]);
+        // At 150 bytes a frame: the middle message does not fit even alone and is dropped;
+        // the others go in a frame each, numbered without a gap.
+        let (batches, dropped) = write_batches(&payloads, 150).await;
+        assert_eq!(dropped, [(150, "frame_too_large")]);
+        assert_eq!(shapes(&batches), [vec![(10, 0)], vec![(20, 2)]]);
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_is_written_from_its_own_memory_in_frames_that_fit() {
+        // About 44 KiB of messages: past DIRECT_PAYLOAD, so written without the copy.
+        let payloads = numbered(&[400; 100]);
+        let (batches, dropped) = write_batches(&payloads, 1 << 20).await;
+        assert!(dropped.is_empty());
+        assert_eq!(batches.len(), 1);
+        assert_eq!(
+            shapes(&batches)[0],
+            (0..100).map(|i| (400, i)).collect::<Vec<_>>()
+        );
+        // With 16 KiB frames: several, every message once and in order.
+        let (batches, dropped) = write_batches(&payloads, 16 * 1024).await;
+        assert!(dropped.is_empty());
+        assert!(batches.len() >= 3, "{} frames", batches.len());
+        let all: Vec<(usize, u8)> = shapes(&batches).into_iter().flatten().collect();
+        assert_eq!(all, (0..100).map(|i| (400, i)).collect::<Vec<_>>());
+    }
+
     #[tokio::test]
     async fn a_run_is_written_as_its_messages_with_their_own_stamps() {
         // Three messages queued as one run; the middle one is too large once stamped, and is
         // dropped alone.
-        let payloads: Vec<Bytes> = [10usize, 150, 20]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| Bytes::from(vec![i as u8; *n]))
-            .collect();
+        let payloads = numbered(&[10, 150, 20]);
         let (frames, dropped) = write_run(&payloads, "pub", 150).await;
         assert_eq!(dropped, [(150, "frame_too_large")]);
         assert_eq!(frames.len(), 2);

@@ -311,6 +311,17 @@ impl PluginBuilder {
         self
     }
 
+    /// Whether the host may deliver a stream of messages for one subscription several to a
+    /// frame (capability `batch`, on by default). Handlers see every message alike either way;
+    /// off, each comes in its own frame, which costs the host a copy and stamps per message.
+    pub fn batches(mut self, on: bool) -> Self {
+        self.capabilities.retain(|c| c != caps::BATCH);
+        if on {
+            self.capabilities.push(caps::BATCH.to_string());
+        }
+        self
+    }
+
     /// How often the plugin's metrics are sent to the host (default 5 s; Prometheus usually
     /// scrapes every 15 s or more).
     pub fn metrics_interval(mut self, every: Duration) -> Self {
@@ -1155,6 +1166,21 @@ async fn event_loop(inner: Arc<Inner>, mut reader: FramedRead<OwnedReadHalf, Fra
             None => break,
         };
         inner.last_seq_in.store(frame.header.seq, Ordering::Relaxed);
+        if frame.frame_type() == Some(FrameType::Batch) {
+            // Several messages for one subscription: each is handled as if it came alone.
+            let mut broken = None;
+            for message in appfw_proto::batch::unbatch(&frame) {
+                match message {
+                    Ok(m) => dispatch(&inner, m).await,
+                    Err(e) => broken = Some(e),
+                }
+            }
+            if let Some(e) = broken {
+                eprintln!("appfw-sdk: the host broke the protocol: {e}");
+                break;
+            }
+            continue;
+        }
         dispatch(&inner, frame).await;
     }
     inner.closed.cancel();

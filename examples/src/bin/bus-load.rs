@@ -6,7 +6,8 @@
 //! Roles (`--role`):
 //! * `pub --control PATH`: on a datagram `go N SIZE`, writes N PUBLISH frames of SIZE bytes on
 //!   `bench.t` as fast as it can (pre-encoded batches of about 256 KiB), then answers `done`.
-//! * `sub --report PATH --every N`: counts PUBLISH frames; sends `ready` once subscribed and its
+//! * `sub --report PATH --every N [--no-batch]`: counts PUBLISH frames (also those a BATCH
+//!   frame holds: it takes them unless `--no-batch`); sends `ready` once subscribed and its
 //!   count each time it reaches a multiple of N (to the datagram socket at `--report`).
 //! * `rr-server [--report PATH]`: answers each REQUEST on `bench.rr` with a REPLY carrying the
 //!   same payload; sends `ready` once subscribed (or connected).
@@ -142,7 +143,11 @@ fn connect(subscribe: Option<(&str, SubscriptionKind)>) -> (UnixStream, Reader) 
         max_version: 1,
         plugin_name: std::env::var(appfw_proto::ENV_PLUGIN_NAME).unwrap_or_default(),
         sdk: "bus-load".into(),
-        capabilities: vec!["pubsub".into(), "request".into()],
+        capabilities: if std::env::args().any(|a| a == "--no-batch") {
+            vec!["pubsub".into(), "request".into()]
+        } else {
+            vec!["pubsub".into(), "request".into(), "batch".into()]
+        },
         ..Default::default()
     };
     write_frame(&mut s, &Frame::control(FrameType::Hello, &hello));
@@ -203,6 +208,24 @@ fn sub() {
                 count += 1;
                 if count % every == 0 {
                     report(&to, &count.to_string());
+                }
+            }
+            // A BATCH: its PUBLISH frames, counted one by one as above.
+            18 => {
+                let mut rest = payload(body);
+                while let Some((prefix, after)) = rest.split_first_chunk::<4>() {
+                    let len = u32::from_be_bytes(*prefix) as usize;
+                    let Some(inner) = after.get(..len) else {
+                        die("a BATCH frame with a cut message".into());
+                    };
+                    if frame_type(inner) != 8 {
+                        die("a BATCH frame with a message that is not a PUBLISH".into());
+                    }
+                    count += 1;
+                    if count % every == 0 {
+                        report(&to, &count.to_string());
+                    }
+                    rest = &after[len..];
                 }
             }
             4 => pong(&mut s, body),

@@ -1,7 +1,7 @@
 //! `sink`: subscribes to `--topic` (default `load`) and counts what arrives, for backpressure
 //! tests and benchmarks. `--overflow block|drop-oldest|drop-newest` and `--max-pending N` set
 //! the subscription's policy in the host; `--delay 20ms` makes each message take that long (a
-//! slow subscriber). Prints `sink: subscribed` once the host confirmed the subscription, then
+//! slow subscriber); `--no-batch` has every message come in its own frame. Prints `sink: subscribed` once the host confirmed the subscription, then
 //! `sink: count N` at every `--every` messages (default 1000), and the last payload it saw.
 
 use std::sync::Arc;
@@ -28,6 +28,7 @@ async fn main() -> Result<(), appfw_sdk::SdkError> {
     // One handler at a time when slow, so the delay paces the plugin.
     let plugin = Plugin::builder()
         .max_in_flight(if delay.is_some() { 1 } else { 256 })
+        .batches(!std::env::args().any(|a| a == "--no-batch"))
         .connect()
         .await?;
     let count = Arc::new(AtomicU64::new(0));

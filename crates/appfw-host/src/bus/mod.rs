@@ -12,7 +12,7 @@ pub mod outbox;
 mod topic;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -61,6 +61,9 @@ pub struct Link {
     /// Time this plugin's frames spent waiting for `block` subscribers (µs, taken by its
     /// connection's reader, which does not count it as heartbeat silence).
     pub waited_us: AtomicU64,
+    /// The plugin takes BATCH frames (capability `batch`, set by the handshake before it can
+    /// subscribe): a run of messages for it is written as one frame, not message by message.
+    pub batches: AtomicBool,
 }
 
 impl Link {
@@ -72,6 +75,7 @@ impl Link {
             conn_id,
             outbox,
             waited_us: AtomicU64::new(0),
+            batches: AtomicBool::new(false),
         }
     }
 }
@@ -319,6 +323,11 @@ pub struct BusStats {
     /// Frames not delivered: a subscription's overflow policy or block timeout, or a reply that
     /// found its requester's queue full for [`DELIVERY_WAIT`].
     pub dropped: AtomicU64,
+    /// Of the delivered messages, those relayed as runs (a read's messages on one topic handed
+    /// on undecoded, see [`Bus::relay_run`]).
+    pub run_delivered: AtomicU64,
+    /// Of those, the ones written in BATCH frames (subscribers with capability `batch`).
+    pub batch_delivered: AtomicU64,
     /// Requests forwarded to a server.
     pub requests: AtomicU64,
     /// Requests answered by the host with an error (no responder, deadline, responder gone).
@@ -844,6 +853,7 @@ impl Bus {
                 Some(b) if i + 1 < r.targets.count => b.clone(),
                 _ => run.take().unwrap_or_default(),
             };
+            let batch = target.link.batches.load(Ordering::Relaxed);
             let frame = Frame {
                 header: Header {
                     r#type: FrameType::Publish as i32,
@@ -853,7 +863,11 @@ impl Bus {
                     ..Header::default()
                 },
                 payload,
-                wire: WireHeader::run(scan.frames),
+                wire: if batch {
+                    WireHeader::batch(scan.frames)
+                } else {
+                    WireHeader::run(scan.frames)
+                },
             };
             match target.link.outbox.offer_run(frame, &target.queue, wakes) {
                 Offer::Full(frame) => {
@@ -869,7 +883,12 @@ impl Bus {
                 Offer::Closed => {}
                 _ => {
                     let n = u64::from(scan.frames);
-                    self.inner.stats.delivered.fetch_add(n, Ordering::Relaxed);
+                    let stats = &self.inner.stats;
+                    stats.delivered.fetch_add(n, Ordering::Relaxed);
+                    stats.run_delivered.fetch_add(n, Ordering::Relaxed);
+                    if batch {
+                        stats.batch_delivered.fetch_add(n, Ordering::Relaxed);
+                    }
                     target.queue.stat.delivered.fetch_add(n, Ordering::Relaxed);
                 }
             }
@@ -1422,11 +1441,56 @@ mod tests {
         let mut buf = BytesMut::from(&out[..]);
         let mut codec = appfw_proto::FrameCodec::new(1 << 20);
         let mut frames = Vec::new();
+        let mut next_seq = 1;
         while let Some(f) = codec.decode(&mut buf).unwrap() {
-            frames.push(f);
+            // Frames are numbered without gaps, a BATCH frame as one.
+            assert_eq!(f.header.seq, next_seq);
+            next_seq += 1;
+            if f.frame_type() == Some(FrameType::Batch) {
+                assert!(!f.payload.is_empty(), "a BATCH frame holds messages");
+                for m in appfw_proto::batch::unbatch(&f) {
+                    frames.push(m.unwrap());
+                }
+            } else {
+                frames.push(f);
+            }
         }
         assert!(buf.is_empty());
         frames
+    }
+
+    /// How a scenario's messages are relayed.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Mode {
+        /// Decoded one by one.
+        Single,
+        /// As runs, written message by message.
+        Runs,
+        /// As runs, to subscribers that take BATCH frames.
+        Batches,
+    }
+
+    /// The messages without their `seq` and `ack`, which number frames (a BATCH frame counts
+    /// once), not messages.
+    fn unnumbered(mut out: Vec<(Vec<Frame>, u64)>) -> Vec<(Vec<Frame>, u64)> {
+        for f in out.iter_mut().flat_map(|(frames, _)| frames.iter_mut()) {
+            f.header.seq = 0;
+            f.header.ack = 0;
+        }
+        out
+    }
+
+    /// Relays `frames` in every [`Mode`], checks that each writes every subscriber the same
+    /// messages (runs exactly what single frames write, batches the same messages), and
+    /// returns what single frames write.
+    async fn relayed_all(frames: &[Frame], subs: &[SubSpec]) -> Vec<(Vec<Frame>, u64)> {
+        let single = relayed(frames, subs, Mode::Single).await;
+        assert_eq!(relayed(frames, subs, Mode::Runs).await, single);
+        assert_eq!(
+            unnumbered(relayed(frames, subs, Mode::Batches).await),
+            unnumbered(single.clone())
+        );
+        single
     }
 
     fn encoded(frames: &[Frame]) -> Vec<u8> {
@@ -1442,13 +1506,14 @@ mod tests {
 
     /// Runs `frames` from a publisher through a fresh bus to the subscribers of `subs`, as runs
     /// or frame by frame: what each subscriber is written, and its drop counters.
-    async fn relayed(frames: &[Frame], subs: &[SubSpec], runs: bool) -> Vec<(Vec<Frame>, u64)> {
+    async fn relayed(frames: &[Frame], subs: &[SubSpec], mode: Mode) -> Vec<(Vec<Frame>, u64)> {
         let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
         let (a, _ra) = link("a", 1);
         let mut rxs = Vec::new();
         for (i, &(pattern, policy, max_pending, bytes)) in subs.iter().enumerate() {
             let (tx, rx) = outbox::outbox_with(1024, bytes);
             let l = Arc::new(Link::new(format!("s{i}").into(), 10 + i as u64, tx));
+            l.batches.store(mode == Mode::Batches, Ordering::Relaxed);
             let overflow = match policy {
                 Overflow::Block => pb::OverflowPolicy::Block,
                 Overflow::DropOldest => pb::OverflowPolicy::DropOldest,
@@ -1463,7 +1528,7 @@ mod tests {
             bus.subscribe(&l, 3 + i as u64, pattern, &sub).unwrap();
             rxs.push((l, rx));
         }
-        read_frames(&bus, &a, &encoded(frames), runs).await;
+        read_frames(&bus, &a, &encoded(frames), mode != Mode::Single).await;
         let table = bus.inner.table.load_full();
         let mut out = Vec::new();
         for (l, mut rx) in rxs {
@@ -1489,7 +1554,8 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         /// Whatever mix of messages a publisher sends, relaying runs of them writes every
-        /// subscriber exactly what relaying them one by one writes.
+        /// subscriber exactly what relaying them one by one writes, and BATCH frames the same
+        /// messages.
         #[test]
         fn runs_write_what_single_frames_write(
             msgs in proptest::collection::vec(
@@ -1518,10 +1584,7 @@ mod tests {
                 ("t.a", Overflow::DropNewest, 1000, 1 << 20),
             ];
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let (runs, single) = rt.block_on(async {
-                (relayed(&frames, &subs, true).await, relayed(&frames, &subs, false).await)
-            });
-            proptest::prop_assert_eq!(runs, single);
+            rt.block_on(relayed_all(&frames, &subs));
         }
     }
 
@@ -1578,8 +1641,7 @@ mod tests {
     async fn drop_oldest_cuts_the_front_of_a_queued_run() {
         let frames: Vec<Frame> = (0..10).map(|n| sized("t.a", n, 64)).collect();
         let subs: [SubSpec; 1] = [("t.a", Overflow::DropOldest, 4, 1 << 20)];
-        let runs = relayed(&frames, &subs, true).await;
-        assert_eq!(runs, relayed(&frames, &subs, false).await);
+        let runs = relayed_all(&frames, &subs).await;
         let (got, dropped) = &runs[0];
         let firsts: Vec<u8> = got.iter().map(|f| f.payload[0]).collect();
         assert_eq!(firsts, [6, 7, 8, 9], "the newest four stay");
@@ -1592,16 +1654,14 @@ mod tests {
         // outbox's byte bound, so each is offered alone: two fit, the last is dropped.
         let frames: Vec<Frame> = (0..4).map(|n| sized("t.a", n, 64)).collect();
         let subs: [SubSpec; 1] = [("t.a", Overflow::DropNewest, 100, 200)];
-        let runs = relayed(&frames, &subs, true).await;
-        assert_eq!(runs, relayed(&frames, &subs, false).await);
+        let runs = relayed_all(&frames, &subs).await;
         let (got, dropped) = &runs[0];
         let firsts: Vec<u8> = got.iter().map(|f| f.payload[0]).collect();
         assert_eq!(firsts, [0, 1, 2]);
         assert_eq!(*dropped, 1);
         // Under `block` the same messages wait out their timeout and are counted.
         let subs: [SubSpec; 1] = [("t.a", Overflow::Block, 100, 200)];
-        let runs = relayed(&frames, &subs, true).await;
-        assert_eq!(runs, relayed(&frames, &subs, false).await);
+        let runs = relayed_all(&frames, &subs).await;
         assert_eq!(runs[0].1, 1);
     }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use appfw_proto::writer::FrameSource;
-use appfw_proto::{Frame, LENGTH_PREFIX_LEN, WireHeader};
+use appfw_proto::{Frame, LENGTH_PREFIX_LEN};
 use bytes::Buf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -444,7 +444,7 @@ impl Outbox {
             })
             .min(run.payload.len());
         run.payload.advance(len);
-        run.wire = WireHeader::run(run.wire.run_len() - 1);
+        run.wire.set_run_len(run.wire.run_len() - 1);
         len
     }
 

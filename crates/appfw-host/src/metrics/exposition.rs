@@ -452,6 +452,18 @@ pub fn render(
     );
     total(
         &mut s,
+        "appfw_bus_run_deliveries",
+        "Of appfw_bus_deliveries, messages relayed as runs (a read's messages on one topic handed on without decoding each)",
+        bus.run_delivered.load(Ordering::Relaxed),
+    );
+    total(
+        &mut s,
+        "appfw_bus_batch_deliveries",
+        "Of appfw_bus_run_deliveries, messages written to subscribers in BATCH frames (capability batch)",
+        bus.batch_delivered.load(Ordering::Relaxed),
+    );
+    total(
+        &mut s,
         "appfw_bus_requests",
         "Requests routed to a server",
         bus.requests.load(Ordering::Relaxed),

@@ -396,6 +396,10 @@ impl Reader {
             capabilities.iter().any(|c| c == caps::PUBLISH_ACK),
             Ordering::Relaxed,
         );
+        self.link.batches.store(
+            capabilities.iter().any(|c| c == caps::BATCH),
+            Ordering::Relaxed,
+        );
         let mut token = [0u8; 16];
         let _ = rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty());
         let welcome = pb::Welcome {
