@@ -96,6 +96,31 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// How often a running host gives the freed memory it kept back to the system.
+const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Gives the memory [`keep_freed_memory`] keeps back to the system every [`GIVE_BACK_EVERY`]
+/// (glibc's `malloc_trim`, which also releases free blocks inside the heap that trimming its top
+/// never reaches): after a burst of large messages the host's RSS goes back down, while during
+/// one its buffers are reused. Runs until the host stops (the caller drops it).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+async fn give_back_freed_memory() -> std::convert::Infallible {
+    let mut every = tokio::time::interval(GIVE_BACK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.
+        // Off the async workers: it walks every arena.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+async fn give_back_freed_memory() -> std::convert::Infallible {
+    std::future::pending().await
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
@@ -113,7 +138,10 @@ fn main() -> ExitCode {
     };
     let code = rt.block_on(async {
         match &cli.command {
-            Command::Run(a) => cmd::run::run(&cli, a).await,
+            Command::Run(a) => tokio::select! {
+                code = cmd::run::run(&cli, a) => code,
+                never = give_back_freed_memory() => match never {},
+            },
             Command::Status(a) => cmd::status::run(&cli, a).await,
             Command::Start(a) => cmd::action::run(&cli, "start", a).await,
             Command::Stop(a) => cmd::action::run(&cli, "stop", a).await,
