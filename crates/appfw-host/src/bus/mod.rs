@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use demand::{Demand, DemandStatus};
 pub use io::IoThread;
-pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, SendError, SubQueue, Wakes};
+pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, PartRun, SendError, SubQueue, Wakes};
 pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};
 
 use crate::metrics::{Metrics, SubscriberKey, TopicStat};
@@ -827,10 +827,14 @@ impl Bus {
         if scan_publish_run(buf, &routes.topic, 1, max_frame_size).frames == 0 {
             return Ok(None);
         }
+        // A `drop-newest` subscriber without room for all of them does not shorten the run: it
+        // takes what it has room for (see below).
         let mut room = usize::MAX;
         for i in 0..r.targets.count {
             let target = &r.table.subs[r.targets.get(i)];
-            room = room.min(target.link.outbox.room(&target.queue));
+            if target.queue.policy != Overflow::DropNewest {
+                room = room.min(target.link.outbox.room(&target.queue));
+            }
         }
         let scan = scan_publish_run(buf, &routes.topic, room, max_frame_size);
         if scan.frames == 0 {
@@ -869,31 +873,64 @@ impl Bus {
                     WireHeader::run(scan.frames)
                 },
             };
-            match target.link.outbox.offer_run(frame, &target.queue, wakes) {
-                Offer::Full(frame) => {
-                    return Err(RunBlocked {
-                        table: Arc::clone(&r.table),
-                        targets: r.targets.clone(),
-                        next: i,
-                        run: frame.payload,
-                        topic_stat: Arc::clone(&r.stat),
-                        last_seq: scan.last_seq,
-                    });
-                }
-                Offer::Closed => {}
-                _ => {
-                    let n = u64::from(scan.frames);
-                    let stats = &self.inner.stats;
-                    stats.delivered.fetch_add(n, Ordering::Relaxed);
-                    stats.run_delivered.fetch_add(n, Ordering::Relaxed);
-                    if batch {
-                        stats.batch_delivered.fetch_add(n, Ordering::Relaxed);
+            let blocked = |frame: Frame| RunBlocked {
+                table: Arc::clone(&r.table),
+                targets: r.targets.clone(),
+                next: i,
+                run: frame.payload,
+                topic_stat: Arc::clone(&r.stat),
+                last_seq: scan.last_seq,
+            };
+            let queued = if target.queue.policy == Overflow::DropNewest {
+                // What it has no room for is dropped, as one by one it would be.
+                match target
+                    .link
+                    .outbox
+                    .offer_run_part(frame, &target.queue, wakes)
+                {
+                    PartRun::Taken { queued, dropped } => {
+                        if dropped > 0 {
+                            self.dropped_new(target, dropped);
+                            r.stat.dropped.fetch_add(dropped, Ordering::Relaxed);
+                        }
+                        queued
                     }
-                    target.queue.stat.delivered.fetch_add(n, Ordering::Relaxed);
+                    PartRun::Full(frame) => return Err(blocked(frame)),
+                    PartRun::Closed => 0,
                 }
+            } else {
+                match target.link.outbox.offer_run(frame, &target.queue, wakes) {
+                    Offer::Full(frame) => return Err(blocked(frame)),
+                    Offer::Closed => 0,
+                    _ => u64::from(scan.frames),
+                }
+            };
+            if queued > 0 {
+                let stats = &self.inner.stats;
+                stats.delivered.fetch_add(queued, Ordering::Relaxed);
+                stats.run_delivered.fetch_add(queued, Ordering::Relaxed);
+                if batch {
+                    stats.batch_delivered.fetch_add(queued, Ordering::Relaxed);
+                }
+                target
+                    .queue
+                    .stat
+                    .delivered
+                    .fetch_add(queued, Ordering::Relaxed);
             }
         }
         Ok(Some(scan.last_seq))
+    }
+
+    /// Counts `n` new messages dropped because `sub`'s queue was full (its drop policy; the
+    /// topic's count is the caller's).
+    fn dropped_new(&self, sub: &Sub, n: u64) {
+        let q = &sub.queue;
+        self.inner.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        q.stat.dropped_overflow.fetch_add(n, Ordering::Relaxed);
+        if q.should_warn() {
+            tracing::warn!(plugin = %sub.link.plugin, subscription = sub.id, pattern = sub.pattern.as_str(), policy = q.policy.as_str(), "subscriber queue full: new message dropped; counted in appfw_bus_subscriber_dropped_total");
+        }
     }
 
     /// Finishes a run [`Bus::relay_run`] handed back: its messages one by one, each to the
@@ -1041,11 +1078,7 @@ impl Bus {
                 Delivered::Yes
             }
             Offer::Dropped => {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                q.stat.dropped_overflow.fetch_add(1, Ordering::Relaxed);
-                if q.should_warn() {
-                    tracing::warn!(plugin = %sub.link.plugin, subscription = sub.id, pattern = sub.pattern.as_str(), policy = q.policy.as_str(), "subscriber queue full: new message dropped; counted in appfw_bus_subscriber_dropped_total");
-                }
+                self.dropped_new(sub, 1);
                 Delivered::Dropped
             }
             Offer::Full(_) => {
@@ -1507,6 +1540,15 @@ mod tests {
     /// Runs `frames` from a publisher through a fresh bus to the subscribers of `subs`, as runs
     /// or frame by frame: what each subscriber is written, and its drop counters.
     async fn relayed(frames: &[Frame], subs: &[SubSpec], mode: Mode) -> Vec<(Vec<Frame>, u64)> {
+        relayed_counting_runs(frames, subs, mode).await.0
+    }
+
+    /// [`relayed`], with how many copies went as runs.
+    async fn relayed_counting_runs(
+        frames: &[Frame],
+        subs: &[SubSpec],
+        mode: Mode,
+    ) -> (Vec<(Vec<Frame>, u64)>, u64) {
         let bus = Bus::new(Duration::from_secs(1), Arc::new(Metrics::new(100)));
         let (a, _ra) = link("a", 1);
         let mut rxs = Vec::new();
@@ -1541,7 +1583,7 @@ mod tests {
                 + sub.queue.stat.dropped_timeout.load(Ordering::Relaxed);
             out.push((written(&mut rx).await, dropped));
         }
-        out
+        (out, bus.inner.stats.run_delivered.load(Ordering::Relaxed))
     }
 
     fn sized(topic: &str, n: u8, size: usize) -> Frame {
@@ -1579,9 +1621,11 @@ mod tests {
                 }
                 f
             }).collect();
-            let subs: [SubSpec; 2] = [
+            let subs: [SubSpec; 3] = [
                 ("t.*", Overflow::Block, 1000, 1 << 20),
                 ("t.a", Overflow::DropNewest, 1000, 1 << 20),
+                // Full after a few: takes part of a run.
+                (">", Overflow::DropNewest, 7, 1 << 20),
             ];
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(relayed_all(&frames, &subs));
@@ -1646,6 +1690,29 @@ mod tests {
         let firsts: Vec<u8> = got.iter().map(|f| f.payload[0]).collect();
         assert_eq!(firsts, [6, 7, 8, 9], "the newest four stay");
         assert_eq!(*dropped, 6);
+    }
+
+    #[tokio::test]
+    async fn a_full_drop_newest_subscriber_takes_what_fits_of_a_run_and_the_others_all_of_it() {
+        let frames: Vec<Frame> = (0..10).map(|n| sized("t.a", n, 64)).collect();
+        let subs: [SubSpec; 3] = [
+            ("t.a", Overflow::Block, 100, 1 << 20),
+            ("t.*", Overflow::DropNewest, 4, 1 << 20),
+            ("t.>", Overflow::DropOldest, 100, 1 << 20),
+        ];
+        let out = relayed_all(&frames, &subs).await;
+        let firsts = |i: usize| -> Vec<u8> { out[i].0.iter().map(|f| f.payload[0]).collect() };
+        assert_eq!(firsts(0), (0..10).collect::<Vec<u8>>());
+        assert_eq!((firsts(1), out[1].1), (vec![0, 1, 2, 3], 6));
+        assert_eq!(firsts(2), (0..10).collect::<Vec<u8>>());
+        // After the first message (decoded, caching the route) the other nine went as a run to
+        // all three, though the drop-newest one had room for three of them only.
+        let (_, runs) = relayed_counting_runs(&frames, &subs, Mode::Runs).await;
+        assert_eq!(runs, 9 + 3 + 9);
+        // When the connection's own bound decides, message by message as before.
+        let subs: [SubSpec; 1] = [("t.a", Overflow::DropNewest, 100, 200)];
+        let out = relayed_all(&frames, &subs).await;
+        assert_eq!(out[0].0.len() as u64 + out[0].1, 10);
     }
 
     #[tokio::test]

@@ -145,6 +145,23 @@ struct State {
     closed: bool,
 }
 
+/// What became of a run offered to a `drop-newest` subscription ([`Outbox::offer_run_part`]).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // returned, not stored; boxing would allocate per blocked run
+pub enum PartRun {
+    /// Its first `queued` messages were queued, the other `dropped` dropped.
+    Taken {
+        /// Messages queued.
+        queued: u64,
+        /// Messages dropped (no room).
+        dropped: u64,
+    },
+    /// The connection's bounds decide: handed back, to be offered message by message.
+    Full(Frame),
+    /// The connection is closed.
+    Closed,
+}
+
 /// Why a frame was not queued (it is dropped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendError {
@@ -485,6 +502,54 @@ impl Outbox {
             wakes.add(self);
         }
         Offer::Queued
+    }
+
+    /// Offers a run to a `drop-newest` subscription `sub` that may have room for only part of
+    /// it: the messages its bound has room for are queued (the run cut after them), the rest
+    /// dropped, which is what offering them one by one would do. Handed back as
+    /// [`PartRun::Full`] when the connection's own bounds (frames or bytes, shared with its other
+    /// subscriptions) would decide instead: the caller then offers the messages one by one.
+    pub fn offer_run_part(
+        self: &Arc<Self>,
+        mut run: Frame,
+        sub: &Arc<SubQueue>,
+        wakes: &mut Wakes,
+    ) -> PartRun {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return PartRun::Closed;
+        }
+        let n = messages(&run);
+        let connection_fits = st.sub_frames + n <= self.frames_cap
+            && (st.sub_frames == 0 || st.sub_bytes + run.payload.len() <= self.bytes_cap);
+        if !connection_fits {
+            return PartRun::Full(run);
+        }
+        let take = sub.max_pending.saturating_sub(sub.queued()).min(n);
+        let dropped = n - take;
+        if take > 0 {
+            if dropped > 0 {
+                // The first `take` frames' bytes (their length prefixes say).
+                let mut cut = 0;
+                for _ in 0..take {
+                    let len = run
+                        .payload
+                        .get(cut..cut + LENGTH_PREFIX_LEN)
+                        .and_then(|p| <[u8; LENGTH_PREFIX_LEN]>::try_from(p).ok())
+                        .map_or(0, u32::from_be_bytes) as usize;
+                    cut = (cut + LENGTH_PREFIX_LEN + len).min(run.payload.len());
+                }
+                run.payload.truncate(cut);
+                run.wire.set_run_len(take as u32);
+            }
+            if self.push(&mut st, run, Some(Arc::clone(sub))) {
+                wakes.add(self);
+            }
+        }
+        PartRun::Taken {
+            queued: take as u64,
+            dropped: dropped as u64,
+        }
     }
 
     fn close(&self) {
