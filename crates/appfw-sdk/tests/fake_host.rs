@@ -573,3 +573,108 @@ async fn gather_returns_every_reply_in_order_and_deadline_exceeded_for_the_missi
     assert_eq!(got[0].as_ref().unwrap_err().code, "deadline_exceeded");
     assert_eq!(&got[1].as_ref().unwrap()[..], b"two");
 }
+
+/// Subscribes to `feed` with events, acknowledged; the subscription id.
+async fn subscribe_feed(
+    plugin: &Plugin,
+    host: &mut Host,
+    seen: tokio::sync::mpsc::Sender<appfw_sdk::Message>,
+) -> u64 {
+    let p = plugin.clone();
+    let sub = tokio::spawn(async move {
+        p.subscribe("feed", move |m| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send(m).await;
+            }
+        })
+        .await
+    });
+    let f = recv_type(host, FrameType::Subscribe).await;
+    let mut ack = Frame::new(FrameType::Reply, Bytes::new());
+    ack.header.request_id = f.header.request_id;
+    host.send(ack).await.unwrap();
+    sub.await.unwrap().unwrap();
+    f.header.request_id
+}
+
+/// A BATCH frame from `pub` for subscription `sub` on `feed` holding `messages` as encoded.
+fn batch(sub: u64, messages: &[Frame]) -> Frame {
+    let mut body = bytes::BytesMut::new();
+    for m in messages {
+        appfw_proto::encode_frame(&m.header, &m.payload, 1 << 20, &mut body).unwrap();
+    }
+    let mut b = Frame::new(FrameType::Batch, body.freeze());
+    b.header.topic = "feed".into();
+    b.header.sender = "pub".into();
+    b.header.subscription_id = sub;
+    b
+}
+
+fn feed(payload: &'static [u8]) -> Frame {
+    let mut f = Frame::new(FrameType::Publish, Bytes::from_static(payload));
+    f.header.topic = "feed".into();
+    f.header.seq = 99;
+    f
+}
+
+#[tokio::test]
+async fn a_batch_is_handled_message_by_message_with_its_stamps() {
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    assert!(
+        plugin.has_capability(appfw_proto::caps::BATCH),
+        "claimed by default"
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let sub = subscribe_feed(&plugin, &mut host, tx).await;
+    let mut forged = feed(b"two");
+    forged.header.sender = "someone-else".into();
+    forged.header.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
+    forged.header.content_type = "text/plain".into();
+    host.send(batch(sub, &[feed(b"one"), forged, feed(b"three")]))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap());
+    }
+    got.sort_by(|a, b| a.payload.cmp(&b.payload));
+    let payloads: Vec<&[u8]> = got.iter().map(|m| &m.payload[..]).collect();
+    assert_eq!(payloads, [&b"one"[..], b"three", b"two"]);
+    for m in &got {
+        assert_eq!(
+            m.sender, "pub",
+            "the batch's sender, not the one written inside"
+        );
+        assert_eq!(m.topic, "feed");
+    }
+    let two = &got[2];
+    assert_eq!(two.content_type, "text/plain");
+    assert_eq!(
+        two.trace.as_ref().map(|t| t.trace_id_hex()),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736".to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_batch_closes_the_connection_and_batches_can_be_refused() {
+    let (plugin, mut host) = connect(Plugin::builder()).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let sub = subscribe_feed(&plugin, &mut host, tx).await;
+    // A message on another topic inside: the host broke the protocol.
+    let mut other = feed(b"x");
+    other.header.topic = "other".into();
+    host.send(batch(sub, &[feed(b"ok"), other])).await.unwrap();
+    let first = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        &first.payload[..],
+        b"ok",
+        "what came before the fault is handled"
+    );
+    tokio::time::timeout(T, plugin.shutdown_requested())
+        .await
+        .expect("the plugin gives up the connection");
+
+    let (plugin, _host) = connect(Plugin::builder().batches(false)).await;
+    assert!(!plugin.has_capability(appfw_proto::caps::BATCH));
+}
