@@ -9,9 +9,11 @@
 //! 1. `throughput`: a publisher writes N PUBLISH frames as fast as it can; 1 or 4 subscribers
 //!    count them. Time from `go` to the last subscriber's count; msgs/s delivered per
 //!    subscriber and in all, payload MB/s. 64 B, 1 KiB, 64 KiB.
-//! 2. `rr`: sequential request/reply round trips, 64 B, p50 / p99.
+//! 2. `rr`: sequential request/reply round trips, 64 B, 1 KiB and 64 KiB, p50 / p99.
+//! 3. `latency`: lone messages (one every 500 µs, send time in the payload) to 1 or 4
+//!    subscribers, 64 B, 1 KiB and 64 KiB, the slowest subscriber's p50 / p99.
 //!
-//! 3. `soak` (only by name): 1 KiB to 4 subscribers, one round of 100,000 a second for
+//! 4. `soak` (only by name): 1 KiB to 4 subscribers, one round of 100,000 a second for
 //!    `APPFW_BENCH_BUS_SOAK_SECS` (default 600), sampling the host's RSS every 10 s.
 //!
 //! `APPFW_BENCH_BUS_ROUNDS` (default 5) sets the rounds per side. An argument selects a part.
@@ -394,6 +396,88 @@ fn throughput(host_bin: &Path, rounds: usize) {
     drop(nats);
 }
 
+impl Setup {
+    /// One latency round: `n` probes of `size` bytes, one every 500 µs; the worst subscriber's
+    /// p50 and p99 in µs.
+    fn latency_round(&self, n: u64, size: u64) -> (f64, f64) {
+        let done = self.command("pub.sock", &format!("lat {n} {size}"));
+        assert_eq!(done, "done");
+        let (mut p50, mut p99) = (0f64, 0f64);
+        let mut buf = [0u8; 128];
+        for _ in 0..self.subs {
+            let k = self
+                .report
+                .recv(&mut buf)
+                .expect("a latency report in time");
+            let line = String::from_utf8_lossy(&buf[..k]).into_owned();
+            let v: Vec<f64> = line
+                .strip_prefix("lat ")
+                .unwrap_or_else(|| panic!("not a latency report: {line:?}"))
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect();
+            p50 = p50.max(v[0]);
+            p99 = p99.max(v[1]);
+        }
+        (p50, p99)
+    }
+}
+
+/// Latency of lone messages publisher -> mediator -> subscriber(s): probes one every 500 µs
+/// (none waits behind another), each stamped with its send time; for fan-out, the slowest
+/// subscriber's figures.
+fn latency(host_bin: &Path, rounds: usize) {
+    let n = env_num("APPFW_BENCH_BUS_LAT", 2_000);
+    println!(
+        "latency: {n} messages per round, one every 500 us, {rounds} interleaved rounds per side, medians of the slowest subscriber's p50 / p99 (us)"
+    );
+    println!(
+        "| payload | subscribers | appfw p50 / p99 | relay p50 / p99 | appfw / relay p50 | per-frame relay p50 / p99 | appfw / per-frame relay p50 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for size in [64u64, 1024, 65536] {
+        if !listed("APPFW_BENCH_BUS_SIZES", size) {
+            continue;
+        }
+        for subs in [1usize, 4] {
+            if !listed("APPFW_BENCH_BUS_SUBS", subs as u64) {
+                continue;
+            }
+            let sides = [
+                appfw_throughput(host_bin, subs, u64::MAX),
+                relay_throughput(subs, u64::MAX, false),
+                relay_throughput(subs, u64::MAX, true),
+            ];
+            for s in &sides {
+                s.latency_round(200, size);
+            }
+            let mut got: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); sides.len()];
+            for _ in 0..rounds {
+                for (s, (p50, p99)) in sides.iter().zip(got.iter_mut()) {
+                    let (a, b) = s.latency_round(n, size);
+                    p50.push(a);
+                    p99.push(b);
+                }
+            }
+            let m: Vec<(f64, f64)> = got
+                .iter_mut()
+                .map(|(p50, p99)| (median(p50), median(p99)))
+                .collect();
+            println!(
+                "| {size} B | {subs} | {:.1} / {:.1} | {:.1} / {:.1} | **{:.2}x** | {:.1} / {:.1} | {:.2}x |",
+                m[0].0,
+                m[0].1,
+                m[1].0,
+                m[1].1,
+                m[0].0 / m[1].0,
+                m[2].0,
+                m[2].1,
+                m[0].0 / m[2].0,
+            );
+        }
+    }
+}
+
 /// Request/reply through the relay: the server is the downstream side, the client the upstream
 /// one.
 fn relay_rr(per_frame: bool) -> Setup {
@@ -480,50 +564,59 @@ fn rr(host_bin: &Path, rounds: usize) {
         wait_file(&s.path("rr.sock"));
         s
     });
-    let line = format!("rr {count} 64");
-    a.command("rr.sock", "rr 1000 64");
-    b.command("rr.sock", "rr 1000 64");
-    f.command("rr.sock", "rr 1000 64");
-    if let Some(c) = &c {
-        c.command("rr.sock", "rr 1000 64");
-    }
-    let (mut a50, mut a99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut c50, mut c99, mut f50, mut f99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let mut sides = vec![
-            (&a, &mut a50, &mut a99),
-            (&b, &mut b50, &mut b99),
-            (&f, &mut f50, &mut f99),
-        ];
-        if let Some(c) = &c {
-            sides.push((c, &mut c50, &mut c99));
+    println!(
+        "request/reply: {count} sequential per round, {rounds} interleaved rounds per side, medians (us)"
+    );
+    println!(
+        "| payload | appfw p50 / p99 | relay p50 / p99 | appfw / relay p50 | per-frame relay p50 / p99 | appfw / per-frame relay p50 | NATS p50 / p99 | appfw / NATS p50 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for size in [64u64, 1024, 65536] {
+        if !listed("APPFW_BENCH_BUS_SIZES", size) {
+            continue;
         }
-        for (s, p50, p99) in sides {
-            let r = s.command("rr.sock", &line);
-            let v: Vec<f64> = r.split_whitespace().map(|x| x.parse().unwrap()).collect();
-            p50.push(v[0]);
-            p99.push(v[1]);
+        let line = format!("rr {count} {size}");
+        let warm = format!("rr 1000 {size}");
+        let mut sides: Vec<&Setup> = vec![&a, &b, &f];
+        sides.extend(c.as_ref());
+        for s in &sides {
+            s.command("rr.sock", &warm);
         }
-    }
-    if !c50.is_empty() {
-        let (m50, m99) = (median(&mut c50), median(&mut c99));
-        println!("request/reply 64 B through nats-server: p50 {m50:.1} us p99 {m99:.1} us");
+        // p50 and p99 of each side, per round.
+        let mut got: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); sides.len()];
+        for _ in 0..rounds {
+            for (s, (p50, p99)) in sides.iter().zip(got.iter_mut()) {
+                let r = s.command("rr.sock", &line);
+                let v: Vec<f64> = r.split_whitespace().map(|x| x.parse().unwrap()).collect();
+                p50.push(v[0]);
+                p99.push(v[1]);
+            }
+        }
+        let m: Vec<(f64, f64)> = got
+            .iter_mut()
+            .map(|(p50, p99)| (median(p50), median(p99)))
+            .collect();
+        let (nats, vs_nats) = match m.get(3) {
+            Some((n50, n99)) => (
+                format!("{n50:.1} / {n99:.1}"),
+                format!("{:.2}x", m[0].0 / n50),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        println!(
+            "| {size} B | {:.1} / {:.1} | {:.1} / {:.1} | **{:.2}x** | {:.1} / {:.1} | {:.2}x | {nats} | {vs_nats} |",
+            m[0].0,
+            m[0].1,
+            m[1].0,
+            m[1].1,
+            m[0].0 / m[1].0,
+            m[2].0,
+            m[2].1,
+            m[0].0 / m[2].0,
+        );
     }
     drop(c);
     drop(nats);
-    let (a50, a99, b50, b99, f50, f99) = (
-        median(&mut a50),
-        median(&mut a99),
-        median(&mut b50),
-        median(&mut b99),
-        median(&mut f50),
-        median(&mut f99),
-    );
-    println!(
-        "request/reply 64 B, {count} sequential per round, {rounds} interleaved rounds per side (medians): appfw p50 {a50:.1} us p99 {a99:.1} us | relay p50 {b50:.1} us p99 {b99:.1} us | appfw / relay p50 {:.2}x | per-frame relay p50 {f50:.1} us p99 {f99:.1} us | appfw / per-frame relay p50 {:.2}x",
-        a50 / b50,
-        a50 / f50
-    );
 }
 
 /// A long run at a steady rate: one round of `n` 1 KiB messages to 4 subscribers every second,
@@ -578,6 +671,9 @@ fn main() {
     }
     if want("rr") {
         rr(&host_bin, rounds);
+    }
+    if want("latency") {
+        latency(&host_bin, rounds);
     }
     // Ten minutes by default: only when asked for by name.
     if only.iter().any(|a| a == "soak") {

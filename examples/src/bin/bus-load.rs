@@ -5,10 +5,12 @@
 //!
 //! Roles (`--role`):
 //! * `pub --control PATH`: on a datagram `go N SIZE`, writes N PUBLISH frames of SIZE bytes on
-//!   `bench.t` as fast as it can (pre-encoded batches of about 256 KiB), then answers `done`.
+//!   `bench.t` as fast as it can (pre-encoded batches of about 256 KiB), then answers `done`;
+//!   on `lat N SIZE`, N latency probes (send time in the payload) one every 500 µs.
 //! * `sub --report PATH --every N [--no-batch]`: counts PUBLISH frames (also those a BATCH
 //!   frame holds: it takes them unless `--no-batch`); sends `ready` once subscribed and its
-//!   count each time it reaches a multiple of N (to the datagram socket at `--report`).
+//!   count each time it reaches a multiple of N (to the datagram socket at `--report`); for
+//!   latency probes, `lat P50 P99 MEAN` in µs after a round's last one.
 //! * `rr-server [--report PATH]`: answers each REQUEST on `bench.rr` with a REPLY carrying the
 //!   same payload; sends `ready` once subscribed (or connected).
 //! * `rr-client --control PATH`: on `rr COUNT SIZE`, sends COUNT sequential requests and answers
@@ -200,17 +202,27 @@ fn sub() {
     let (mut s, mut r) = connect(Some(("bench.t", SubscriptionKind::Events)));
     report(&to, "ready");
     let mut count: u64 = 0;
+    let mut lat = Vec::new();
+    // A message: a latency probe, or one more counted.
+    let mut got = |p: &[u8]| match probe(p, &mut lat) {
+        Some(true) => {
+            report(&to, &format!("lat {}", rtt_summary(&mut lat)));
+            lat.clear();
+        }
+        Some(false) => {}
+        None => {
+            count += 1;
+            if count % every == 0 {
+                report(&to, &count.to_string());
+            }
+        }
+    };
     loop {
         let range = r.next().unwrap_or_else(|e| die(format!("sub: {e}")));
         let body = &r.buf[range];
         match frame_type(body) {
-            8 => {
-                count += 1;
-                if count % every == 0 {
-                    report(&to, &count.to_string());
-                }
-            }
-            // A BATCH: its PUBLISH frames, counted one by one as above.
+            8 => got(payload(body)),
+            // A BATCH: its PUBLISH frames, one by one as above.
             18 => {
                 let mut rest = payload(body);
                 while let Some((prefix, after)) = rest.split_first_chunk::<4>() {
@@ -221,10 +233,7 @@ fn sub() {
                     if frame_type(inner) != 8 {
                         die("a BATCH frame with a message that is not a PUBLISH".into());
                     }
-                    count += 1;
-                    if count % every == 0 {
-                        report(&to, &count.to_string());
-                    }
+                    got(payload(inner));
                     rest = &after[len..];
                 }
             }
@@ -234,14 +243,72 @@ fn sub() {
     }
 }
 
+/// A latency probe's payload starts with this, then its send time (ns since the Unix epoch,
+/// little-endian: the processes share the clock), then 1 on a round's last probe.
+const PROBE: &[u8; 8] = b"LATENCY!";
+/// The shortest probe.
+const PROBE_LEN: usize = 17;
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// If `p` is a probe, records its latency in µs and says whether it is a round's last.
+fn probe(p: &[u8], lat: &mut Vec<f64>) -> Option<bool> {
+    let rest = p.strip_prefix(PROBE)?;
+    let (sent, rest) = rest.split_first_chunk::<8>()?;
+    lat.push(now_ns().saturating_sub(u64::from_le_bytes(*sent)) as f64 / 1000.0);
+    Some(rest.first() == Some(&1))
+}
+
+/// Sends `count` probes of `size` bytes on `bench.t`, one every 500 µs, so that none waits
+/// behind another: the latency of a lone message through the mediator.
+fn send_probes(w: &Mutex<UnixStream>, count: u64, size: u64) {
+    let mut f = Frame::new(FrameType::Publish, Bytes::new());
+    f.header.topic = "bench.t".into();
+    let mut out = BytesMut::new();
+    let size = (size as usize).max(PROBE_LEN);
+    let start = Instant::now();
+    for i in 0..count {
+        let next = start + std::time::Duration::from_micros(500 * i);
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let mut p = Vec::with_capacity(size);
+        p.extend_from_slice(PROBE);
+        p.extend_from_slice(&now_ns().to_le_bytes());
+        p.push(u8::from(i + 1 == count));
+        p.resize(size, b'x');
+        f.payload = Bytes::from(p);
+        out.clear();
+        encode(&f, &mut out);
+        let mut s = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.write_all(&out)
+            .unwrap_or_else(|e| die(format!("probe: {e}")));
+    }
+}
+
 /// Waits for the next command on the control socket, `VERB COUNT SIZE`: its numbers and
 /// where to answer.
 fn next_command(sock: &UnixDatagram) -> (u64, u64, std::os::unix::net::SocketAddr) {
+    let (_, count, size, from) = next_verb(sock);
+    (count, size, from)
+}
+
+/// [`next_command`] with its verb.
+fn next_verb(sock: &UnixDatagram) -> (String, u64, u64, std::os::unix::net::SocketAddr) {
     let mut cmd = [0u8; 256];
     let (n, from) = sock
         .recv_from(&mut cmd)
         .unwrap_or_else(|e| die(e.to_string()));
     let line = String::from_utf8_lossy(&cmd[..n]);
+    let verb = line
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let words: Vec<u64> = line
         .split_whitespace()
         .skip(1)
@@ -250,7 +317,7 @@ fn next_command(sock: &UnixDatagram) -> (u64, u64, std::os::unix::net::SocketAdd
     let [count, size] = words[..] else {
         die(format!("bad command {line:?}"));
     };
-    (count, size, from)
+    (verb, count, size, from)
 }
 
 /// Answers a command (best effort: the bench times out if it is lost).
@@ -294,7 +361,12 @@ fn publisher() {
     let w = Arc::new(Mutex::new(s));
     answer_pings(Arc::clone(&w), r);
     loop {
-        let (count, size, from) = next_command(&sock);
+        let (verb, count, size, from) = next_verb(&sock);
+        if verb == "lat" {
+            send_probes(&w, count, size);
+            reply(&sock, &from, b"done");
+            continue;
+        }
         let mut one = Frame::new(FrameType::Publish, Bytes::from(vec![b'x'; size as usize]));
         one.header.topic = "bench.t".into();
         let mut single = BytesMut::new();
