@@ -423,6 +423,26 @@ impl Setup {
     }
 }
 
+/// Measures each of `sides` `rounds` times, interleaved (A B C A B C ...), with `measure`
+/// giving a p50 and a p99: each side's medians of both.
+fn interleaved_medians(
+    sides: &[&Setup],
+    rounds: usize,
+    measure: impl Fn(&Setup) -> (f64, f64),
+) -> Vec<(f64, f64)> {
+    let mut got: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); sides.len()];
+    for _ in 0..rounds {
+        for (s, (p50, p99)) in sides.iter().zip(got.iter_mut()) {
+            let (a, b) = measure(s);
+            p50.push(a);
+            p99.push(b);
+        }
+    }
+    got.iter_mut()
+        .map(|(p50, p99)| (median(p50), median(p99)))
+        .collect()
+}
+
 /// Latency of lone messages publisher -> mediator -> subscriber(s): probes one every 500 µs
 /// (none waits behind another), each stamped with its send time; for fan-out, the slowest
 /// subscriber's figures.
@@ -451,18 +471,8 @@ fn latency(host_bin: &Path, rounds: usize) {
             for s in &sides {
                 s.latency_round(200, size);
             }
-            let mut got: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); sides.len()];
-            for _ in 0..rounds {
-                for (s, (p50, p99)) in sides.iter().zip(got.iter_mut()) {
-                    let (a, b) = s.latency_round(n, size);
-                    p50.push(a);
-                    p99.push(b);
-                }
-            }
-            let m: Vec<(f64, f64)> = got
-                .iter_mut()
-                .map(|(p50, p99)| (median(p50), median(p99)))
-                .collect();
+            let sides: Vec<&Setup> = sides.iter().collect();
+            let m = interleaved_medians(&sides, rounds, |s| s.latency_round(n, size));
             println!(
                 "| {size} B | {subs} | {:.1} / {:.1} | {:.1} / {:.1} | **{:.2}x** | {:.1} / {:.1} | {:.2}x |",
                 m[0].0,
@@ -583,19 +593,11 @@ fn rr(host_bin: &Path, rounds: usize) {
             s.command("rr.sock", &warm);
         }
         // p50 and p99 of each side, per round.
-        let mut got: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); sides.len()];
-        for _ in 0..rounds {
-            for (s, (p50, p99)) in sides.iter().zip(got.iter_mut()) {
-                let r = s.command("rr.sock", &line);
-                let v: Vec<f64> = r.split_whitespace().map(|x| x.parse().unwrap()).collect();
-                p50.push(v[0]);
-                p99.push(v[1]);
-            }
-        }
-        let m: Vec<(f64, f64)> = got
-            .iter_mut()
-            .map(|(p50, p99)| (median(p50), median(p99)))
-            .collect();
+        let m = interleaved_medians(&sides, rounds, |s| {
+            let r = s.command("rr.sock", &line);
+            let v: Vec<f64> = r.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            (v[0], v[1])
+        });
         let (nats, vs_nats) = match m.get(3) {
             Some((n50, n99)) => (
                 format!("{n50:.1} / {n99:.1}"),

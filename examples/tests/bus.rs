@@ -60,6 +60,26 @@ fn driver_and_sinks(sinks: &[(&str, &str)]) -> (TestHost, String) {
     (host, api)
 }
 
+/// Has the driver publish `n` messages on `load`, then waits until each of `sinks` counted
+/// all of them.
+fn publish_and_count(host: &TestHost, n: u64, sinks: &[&str]) {
+    let answer = cmd(
+        host,
+        &format!("publish load m {n}"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(answer["ok"], true, "{answer}");
+    // Handlers run concurrently, so the n-th to finish may carry another payload.
+    let last = format!("sink: count {n} last");
+    for sink in sinks {
+        wait_for(
+            Duration::from_secs(120),
+            "every message at the sink",
+            || host.plugin_log(sink).contains(&last).then_some(()),
+        );
+    }
+}
+
 #[test]
 fn a_slow_subscriber_does_not_slow_the_others_and_its_queue_stays_bounded() {
     let n: u64 = 50_000;
@@ -73,19 +93,7 @@ fn a_slow_subscriber_does_not_slow_the_others_and_its_queue_stays_bounded() {
     let rss_before = rss_kib(host.pid());
 
     let t0 = Instant::now();
-    let answer = cmd(
-        &host,
-        &format!("publish load m {n}"),
-        Duration::from_secs(120),
-    );
-    assert_eq!(answer["ok"], true, "{answer}");
-    // Handlers run concurrently, so the n-th to finish may carry another payload.
-    let last = format!("sink: count {n} last");
-    wait_for(
-        Duration::from_secs(120),
-        "every message at the fast sink",
-        || host.plugin_log("fast").contains(&last).then_some(()),
-    );
+    publish_and_count(&host, n, &["fast"]);
     let took = t0.elapsed();
     // Paced by the slow sink (one message per 20 ms), this would take n / 50 s = 1000 s.
     assert!(
@@ -182,20 +190,7 @@ fn batched_and_plain_subscribers_get_every_message_of_a_stream() {
             r#""--overflow", "block", "--every", "10000", "--no-batch""#,
         ),
     ]);
-    let answer = cmd(
-        &host,
-        &format!("publish load m {n}"),
-        Duration::from_secs(120),
-    );
-    assert_eq!(answer["ok"], true, "{answer}");
-    let last = format!("sink: count {n} last");
-    for p in ["batched", "plain"] {
-        wait_for(
-            Duration::from_secs(120),
-            "every message at both sinks",
-            || host.plugin_log(p).contains(&last).then_some(()),
-        );
-    }
+    publish_and_count(&host, n, &["batched", "plain"]);
     let text = wait_for(T, "the host's figures", || {
         let (_, text) = http_get_tcp(&api, "/metrics")?;
         (series(&text, "appfw_bus_deliveries_total", "")? >= 2.0 * n as f64).then_some(text)

@@ -11,6 +11,7 @@
 use bytes::{Buf, Bytes};
 
 use crate::pb::FrameType;
+use crate::run::frame_end;
 use crate::{Frame, FrameError, LENGTH_PREFIX_LEN, Str, decode_body};
 
 /// Where the next BATCH frame of a run's payload ends.
@@ -26,31 +27,17 @@ pub(crate) enum Chunk {
 /// frames (a run, checked when it was made); a length past its end is cut at the end.
 pub(crate) fn next_chunk(body: &[u8], at: usize, room: usize) -> Chunk {
     let mut end = at;
-    while let Some(prefix) = body.get(end..end + LENGTH_PREFIX_LEN) {
-        let mut p = [0u8; LENGTH_PREFIX_LEN];
-        p.copy_from_slice(prefix);
-        let next = (end + LENGTH_PREFIX_LEN)
-            .saturating_add(u32::from_be_bytes(p) as usize)
-            .min(body.len());
+    while end < body.len() {
+        let next = frame_end(body, end);
         if next - at > room {
             break;
         }
         end = next;
     }
     if end > at {
-        return Chunk::Fits(end);
-    }
-    match body.get(at..at + LENGTH_PREFIX_LEN) {
-        Some(prefix) => {
-            let mut p = [0u8; LENGTH_PREFIX_LEN];
-            p.copy_from_slice(prefix);
-            Chunk::TooLarge(
-                (at + LENGTH_PREFIX_LEN)
-                    .saturating_add(u32::from_be_bytes(p) as usize)
-                    .min(body.len()),
-            )
-        }
-        None => Chunk::TooLarge(body.len()),
+        Chunk::Fits(end)
+    } else {
+        Chunk::TooLarge(frame_end(body, at))
     }
 }
 

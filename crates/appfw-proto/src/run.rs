@@ -68,6 +68,26 @@ pub fn scan_publish_run(
     scan
 }
 
+/// Where the frame starting at `run[at..]` ends, by its length prefix, within `run` (a run
+/// holds whole frames, checked when it was made: a length past its end, or a cut prefix, ends
+/// at the end).
+pub fn frame_end(run: &[u8], at: usize) -> usize {
+    match run
+        .get(at..)
+        .and_then(|b| b.first_chunk::<LENGTH_PREFIX_LEN>())
+    {
+        Some(prefix) => (at + LENGTH_PREFIX_LEN)
+            .saturating_add(u32::from_be_bytes(*prefix) as usize)
+            .min(run.len()),
+        None => run.len(),
+    }
+}
+
+/// The bytes of the first `n` frames of a run.
+pub fn frames_len(run: &[u8], n: usize) -> usize {
+    (0..n).fold(0, |at, _| frame_end(run, at))
+}
+
 /// A whole frame at the start of a buffer.
 pub(crate) struct Parts<'a> {
     /// Its bytes, length prefix included.

@@ -222,20 +222,15 @@ fn put_run<F>(
             || frame_len > max_frame
             || u32::try_from(frame_len).is_err()
         {
-            let err = if header_len > usize::from(u16::MAX) {
-                FrameError::HeaderTooLarge(header_len)
-            } else {
-                FrameError::TooLarge {
-                    len: frame_len,
-                    max: max_frame,
-                }
-            };
-            let one = run
-                .payload
-                .slice(at + crate::LENGTH_PREFIX_LEN..at + parts.len);
-            let dropped = crate::decode_body(one)
-                .unwrap_or_else(|_| Frame::new(crate::pb::FrameType::Publish, Default::default()));
-            on_drop(&dropped, err);
+            let end = at + parts.len;
+            drop_message(
+                &run.payload,
+                at..end,
+                header_len,
+                frame_len,
+                max_frame,
+                on_drop,
+            );
         } else {
             // Both fit their fields (checked above).
             buf.put_u32(frame_len as u32);
@@ -252,6 +247,34 @@ fn put_run<F>(
     }
 }
 
+/// Passes the message of a run at `body[at]` (length prefix included) that cannot be written to
+/// `on_drop`: its header (`header_len` bytes) or its frame (`frame_len`) is too large.
+fn drop_message<F>(
+    body: &Bytes,
+    at: std::ops::Range<usize>,
+    header_len: usize,
+    frame_len: usize,
+    max_frame: usize,
+    on_drop: &mut F,
+) where
+    F: FnMut(&Frame, FrameError),
+{
+    let err = if header_len > usize::from(u16::MAX) {
+        FrameError::HeaderTooLarge(header_len)
+    } else {
+        FrameError::TooLarge {
+            len: frame_len,
+            max: max_frame,
+        }
+    };
+    let message = (at.start + crate::LENGTH_PREFIX_LEN).min(at.end)..at.end;
+    let dropped = body
+        .get(message.clone())
+        .and_then(|_| crate::decode_body(body.slice(message)).ok())
+        .unwrap_or_else(|| Frame::new(crate::pb::FrameType::Publish, Bytes::new()));
+    on_drop(&dropped, err);
+}
+
 /// Appends the header of the next BATCH frame of a run (see [`crate::WireHeader::batch`])
 /// whose payload starts at `body[at..]`: the run header's `sender`, `topic` and
 /// `subscription_id`, with `seq` and `ack`. Its payload is the whole frames from `at` that fit
@@ -261,7 +284,7 @@ fn put_run<F>(
 fn batch_header<F>(
     buf: &mut BytesMut,
     run: &mut Frame,
-    body: &[u8],
+    body: &Bytes,
     at: usize,
     seq: &mut Sequencer,
     max_frame: usize,
@@ -278,21 +301,8 @@ where
     let end = match batch::next_chunk(body, at, room) {
         batch::Chunk::Fits(end) if header_len <= usize::from(u16::MAX) => end,
         batch::Chunk::Fits(end) | batch::Chunk::TooLarge(end) => {
-            let one = Bytes::copy_from_slice(
-                body.get(at + crate::LENGTH_PREFIX_LEN..end)
-                    .unwrap_or_default(),
-            );
-            let dropped = crate::decode_body(one)
-                .unwrap_or_else(|_| Frame::new(crate::pb::FrameType::Publish, Bytes::new()));
-            let err = if header_len > usize::from(u16::MAX) {
-                FrameError::HeaderTooLarge(header_len)
-            } else {
-                FrameError::TooLarge {
-                    len: crate::HEADER_LEN_LEN + header_len + (end - at),
-                    max: max_frame,
-                }
-            };
-            on_drop(&dropped, err);
+            let frame_len = crate::HEADER_LEN_LEN + header_len + (end - at);
+            drop_message(body, at..end, header_len, frame_len, max_frame, on_drop);
             return Err(end);
         }
     };

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use demand::{Demand, DemandStatus};
 pub use io::IoThread;
-pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, PartRun, SendError, SubQueue, Wakes};
+pub use outbox::{Offer, Outbox, OutboxReceiver, Overflow, RunOffer, SendError, SubQueue, Wakes};
 pub use topic::{MAX_TOPIC_LEN, Pattern, validate_topic};
 
 use crate::metrics::{Metrics, SubscriberKey, TopicStat};
@@ -881,29 +881,17 @@ impl Bus {
                 topic_stat: Arc::clone(&r.stat),
                 last_seq: scan.last_seq,
             };
-            let queued = if target.queue.policy == Overflow::DropNewest {
-                // What it has no room for is dropped, as one by one it would be.
-                match target
-                    .link
-                    .outbox
-                    .offer_run_part(frame, &target.queue, wakes)
-                {
-                    PartRun::Taken { queued, dropped } => {
-                        if dropped > 0 {
-                            self.dropped_new(target, dropped);
-                            r.stat.dropped.fetch_add(dropped, Ordering::Relaxed);
-                        }
-                        queued
+            let queued = match target.link.outbox.offer_run(frame, &target.queue, wakes) {
+                RunOffer::Taken { queued, dropped } => {
+                    // A `drop-newest` subscriber's share of the run it had no room for.
+                    if dropped > 0 {
+                        self.dropped_new(target, dropped);
+                        r.stat.dropped.fetch_add(dropped, Ordering::Relaxed);
                     }
-                    PartRun::Full(frame) => return Err(blocked(frame)),
-                    PartRun::Closed => 0,
+                    queued
                 }
-            } else {
-                match target.link.outbox.offer_run(frame, &target.queue, wakes) {
-                    Offer::Full(frame) => return Err(blocked(frame)),
-                    Offer::Closed => 0,
-                    _ => u64::from(scan.frames),
-                }
+                RunOffer::Full(frame) => return Err(blocked(frame)),
+                RunOffer::Closed => 0,
             };
             if queued > 0 {
                 let stats = &self.inner.stats;

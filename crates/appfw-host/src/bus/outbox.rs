@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use appfw_proto::Frame;
 use appfw_proto::writer::FrameSource;
-use appfw_proto::{Frame, LENGTH_PREFIX_LEN};
 use bytes::Buf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -145,11 +145,12 @@ struct State {
     closed: bool,
 }
 
-/// What became of a run offered to a `drop-newest` subscription ([`Outbox::offer_run_part`]).
+/// What became of a run offered to a subscription ([`Outbox::offer_run`]).
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // returned, not stored; boxing would allocate per blocked run
-pub enum PartRun {
-    /// Its first `queued` messages were queued, the other `dropped` dropped.
+pub enum RunOffer {
+    /// Its first `queued` messages were queued, the other `dropped` (only under `drop-newest`)
+    /// dropped.
     Taken {
         /// Messages queued.
         queued: u64,
@@ -452,14 +453,7 @@ impl Outbox {
 
     /// Removes the first message of a run of two or more; its bytes.
     fn run_pop_front(run: &mut Frame) -> usize {
-        let len = run
-            .payload
-            .get(..LENGTH_PREFIX_LEN)
-            .and_then(|p| <[u8; LENGTH_PREFIX_LEN]>::try_from(p).ok())
-            .map_or(run.payload.len(), |p| {
-                LENGTH_PREFIX_LEN + u32::from_be_bytes(p) as usize
-            })
-            .min(run.payload.len());
+        let len = appfw_proto::run::frames_len(&run.payload, 1);
         run.payload.advance(len);
         run.wire.set_run_len(run.wire.run_len() - 1);
         len
@@ -477,78 +471,44 @@ impl Outbox {
     }
 
     /// Offers a run of messages of subscription `sub` (a frame marked with
-    /// [`WireHeader::run`]) without waiting: queued whole if every one of them has room, else
-    /// handed back as [`Offer::Full`] whatever the policy (the caller then offers its messages
-    /// one by one, so the policy applies to each exactly as it would have). The writer's wake-up
-    /// is left to `wakes`.
+    /// [`WireHeader::run`]) without waiting: queued whole if every one of them has room. A
+    /// `drop-newest` subscription without room for all of them takes the first ones it has room
+    /// for (the run cut after them) and drops the rest, which is what offering them one by one
+    /// would do. Otherwise (another policy, or the connection's own bounds, shared with its
+    /// other subscriptions, would decide) it is handed back as [`RunOffer::Full`], and the
+    /// caller offers its messages one by one, so the policy applies to each exactly as it would
+    /// have. The writer's wake-up is left to `wakes`.
     pub fn offer_run(
-        self: &Arc<Self>,
-        run: Frame,
-        sub: &Arc<SubQueue>,
-        wakes: &mut Wakes,
-    ) -> Offer {
-        let mut st = lock(&self.state);
-        if st.closed {
-            return Offer::Closed;
-        }
-        let n = messages(&run);
-        let fits = sub.queued() + n <= sub.max_pending
-            && st.sub_frames + n <= self.frames_cap
-            && (st.sub_frames == 0 || st.sub_bytes + run.payload.len() <= self.bytes_cap);
-        if !fits {
-            return Offer::Full(run);
-        }
-        if self.push(&mut st, run, Some(Arc::clone(sub))) {
-            wakes.add(self);
-        }
-        Offer::Queued
-    }
-
-    /// Offers a run to a `drop-newest` subscription `sub` that may have room for only part of
-    /// it: the messages its bound has room for are queued (the run cut after them), the rest
-    /// dropped, which is what offering them one by one would do. Handed back as
-    /// [`PartRun::Full`] when the connection's own bounds (frames or bytes, shared with its other
-    /// subscriptions) would decide instead: the caller then offers the messages one by one.
-    pub fn offer_run_part(
         self: &Arc<Self>,
         mut run: Frame,
         sub: &Arc<SubQueue>,
         wakes: &mut Wakes,
-    ) -> PartRun {
+    ) -> RunOffer {
         let mut st = lock(&self.state);
         if st.closed {
-            return PartRun::Closed;
+            return RunOffer::Closed;
         }
         let n = messages(&run);
         let connection_fits = st.sub_frames + n <= self.frames_cap
             && (st.sub_frames == 0 || st.sub_bytes + run.payload.len() <= self.bytes_cap);
-        if !connection_fits {
-            return PartRun::Full(run);
+        let room = sub.max_pending.saturating_sub(sub.queued());
+        let take = match sub.policy {
+            _ if !connection_fits => return RunOffer::Full(run),
+            Overflow::DropNewest => room.min(n),
+            _ if room < n => return RunOffer::Full(run),
+            _ => n,
+        };
+        if take < n {
+            run.payload
+                .truncate(appfw_proto::run::frames_len(&run.payload, take));
+            run.wire.set_run_len(take as u32);
         }
-        let take = sub.max_pending.saturating_sub(sub.queued()).min(n);
-        let dropped = n - take;
-        if take > 0 {
-            if dropped > 0 {
-                // The first `take` frames' bytes (their length prefixes say).
-                let mut cut = 0;
-                for _ in 0..take {
-                    let len = run
-                        .payload
-                        .get(cut..cut + LENGTH_PREFIX_LEN)
-                        .and_then(|p| <[u8; LENGTH_PREFIX_LEN]>::try_from(p).ok())
-                        .map_or(0, u32::from_be_bytes) as usize;
-                    cut = (cut + LENGTH_PREFIX_LEN + len).min(run.payload.len());
-                }
-                run.payload.truncate(cut);
-                run.wire.set_run_len(take as u32);
-            }
-            if self.push(&mut st, run, Some(Arc::clone(sub))) {
-                wakes.add(self);
-            }
+        if take > 0 && self.push(&mut st, run, Some(Arc::clone(sub))) {
+            wakes.add(self);
         }
-        PartRun::Taken {
+        RunOffer::Taken {
             queued: take as u64,
-            dropped: dropped as u64,
+            dropped: (n - take) as u64,
         }
     }
 
